@@ -1,0 +1,34 @@
+"""jdiff: diffusion, score-based and flow-matching models as one Gaussian-path framework in JAX.
+
+Submodules are the public namespaces (`jdiff.paths`, `jdiff.predictions`, `jdiff.analytic`,
+`jdiff.samplers`, `jdiff.losses`, ...); they are imported on first attribute access, so
+`import jdiff` stays cheap. The core names are re-exported here.
+"""
+
+import importlib
+
+from jdiff.analytic import GaussianMixture as GaussianMixture
+from jdiff.paths import AbstractPath as AbstractPath
+from jdiff.paths import CustomPath as CustomPath
+from jdiff.paths import Linear as Linear
+from jdiff.paths import LogSNRPath as LogSNRPath
+from jdiff.paths import SubVP as SubVP
+from jdiff.paths import Trigonometric as Trigonometric
+from jdiff.paths import VEGeometric as VEGeometric
+from jdiff.paths import VPCosine as VPCosine
+from jdiff.paths import VPLinear as VPLinear
+from jdiff.paths import get_path as get_path
+from jdiff.predictions import convert as convert
+
+__version__ = "0.1.0"
+
+_SUBMODULES = (
+    "analytic", "checkpoint", "data", "flowmaps", "guidance", "likelihood", "losses",
+    "metrics", "models", "parallel", "paths", "predictions", "samplers", "training",
+)
+
+
+def __getattr__(name):
+    if name in _SUBMODULES:
+        return importlib.import_module(f"jdiff.{name}")
+    raise AttributeError(f"module 'jdiff' has no attribute {name!r}")

@@ -1,0 +1,185 @@
+"""One place for the prediction parameterizations and the conversions between them.
+
+A network trained on a path predicts one of five quantities at (x_t, t), x_t = a x0 + s eps
+(a = alpha(t), s = sigma(t), a', s' their time derivatives):
+
+    "x0"        the denoiser E[x0 | x_t]                    (the currency of jdiff)
+    "eps"       the noise E[eps | x_t]
+    "v"         v = a eps - s x0                  (Salimans & Ho 2022, for any path)
+    "score"     grad log p_t(x_t) = -eps / s
+    "velocity"  u = a' x0 + s' eps, the probability-flow ODE velocity dx/dt
+
+Every conversion goes through the pair (x0, eps), with closed forms chosen to stay finite
+at the path's ends: "v" and "velocity" never divide by a or s alone, but by a^2 + s^2 and
+a' s - a s' = a s lambda'/2 (nonzero wherever the log-SNR is strictly decreasing).
+
+A *model* in jdiff is any callable `model(x, t, cond) -> prediction` (batched or not;
+`t` is a scalar or one time per example; `cond` any pytree, possibly None).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax.numpy as jnp
+
+from jdiff.paths import AbstractPath, expand_to
+
+__all__ = [
+    "KINDS",
+    "check_kind",
+    "to_x0_eps",
+    "from_x0_eps",
+    "convert",
+    "as_kind",
+    "pf_ode_velocity",
+    "reverse_sde",
+    "Preconditioning",
+    "edm_preconditioning",
+    "edm_denoiser",
+]
+
+KINDS = ("eps", "x0", "v", "score", "velocity")
+
+
+def check_kind(kind: str, name: str = "kind") -> str:
+    """Validate a prediction-kind name, raising a ValueError that lists the accepted names."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown prediction kind {kind!r} for `{name}`; accepted: {', '.join(KINDS)}")
+    return kind
+
+
+def _coefs(path: AbstractPath, t, x):
+    a = expand_to(path.alpha(t), x, "t")
+    s = expand_to(path.sigma(t), x, "t")
+    return a, s
+
+
+def _check_shapes(pred, x):
+    if jnp.shape(pred) != jnp.shape(x):
+        raise ValueError(f"`pred` has shape {jnp.shape(pred)} but `x` has shape {jnp.shape(x)}; they must match")
+
+
+def to_x0_eps(pred, kind: str, x, t, path: AbstractPath):
+    """Return (x0, eps) implied by a prediction `pred` of kind `kind` at (x, t)."""
+    check_kind(kind)
+    _check_shapes(pred, x)
+    a, s = _coefs(path, t, x)
+    if kind == "x0":
+        return pred, (x - a * pred) / s
+    if kind == "eps":
+        return (x - s * pred) / a, pred
+    if kind == "score":
+        eps = -s * pred
+        return (x - s * eps) / a, eps
+    if kind == "v":
+        n = a * a + s * s
+        return (a * x - s * pred) / n, (s * x + a * pred) / n
+    # velocity: u = a' x0 + s' eps and x = a x0 + s eps, solved as a 2x2 system.
+    da, ds = expand_to(path.d_alpha(t), x, "t"), expand_to(path.d_sigma(t), x, "t")
+    det = da * s - ds * a  # = a s lambda'/2 < 0
+    return (s * pred - ds * x) / det, (da * x - a * pred) / det
+
+
+def from_x0_eps(x0, eps, kind: str, x, t, path: AbstractPath):
+    """The prediction of kind `kind` implied by the pair (x0, eps) at (x, t)."""
+    check_kind(kind)
+    if kind == "x0":
+        return x0
+    if kind == "eps":
+        return eps
+    a, s = _coefs(path, t, x)
+    if kind == "v":
+        return a * eps - s * x0
+    if kind == "score":
+        return -eps / s
+    da, ds = expand_to(path.d_alpha(t), x, "t"), expand_to(path.d_sigma(t), x, "t")
+    return da * x0 + ds * eps
+
+
+def convert(pred, from_kind: str, to_kind: str, x, t, path: AbstractPath):
+    """Convert a prediction between kinds (identity when the kinds agree)."""
+    check_kind(from_kind, "from_kind")
+    check_kind(to_kind, "to_kind")
+    if from_kind == to_kind:
+        return pred
+    x0, eps = to_x0_eps(pred, from_kind, x, t, path)
+    return from_x0_eps(x0, eps, to_kind, x, t, path)
+
+
+def as_kind(model, kind: str, to_kind: str, path: AbstractPath):
+    """Wrap `model(x, t, cond)` (predicting `kind`) as a model predicting `to_kind`.
+
+    `as_kind(model, "eps", "x0", path)` is the denoiser of an eps-prediction network.
+    """
+    check_kind(kind)
+    check_kind(to_kind, "to_kind")
+    if kind == to_kind:
+        return model
+
+    def wrapped(x, t, cond=None):
+        return convert(model(x, t, cond), kind, to_kind, x, t, path)
+
+    return wrapped
+
+
+def pf_ode_velocity(pred, kind: str, x, t, path: AbstractPath):
+    """The probability-flow ODE velocity dx/dt = f x - g^2/2 score = a' x0 + s' eps."""
+    return convert(pred, kind, "velocity", x, t, path)
+
+
+def reverse_sde(pred, kind: str, x, t, path: AbstractPath, churn=1.0):
+    """Drift and diffusion of the family of reverse-time SDEs sharing the path's marginals.
+
+    dx = [u - churn/2 g^2 score] dt + sqrt(churn) g dW  (integrated from t = 1 to 0),
+    where u is the PF-ODE velocity. churn = 0 is the probability-flow ODE, churn = 1 the
+    reverse SDE of Anderson (1982) / Song et al. (2021). Returns (drift, diffusion) with
+    `diffusion` the scalar (per example) coefficient of dW.
+    """
+    x0, eps = to_x0_eps(pred, check_kind(kind), x, t, path)
+    u = from_x0_eps(x0, eps, "velocity", x, t, path)
+    g2 = expand_to(path.diffusion2(t), x, "t")
+    s = expand_to(path.sigma(t), x, "t")
+    # score = -eps / s, so -churn/2 g^2 score = churn/2 g^2 eps / s
+    drift = u + 0.5 * churn * g2 * eps / s
+    return drift, jnp.sqrt(churn * path.diffusion2(t))
+
+
+class Preconditioning(NamedTuple):
+    """EDM preconditioning x0_hat = c_skip x + c_out F(c_in x, c_noise) acting on x_t itself."""
+
+    c_skip: jnp.ndarray
+    c_out: jnp.ndarray
+    c_in: jnp.ndarray
+    c_noise: jnp.ndarray
+
+
+def edm_preconditioning(t, path: AbstractPath, sigma_data=0.5) -> Preconditioning:
+    """Karras et al. (2022) preconditioning, written for any path.
+
+    EDM's noise level is sigma_e = s / a (x_t / a = x0 + sigma_e eps). Its scalings, expressed
+    on x_t rather than x_t / a, are finite at both ends (a = 0 and s = 0):
+        c_skip = a sd^2 / (s^2 + a^2 sd^2),   c_out = s sd / sqrt(s^2 + a^2 sd^2),
+        c_in = 1 / sqrt(s^2 + a^2 sd^2),      c_noise = log(sigma_e) / 4 = -lambda / 8.
+    The matching loss weight is 1 / c_out^2.
+    """
+    a, s = path.alpha(t), path.sigma(t)
+    sd2 = sigma_data**2
+    n2 = s * s + a * a * sd2
+    return Preconditioning(
+        c_skip=a * sd2 / n2,
+        c_out=s * sigma_data / jnp.sqrt(n2),
+        c_in=1.0 / jnp.sqrt(n2),
+        c_noise=-path.log_snr(t) / 8.0,
+    )
+
+
+def edm_denoiser(net, path: AbstractPath, sigma_data=0.5):
+    """Turn a raw network `net(x_in, c_noise, cond)` into an "x0" model with EDM preconditioning."""
+
+    def denoiser(x, t, cond=None):
+        c = edm_preconditioning(t, path, sigma_data)
+        c_skip, c_out, c_in = (expand_to(v, x, "t") for v in c[:3])
+        return c_skip * x + c_out * net(c_in * x, c.c_noise, cond)
+
+    return denoiser
