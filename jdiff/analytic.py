@@ -99,7 +99,7 @@ class GaussianMixture(eqx.Module):
     def _component_terms(self, x, a, s):
         """Per component: log w_k + log N(x; a mu_k, C_k), and C_k^{-1}(x - a mu_k)."""
         d = self.dim
-        cov = a * a * self.covs + s * s * jnp.eye(d, dtype=x.dtype)
+        cov = a * a * self.covs + s * s * jnp.eye(d, dtype=x.dtype)[None]
         chol = jnp.linalg.cholesky(cov)
         diff = x[None, :] - a * self.means  # (K, D)
         z = jax.scipy.linalg.solve_triangular(chol, diff[..., None], lower=True)[..., 0]
