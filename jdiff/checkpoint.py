@@ -1,0 +1,135 @@
+"""Checkpoints of the whole train state with orbax (the one module that imports orbax).
+
+    ckpt = Checkpointer(workdir + "/checkpoints", save_every=1000, max_to_keep=3)
+    if ckpt.latest_step() is not None:
+        state = ckpt.restore(state)          # `state` gives the structure, dtypes, shardings
+    ...
+    ckpt.save(step, state)                   # async; only every `save_every` steps unless force
+    ckpt.close()                             # waits for the last async save
+
+A state with a non-finite floating-point value is never written (`save` raises). On
+preemptible machines `PreemptionFlag` turns SIGTERM into a flag the train loop polls, so it
+can write a final checkpoint and exit cleanly instead of dying mid-step.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+__all__ = ["Checkpointer", "NonFiniteCheckpointError", "PreemptionFlag", "abstract_like"]
+
+
+class NonFiniteCheckpointError(ValueError):
+    """Raised instead of writing a checkpoint that contains NaN or infinity."""
+
+
+def abstract_like(tree):
+    """Shapes, dtypes and shardings of `tree` (the restore target), without its values."""
+    return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
+
+
+def _nonfinite_leaves(tree) -> list[str]:
+    bad = []
+    for path, x in jax.tree_util.tree_flatten_with_path(tree)[0]:
+        if np.issubdtype(np.result_type(x), np.inexact) and not bool(jax.numpy.all(jax.numpy.isfinite(x))):
+            bad.append(jax.tree_util.keystr(path))
+    return bad
+
+
+class Checkpointer:
+    """An orbax CheckpointManager over `directory` for one pytree (the train state).
+
+    directory: where step directories are written (made absolute; created on first save).
+    save_every: `save(step, ...)` writes only when step is a multiple of this (or force=True).
+    max_to_keep: keep the K most recent checkpoints.
+    async_save: write in a background thread while training continues.
+    """
+
+    def __init__(self, directory: str, *, save_every: int = 1000, max_to_keep: int = 3, async_save: bool = True):
+        if save_every < 1:
+            raise ValueError(f"`save_every` must be a positive number of steps; got {save_every}")
+        self.directory = os.path.abspath(directory)
+        self.save_every = save_every
+        options = ocp.CheckpointManagerOptions(
+            max_to_keep=max_to_keep,
+            enable_async_checkpointing=async_save,
+        )
+        self._manager = ocp.CheckpointManager(self.directory, options=options)
+
+    def latest_step(self) -> int | None:
+        """The newest complete checkpoint's step, or None for a fresh directory."""
+        return self._manager.latest_step()
+
+    def all_steps(self) -> list[int]:
+        return list(self._manager.all_steps())
+
+    def save(self, step: int, state, *, force: bool = False) -> bool:
+        """Save `state` at `step` if due (or `force`); returns whether a save was started.
+
+        Raises NonFiniteCheckpointError (naming the leaves) rather than write NaN/inf.
+        """
+        # Our own interval rule: orbax's should_save also saves the first step it sees.
+        if not (force or step % self.save_every == 0):
+            return False
+        bad = _nonfinite_leaves(state)
+        if bad:
+            raise NonFiniteCheckpointError(
+                f"refusing to write checkpoint {step}: non-finite values in {', '.join(bad[:5])}"
+                + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+            )
+        return self._manager.save(int(step), args=ocp.args.StandardSave(state), force=True)
+
+    def restore(self, target, step: int | None = None):
+        """Restore the checkpoint at `step` (default: the latest) into `target`'s structure.
+
+        target: a pytree like the saved one (arrays or jax.ShapeDtypeStruct); the restored
+            arrays get its dtypes and shardings.
+        """
+        step = self.latest_step() if step is None else step
+        if step is None:
+            raise FileNotFoundError(f"no checkpoint to restore in {self.directory}")
+        return self._manager.restore(int(step), args=ocp.args.StandardRestore(abstract_like(target)))
+
+    def wait(self) -> None:
+        """Block until the pending async save has been committed."""
+        self._manager.wait_until_finished()
+
+    def close(self) -> None:
+        self._manager.wait_until_finished()
+        self._manager.close()
+
+
+class PreemptionFlag:
+    """Context manager turning SIGTERM into a flag (`.requested`) for the train loop to poll.
+
+    Preemptible TPU VMs and most schedulers send SIGTERM some seconds before killing a job;
+    the loop then saves a checkpoint and returns. The previous handler is restored on exit.
+    Outside the main thread (where Python cannot install signal handlers) it only holds
+    the flag, which `request()` sets.
+    """
+
+    def __init__(self, signals=(signal.SIGTERM,)):
+        self.signals = tuple(signals)
+        self.requested = False
+        self._previous = {}
+
+    def request(self, *_):
+        self.requested = True
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for s in self.signals:
+                self._previous[s] = signal.signal(s, self.request)
+        return self
+
+    def __exit__(self, *exc):
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
+        self._previous.clear()
+        return False

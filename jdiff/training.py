@@ -1,0 +1,343 @@
+"""Train state, the jitted data-parallel train step, EMA, and run logging.
+
+A flax.nnx model is split once into a static graph definition and array state,
+
+    graphdef, state = init_train_state(model, tx, key, mesh=mesh)
+    step = make_train_step(loss_fn, graphdef, tx, mesh=mesh)
+    state, metrics = step(state, batch)          # donates the old state
+
+and training is a pure function of the `TrainState` pytree (params, optimizer state, EMA
+params, any other nnx state, step, PRNG key, data position, non-finite counters), so a
+checkpoint of that pytree resumes a run exactly. The sampling model is the graph merged
+with the EMA parameters: `ema_model(graphdef, state)`.
+
+`loss_fn(model, batch, key)` is any function returning one loss per example (shape (B,)),
+e.g. a closure over a `jdiff.losses` function; the step takes the mean over the global batch.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx, struct
+
+from jdiff import parallel
+
+__all__ = [
+    "TrainState",
+    "NonFiniteError",
+    "ema_decay",
+    "tree_all_finite",
+    "init_train_state",
+    "make_train_step",
+    "model_from_state",
+    "ema_model",
+    "check_nonfinite",
+    "MetricWriter",
+    "Progress",
+    "image_grid",
+    "save_image_grid",
+]
+
+
+class TrainState(struct.PyTreeNode):
+    """Everything a run needs to continue exactly; every field is an array pytree.
+
+    step: number of train steps taken (int32 scalar), skipped non-finite steps included.
+    params: the nnx.Param state being optimized.
+    opt_state: the optax state of `params`.
+    ema_params: exponential moving average of `params` (the sampling weights).
+    rest: every other nnx state of the model (RNG streams, batch statistics; often empty).
+    key: the run's base PRNG key; step s uses jax.random.fold_in(key, s).
+    data_position: the data iterator's resumable position (see jdiff.data.DataIterator).
+    nonfinite_run: consecutive steps skipped because the loss or a gradient was not finite.
+    nonfinite_total: all steps skipped so far.
+    """
+
+    step: jax.Array
+    params: Any
+    opt_state: Any
+    ema_params: Any
+    rest: Any
+    key: jax.Array
+    data_position: jax.Array
+    nonfinite_run: jax.Array
+    nonfinite_total: jax.Array
+
+
+class NonFiniteError(FloatingPointError):
+    """Raised by the host loop after too many consecutive non-finite steps."""
+
+
+def ema_decay(step, decay: float, warmup: bool = True):
+    """EMA decay at `step`: min(decay, (1 + step) / (10 + step)) with warmup, else `decay`.
+
+    The warmup (TensorFlow's ExponentialMovingAverage num_updates rule, used by the DDPM and
+    score_sde codebases) lets early averages follow the fast-moving initial weights instead of
+    remembering the random initialization for ~1 / (1 - decay) steps.
+    """
+    decay = jnp.asarray(decay, jnp.float32)
+    if not warmup:
+        return decay
+    s = jnp.asarray(step, jnp.float32)
+    return jnp.minimum(decay, (1.0 + s) / (10.0 + s))
+
+
+def tree_all_finite(tree) -> jax.Array:
+    """True when every floating-point leaf of `tree` is finite (integer leaves are ignored)."""
+    leaves = [x for x in jax.tree.leaves(tree) if jnp.issubdtype(jnp.result_type(x), jnp.inexact)]
+    if not leaves:
+        return jnp.asarray(True)
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
+
+
+def _split(model: nnx.Module):
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    return graphdef, params, rest
+
+
+def init_train_state(model: nnx.Module, tx: optax.GradientTransformation, key, *, mesh=None,
+                     data_position: int = 0) -> tuple[Any, TrainState]:
+    """Split `model` and build the initial TrainState (EMA = the initial params).
+
+    key: the run's base PRNG key (raw uint32 key, e.g. jax.random.PRNGKey(seed)).
+    mesh: when given, every leaf is replicated over it (parameters are not sharded).
+    Returns (graphdef, state); the graphdef is static and shared by every later call.
+    """
+    graphdef, params, rest = _split(model)
+    # Distinct buffers for every leaf: the step donates its input, and XLA refuses to
+    # donate one buffer twice.
+    def zero():
+        return jnp.zeros((), jnp.int32)
+
+    state = TrainState(
+        step=zero(),
+        params=params,
+        opt_state=tx.init(params),
+        ema_params=jax.tree.map(jnp.copy, params),
+        rest=rest,
+        key=jnp.array(key),
+        data_position=jnp.asarray(data_position, jnp.int32),
+        nonfinite_run=zero(),
+        nonfinite_total=zero(),
+    )
+    if mesh is not None:
+        state = parallel.replicate(state, mesh)
+    return graphdef, state
+
+
+def model_from_state(graphdef, state: TrainState, *, ema: bool = False) -> nnx.Module:
+    """The nnx model with the current (or, with ema=True, the EMA) parameters."""
+    return nnx.merge(graphdef, state.ema_params if ema else state.params, state.rest, copy=True)
+
+
+def ema_model(graphdef, state: TrainState) -> nnx.Module:
+    """The sampling/evaluation model: the graph merged with the EMA parameters."""
+    return model_from_state(graphdef, state, ema=True)
+
+
+def make_train_step(
+    loss_fn: Callable,
+    graphdef,
+    tx: optax.GradientTransformation,
+    *,
+    mesh=None,
+    ema: float = 0.999,
+    ema_warmup: bool = True,
+    grad_clip_norm: float | None = 1.0,
+    learning_rate_fn: Callable | None = None,
+    donate: bool = True,
+):
+    """Build the jitted train step `step(state, batch) -> (state, metrics)`.
+
+    loss_fn: `loss_fn(model, batch, key) -> (B,)` per-example losses; `model` is the nnx
+        model merged from the state, `batch` the global batch pytree, `key` this step's key.
+    graphdef: the model's static graph from `init_train_state`.
+    tx: the optax optimizer (its state lives in `state.opt_state`).
+    mesh: a one-axis "data" mesh (jdiff.parallel.make_mesh): the batch is sharded along its
+        leading axis, the state is replicated. None: no sharding constraints.
+    ema: EMA decay; `ema_warmup` applies `ema_decay`'s warmup.
+    grad_clip_norm: clip the gradient to this global L2 norm before `tx` (None: no clipping).
+    learning_rate_fn: optional schedule step -> lr, only to log the learning rate.
+    donate: donate the input state's buffers (the caller must not reuse `state`).
+
+    A step whose loss or gradient is not finite changes nothing but `step` (so the next step
+    draws fresh randomness) and the counters `nonfinite_run` / `nonfinite_total`; the host
+    loop decides when to stop (`check_nonfinite`). Metrics: loss (mean over the batch),
+    grad_norm (before clipping), finite, nonfinite_run, nonfinite_total[, learning_rate].
+    """
+    clip = optax.clip_by_global_norm(grad_clip_norm) if grad_clip_norm else None
+
+    def step_fn(state: TrainState, batch):
+        key = jax.random.fold_in(state.key, state.step)
+
+        def objective(params):
+            # copy=True: fresh Variables at this trace level, so stateful layers (dropout's
+            # RNG counter, batch statistics) may update them inside the gradient trace.
+            model = nnx.merge(graphdef, params, state.rest, copy=True)
+            losses = loss_fn(model, batch, key)
+            if jnp.ndim(losses) != 1:
+                raise ValueError(
+                    f"`loss_fn` must return one loss per example (shape (B,)); got shape {jnp.shape(losses)}"
+                )
+            _, _, new_rest = _split(model)
+            return jnp.mean(losses), new_rest
+
+        (loss, new_rest), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
+        grad_norm = optax.global_norm(grads)
+        finite = jnp.isfinite(loss) & tree_all_finite(grads)
+        if clip is not None:
+            grads, _ = clip.update(grads, clip.init(state.params))
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        d = ema_decay(state.step, ema, ema_warmup)
+        ema_params = jax.tree.map(
+            lambda e, p: (d * e + (1.0 - d) * p).astype(e.dtype), state.ema_params, params
+        )
+
+        def keep_if_finite(new, old):
+            return jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+
+        run = jnp.where(finite, 0, state.nonfinite_run + 1).astype(jnp.int32)
+        new_state = state.replace(
+            step=state.step + 1,
+            params=keep_if_finite(params, state.params),
+            opt_state=keep_if_finite(opt_state, state.opt_state),
+            ema_params=keep_if_finite(ema_params, state.ema_params),
+            rest=keep_if_finite(new_rest, state.rest),
+            data_position=state.data_position + 1,
+            nonfinite_run=run,
+            nonfinite_total=state.nonfinite_total + (~finite).astype(jnp.int32),
+        )
+        metrics = {
+            "loss": loss,
+            "grad_norm": grad_norm,
+            "finite": finite,
+            "nonfinite_run": run,
+            "nonfinite_total": new_state.nonfinite_total,
+        }
+        if learning_rate_fn is not None:
+            metrics["learning_rate"] = jnp.asarray(learning_rate_fn(state.step))
+        return new_state, metrics
+
+    kwargs = {"donate_argnums": 0} if donate else {}
+    if mesh is not None:
+        rep = parallel.replicated(mesh)
+        kwargs.update(in_shardings=(rep, parallel.data_sharded(mesh)), out_shardings=(rep, rep))
+    return jax.jit(step_fn, **kwargs)
+
+
+def check_nonfinite(metrics, max_in_a_row: int) -> None:
+    """Raise NonFiniteError once `max_in_a_row` consecutive steps had a non-finite loss/gradient."""
+    run = int(metrics["nonfinite_run"])
+    if run >= max_in_a_row:
+        raise NonFiniteError(
+            f"{run} consecutive train steps had a non-finite loss or gradient (limit "
+            f"`max_nonfinite_steps`={max_in_a_row}); the parameters were left at their last finite "
+            "values and no checkpoint of non-finite values was written. Lower the learning rate or "
+            "check the data and the loss's time range."
+        )
+
+
+# ----------------------------------------------------------------------------------
+# Logging: TensorBoard event files + metrics.jsonl, a progress line, sample grids.
+# ----------------------------------------------------------------------------------
+
+
+class MetricWriter:
+    """Write scalar metrics to TensorBoard event files and to `workdir/metrics.jsonl`.
+
+    Only process 0 writes (every process computes the same replicated metrics).
+    """
+
+    def __init__(self, workdir: str, *, enabled: bool | None = None):
+        self.enabled = jax.process_index() == 0 if enabled is None else enabled
+        self._tb = None
+        self._jsonl = None
+        if self.enabled:
+            from tensorboardX import SummaryWriter
+
+            os.makedirs(workdir, exist_ok=True)
+            self._tb = SummaryWriter(logdir=os.path.join(workdir, "tb"))
+            self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
+
+    def write_scalars(self, step: int, scalars: dict) -> None:
+        if not self.enabled:
+            return
+        scalars = {k: float(v) for k, v in scalars.items()}
+        for k, v in scalars.items():
+            self._tb.add_scalar(k, v, step)
+        self._jsonl.write(json.dumps({"step": int(step), **scalars}) + "\n")
+        self._jsonl.flush()
+
+    def write_image(self, step: int, name: str, grid: np.ndarray) -> None:
+        """Log a (H, W, C) uint8 image."""
+        if self.enabled:
+            self._tb.add_image(name, grid, step, dataformats="HWC")
+
+    def close(self) -> None:
+        if self.enabled:
+            self._tb.close()
+            self._jsonl.close()
+
+
+class Progress:
+    """A one-line progress display on stderr: step, loss, steps/s (tqdm is not a dependency)."""
+
+    def __init__(self, total: int, *, start: int = 0, stream=None, enabled: bool = True):
+        self.total, self.start = total, start
+        self.stream = sys.stderr if stream is None else stream
+        self.enabled = enabled and jax.process_index() == 0
+        self._t0 = time.perf_counter()
+
+    def update(self, step: int, **scalars) -> None:
+        if not self.enabled:
+            return
+        rate = (step - self.start) / max(time.perf_counter() - self._t0, 1e-9)
+        width = 24
+        done = int(width * step / max(self.total, 1))
+        items = " ".join(f"{k}={float(v):.4g}" for k, v in scalars.items())
+        self.stream.write(f"\r[{'#' * done}{'.' * (width - done)}] {step}/{self.total} {items} {rate:.1f} steps/s")
+        self.stream.flush()
+
+    def close(self) -> None:
+        if self.enabled:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+def image_grid(images, ncol: int | None = None, pad: int = 1) -> np.ndarray:
+    """Tile (N, H, W, C) images in [-1, 1] into one (rows*(H+pad)+pad, ..., C) uint8 grid."""
+    x = np.asarray(images, np.float32)
+    if x.ndim != 4:
+        raise ValueError(f"`images` must have shape (N, H, W, C); got {x.shape}")
+    n, h, w, c = x.shape
+    ncol = ncol or int(math.ceil(math.sqrt(n)))
+    nrow = int(math.ceil(n / ncol))
+    x = np.clip((x + 1.0) * 127.5, 0, 255).round().astype(np.uint8)
+    grid = np.full((nrow * (h + pad) + pad, ncol * (w + pad) + pad, c), 0, np.uint8)
+    for i in range(n):
+        r, q = divmod(i, ncol)
+        grid[pad + r * (h + pad): pad + r * (h + pad) + h, pad + q * (w + pad): pad + q * (w + pad) + w] = x[i]
+    return grid
+
+
+def save_image_grid(path: str, images, ncol: int | None = None, scale: int = 1) -> np.ndarray:
+    """Write `image_grid(images)` as a PNG (each pixel repeated `scale` times); returns the grid."""
+    from PIL import Image
+
+    grid = image_grid(images, ncol)
+    big = np.repeat(np.repeat(grid, scale, 0), scale, 1)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    Image.fromarray(big[..., 0] if big.shape[-1] == 1 else big).save(path)
+    return grid
