@@ -1,0 +1,25 @@
+"""Networks for jdiff (flax.nnx): `model(x, t, cond) -> prediction of kind model.kind`.
+
+    MLP    residual MLP with time/class embedding for low-dimensional data (x: (B, D))
+    UNet   DDPM++-style U-Net for images (x: (B, H, W, C), NHWC)
+    DiT    Diffusion Transformer with adaLN-Zero conditioning (Peebles & Xie 2023)
+
+Every network takes the path time t in [0, 1] (a scalar or (B,)), cond = None or int
+class labels (B,) with a null class `num_classes` for classifier-free guidance, and a
+static `kind` naming the prediction it is trained to output.
+"""
+
+from jdiff.models.embeddings import ClassEmbedding as ClassEmbedding
+from jdiff.models.embeddings import FourierFeatures as FourierFeatures
+from jdiff.models.embeddings import TimeEmbedding as TimeEmbedding
+from jdiff.models.embeddings import sinusoidal_embedding as sinusoidal_embedding
+from jdiff.models.mlp import MLP as MLP
+
+MODELS = {"mlp": MLP}
+
+
+def get_model(name: str, **kwargs):
+    """A network by name ("mlp", "unet", "dit") built with keyword arguments (rngs included)."""
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}; accepted names: {', '.join(MODELS)}")
+    return MODELS[name](**kwargs)
