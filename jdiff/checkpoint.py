@@ -19,7 +19,7 @@ import signal
 import threading
 
 import jax
-import numpy as np
+import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
 __all__ = ["Checkpointer", "NonFiniteCheckpointError", "PreemptionFlag", "abstract_like"]
@@ -29,15 +29,29 @@ class NonFiniteCheckpointError(ValueError):
     """Raised instead of writing a checkpoint that contains NaN or infinity."""
 
 
+def _is_key(x) -> bool:
+    return jax.dtypes.issubdtype(getattr(x, "dtype", None), jax.dtypes.prng_key)
+
+
+def _keys_to_data(tree):
+    """Typed PRNG keys (nnx RNG streams hold them) as their raw uint32 data: orbax stores plain arrays."""
+    return jax.tree.map(lambda x: jax.random.key_data(x) if _is_key(x) else x, tree)
+
+
+def _data_to_keys(tree, like):
+    return jax.tree.map(lambda x, t: jax.random.wrap_key_data(x, impl=jax.random.key_impl(t)) if _is_key(t) else x,
+                        tree, like)
+
+
 def abstract_like(tree):
     """Shapes, dtypes and shardings of `tree` (the restore target), without its values."""
-    return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
+    return jax.tree.map(ocp.utils.to_shape_dtype_struct, _keys_to_data(tree))
 
 
 def _nonfinite_leaves(tree) -> list[str]:
     bad = []
     for path, x in jax.tree_util.tree_flatten_with_path(tree)[0]:
-        if np.issubdtype(np.result_type(x), np.inexact) and not bool(jax.numpy.all(jax.numpy.isfinite(x))):
+        if jnp.issubdtype(x.dtype, jnp.inexact) and not bool(jnp.all(jnp.isfinite(x))):
             bad.append(jax.tree_util.keystr(path))
     return bad
 
@@ -61,6 +75,7 @@ class Checkpointer:
             enable_async_checkpointing=async_save,
         )
         self._manager = ocp.CheckpointManager(self.directory, options=options)
+        self._last_saved = self._manager.latest_step()
 
     def latest_step(self) -> int | None:
         """The newest complete checkpoint's step, or None for a fresh directory."""
@@ -70,12 +85,12 @@ class Checkpointer:
         return list(self._manager.all_steps())
 
     def save(self, step: int, state, *, force: bool = False) -> bool:
-        """Save `state` at `step` if due (or `force`); returns whether a save was started.
+        """Save `state` at `step` if due (or `force`) and not saved yet; returns whether a save was started.
 
         Raises NonFiniteCheckpointError (naming the leaves) rather than write NaN/inf.
         """
         # Our own interval rule: orbax's should_save also saves the first step it sees.
-        if not (force or step % self.save_every == 0):
+        if not (force or step % self.save_every == 0) or step == self._last_saved:
             return False
         bad = _nonfinite_leaves(state)
         if bad:
@@ -83,7 +98,8 @@ class Checkpointer:
                 f"refusing to write checkpoint {step}: non-finite values in {', '.join(bad[:5])}"
                 + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
             )
-        return self._manager.save(int(step), args=ocp.args.StandardSave(state), force=True)
+        self._last_saved = step
+        return self._manager.save(int(step), args=ocp.args.StandardSave(_keys_to_data(state)), force=True)
 
     def restore(self, target, step: int | None = None):
         """Restore the checkpoint at `step` (default: the latest) into `target`'s structure.
@@ -94,7 +110,8 @@ class Checkpointer:
         step = self.latest_step() if step is None else step
         if step is None:
             raise FileNotFoundError(f"no checkpoint to restore in {self.directory}")
-        return self._manager.restore(int(step), args=ocp.args.StandardRestore(abstract_like(target)))
+        restored = self._manager.restore(int(step), args=ocp.args.StandardRestore(abstract_like(target)))
+        return _data_to_keys(restored, target)
 
     def wait(self) -> None:
         """Block until the pending async save has been committed."""

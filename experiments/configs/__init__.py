@@ -1,0 +1,1 @@
+"""Experiment configs: each module defines get_config(arg=None); see experiments/_lib.py for the keys."""
