@@ -1,0 +1,149 @@
+"""The fixed-step sampler interface and its one entry point, `sample`.
+
+A solver is a small immutable object (an `equinox.Module` holding its hyperparameters as
+Python numbers) with
+
+    order               its convergence order (weak order for a stochastic solver)
+    stochastic          whether it draws noise (then `sample` needs a key)
+    nfe(num_steps)      the number of model evaluations of an N-step solve (a Python int)
+    init(f, x, grid)    -> state, the solver's carried state (history of multistep methods)
+    step(f, x, state, i, t, s, key) -> (x_s, state), one step from t = grid[i] to s = grid[i+1]
+
+`sample` runs `step` over the grid in a single `lax.scan`: one XLA program whose size
+does not depend on the number of steps, and whose grid is a traced array.
+"""
+
+from __future__ import annotations
+
+import abc
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+
+from jdiff import predictions
+from jdiff.paths import AbstractPath
+
+__all__ = ["AbstractSolver", "Prediction", "sample"]
+
+
+class Prediction:
+    """What a solver sees of the model: `model(x, t, cond)` of kind `kind` on `path`.
+
+    Not a pytree: it only lives while `sample` is traced. `t` is always a scalar.
+    """
+
+    def __init__(self, model, kind, path, cond, num_steps):
+        self.model, self.kind, self.path, self.cond = model, kind, path, cond
+        self.num_steps = num_steps  # static: the N of the grid (Heun's churn uses it)
+
+    def raw(self, x, t):
+        """The model's own prediction at (x, t)."""
+        return self.model(x, t, self.cond)
+
+    def __call__(self, x, t):
+        """(x0_hat, eps_hat) at (x, t): the denoiser and the matching noise prediction."""
+        return predictions.to_x0_eps(self.raw(x, t), self.kind, x, t, self.path)
+
+    def velocity(self, x, t):
+        """The probability-flow ODE velocity dx/dt at (x, t)."""
+        return predictions.pf_ode_velocity(self.raw(x, t), self.kind, x, t, self.path)
+
+
+class AbstractSolver(eqx.Module):
+    """A fixed-step sampler. Subclasses define `order`, `step`, and `init`/`nfe` when needed."""
+
+    # Subclasses define `order`: the convergence order in the step size (weak order for
+    # stochastic solvers), a class attribute or a property of the hyperparameters.
+
+    @property
+    def stochastic(self) -> bool:
+        """True when the solver draws noise: `sample` then needs a `key`."""
+        return False
+
+    @property
+    def evals_per_step(self) -> int:
+        return 1
+
+    def nfe(self, num_steps: int) -> int:
+        """Model evaluations of a `num_steps`-step solve (without `denoise_to_zero`)."""
+        return self.evals_per_step * num_steps
+
+    def init(self, f: Prediction, x, grid):
+        """The initial carried state (nothing for one-step methods)."""
+        return ()
+
+    @abc.abstractmethod
+    def step(self, f: Prediction, x, state, i, t, s, key):
+        """One step from time t to time s < t; `i` is the step index, `key` None unless stochastic."""
+
+
+def sample(
+    solver: AbstractSolver,
+    model,
+    kind: str,
+    path: AbstractPath,
+    x_T,
+    grid,
+    *,
+    cond=None,
+    key=None,
+    return_trajectory: bool = False,
+    denoise_to_zero: bool = False,
+):
+    """Integrate from x_T at grid[0] down to grid[-1] with a fixed-step solver.
+
+    Args:
+        solver: an `AbstractSolver` (DDPM(), DDIM(eta), Euler(), Heun(...), DPMSolver(order),
+            DPMSolverPP2M(), DPMSolverPP3M(), DPMSolverPP2MSDE(), UniPC(...), LMS(order),
+            EulerMaruyama(), PredictorCorrector(...)).
+        model: `model(x, t, cond) -> prediction`; called with the whole batch `x` and a scalar t.
+        kind: what the model predicts: "eps", "x0", "v", "score" or "velocity".
+        path: the Gaussian path the model was trained on.
+        x_T: the starting point at time grid[0] (e.g. `path.prior_sample`), any shape; the
+            leading axis is the batch axis where a solver needs per-example norms (Langevin).
+        grid: decreasing 1-D array of N + 1 times (see `jdiff.samplers.*_grid`); traced, so a
+            new grid of the same length does not recompile a jitted caller.
+        cond: conditioning passed to the model unchanged (any pytree, or None).
+        key: PRNG key, required by stochastic solvers; step i uses `fold_in(key, i)`.
+        return_trajectory: also return the states at every grid time, shape (N + 1, *x_T.shape)
+            (N + 2 with `denoise_to_zero`).
+        denoise_to_zero: finish with the denoiser x0_hat(x, grid[-1]) (one more model evaluation),
+            the "denoise to zero" last step of Song et al. (2021) and Karras et al. (2022).
+
+    Returns:
+        The final sample, or (sample, trajectory) if `return_trajectory`.
+        The NFE is `solver.nfe(N) + denoise_to_zero`.
+    """
+    if not isinstance(solver, AbstractSolver):
+        raise TypeError(f"`solver` must be a jdiff.samplers solver (an AbstractSolver); got {type(solver).__name__}")
+    predictions.check_kind(kind)
+    x_T = jnp.asarray(x_T)
+    if not jnp.issubdtype(x_T.dtype, jnp.floating):
+        raise ValueError(f"`x_T` must be a floating-point array; got dtype {x_T.dtype}")
+    grid = jnp.asarray(grid)
+    if grid.ndim != 1 or grid.shape[0] < 2:
+        raise ValueError(f"`grid` must be a 1-D array of at least 2 decreasing times; got shape {grid.shape}")
+    if solver.stochastic and key is None:
+        raise ValueError(f"`key` is required: {type(solver).__name__} with these settings is stochastic")
+    # The clock runs in the sample's precision, so path coefficients do not promote x.
+    grid = grid.astype(x_T.dtype)
+    num_steps = grid.shape[0] - 1
+    f = Prediction(model, kind, path, cond, num_steps)
+    state = solver.init(f, x_T, grid)
+
+    def body(carry, inputs):
+        x, state = carry
+        i, t, s = inputs
+        k = None if key is None else jax.random.fold_in(key, i)
+        x, state = solver.step(f, x, state, i, t, s, k)
+        return (x, state), (x if return_trajectory else None)
+
+    steps = (jnp.arange(num_steps), grid[:-1], grid[1:])
+    (x, _), traj = jax.lax.scan(body, (x_T, state), steps)
+    if denoise_to_zero:
+        x = f(x, grid[-1])[0]
+    if not return_trajectory:
+        return x
+    parts = [x_T[None], traj] + ([x[None]] if denoise_to_zero else [])
+    return x, jnp.concatenate(parts, axis=0)
