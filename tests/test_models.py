@@ -1,6 +1,8 @@
 """jdiff.models: shapes and dtypes for every model x kind, conditioning reaches the output,
 adaLN-Zero DiT starts at exactly zero, no recompilation for a new batch, dropout switching."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -42,67 +44,83 @@ def _apply(model, x, t, c):
 def _builders():
     return {
         "mlp": (lambda **kw: models.MLP(2, hidden=16, depth=1, rngs=nnx.Rngs(0), **kw), (2,)),
+        "unet": (lambda **kw: models.UNet(8, 1, ch=16, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(4,),
+                                          dropout=0.0, rngs=nnx.Rngs(0), **kw), (8, 8, 1)),
+        "dit": (lambda **kw: models.DiT(8, 1, patch_size=2, hidden=32, depth=1, num_heads=2, rngs=nnx.Rngs(0), **kw),
+                (8, 8, 1)),
     }
 
 
 BUILDERS = _builders()
 
 
+@functools.cache
+def _fresh(name):
+    """One freshly initialized class-conditional model per architecture, shared by the tests
+    so that the forward pass compiles once per architecture (the jit cache keys on structure)."""
+    return _make(BUILDERS[name][0], num_classes=4)
+
+
+@functools.cache
+def _random(name):
+    return _randomize(nnx.clone(_fresh(name)))
+
+
+def _inputs(name, seed, t=0.5, labels=(0, 3, 4)):
+    """x (B, ...) float32, t (B,) float32, labels (B,) int: the one input signature every test uses."""
+    x = jax.random.normal(jax.random.PRNGKey(seed), (B, *BUILDERS[name][1]), jnp.float32)
+    return x, jnp.full((B,), t, jnp.float32), jnp.array(labels)
+
+
 @pytest.mark.parametrize("name", sorted(BUILDERS))
 def test_shapes_dtypes_every_kind(name):
     build, shape = BUILDERS[name]
-    x = jax.random.normal(jax.random.PRNGKey(1), (B, *shape), jnp.float32)
+    x, t, c = _inputs(name, 1)
     for kind in KINDS:  # abstract evaluation: the shapes and dtypes without compiling
         model = nnx.eval_shape(lambda: build(kind=kind, num_classes=4))
         assert model.kind == kind and model.num_classes == 4
-        y = nnx.eval_shape(lambda m: m(x, 0.5, jnp.array([0, 3, 4])), model)  # 4 = null class
+        y = nnx.eval_shape(lambda m: m(x, t, c), model)
         assert y.shape == x.shape and y.dtype == jnp.float32
-    model = _make(build, kind=kind, num_classes=4)
-    y = _apply(model, x, 0.5, jnp.array([0, 3, 4]))
+        # A scalar time (samplers) and cond None (the null class) give the same signature.
+        assert nnx.eval_shape(lambda m: m(x, 0.5, None), model) == y
+    for dtype in (jnp.float64, jnp.bfloat16):  # the output has the input's dtype
+        assert nnx.eval_shape(lambda m: m(x.astype(dtype), t, c), model).dtype == dtype
+    y = _apply(_random(name), x, t, c)  # 4 = the null class
     assert y.shape == x.shape and y.dtype == jnp.float32 and jnp.all(jnp.isfinite(y))
-    y = _apply(model, x.astype(jnp.float64), jnp.array([0.1, 0.5, 0.9]), None)  # per-example times
-    assert y.shape == x.shape and y.dtype == jnp.float64
-    y = nnx.eval_shape(lambda m: m(x.astype(jnp.bfloat16), 0.5, None), model)
-    assert y.dtype == jnp.bfloat16
     with pytest.raises(ValueError, match="kind"):
         build(kind="noise")
     with pytest.raises(ValueError, match="`t`"):
-        model(x, jnp.zeros((B + 1,)))
+        nnx.eval_shape(lambda m: m(x, jnp.zeros((B + 1,)), c), model)
     with pytest.raises(ValueError, match="`cond`"):
-        model(x, 0.5, jnp.zeros((B + 1,), jnp.int32))
+        nnx.eval_shape(lambda m: m(x, t, jnp.zeros((B + 1,), jnp.int32)), model)
 
 
 @pytest.mark.parametrize("name", sorted(BUILDERS))
 def test_conditioning_reaches_output(name):
-    build, shape = BUILDERS[name]
-    model = _randomize(_make(build, num_classes=4))
-    x = jax.random.normal(jax.random.PRNGKey(2), (B, *shape), jnp.float32)
-    t3, t7 = jnp.full((B,), 0.3, jnp.float32), jnp.full((B,), 0.7, jnp.float32)
-    y = np.asarray(_apply(model, x, t3, jnp.array([1, 1, 1])))
+    model = _random(name)
+    x, t3, c = _inputs(name, 2, 0.3, (1, 1, 1))
+    y = np.asarray(_apply(model, x, t3, c))
     # A different class, a different time, or the null class (cond None -> index 4) each
     # change every example's output.
-    others = [_apply(model, x, t3, jnp.array([2, 2, 2])), _apply(model, x, t7, jnp.array([1, 1, 1])),
+    others = [_apply(model, x, t3, jnp.array([2, 2, 2])), _apply(model, x, t3 + 0.4, c),
               _apply(model, x, t3, jnp.array([4, 4, 4]))]
     for other in others:
         diff = np.abs(np.asarray(other) - y).reshape(B, -1).max(axis=1)
         assert np.all(diff > 1e-3), diff
-    np.testing.assert_array_equal(nnx.eval_shape(lambda m: m(x, 0.3, None), model).shape, x.shape)
     # Per-example conditioning: changing example 0's class changes example 0 only.
     y2 = np.asarray(_apply(model, x, t3, jnp.array([2, 1, 1])))
     assert np.abs(y2[0] - y[0]).max() > 1e-3
     np.testing.assert_allclose(y2[1:], y[1:], rtol=1e-5, atol=1e-6)
-    uncond = nnx.eval_shape(lambda: build())
+    uncond = nnx.eval_shape(lambda: BUILDERS[name][0]())
     with pytest.raises(ValueError, match="unconditional"):
-        nnx.eval_shape(lambda m: m(x, 0.3, jnp.array([1, 1, 1])), uncond)
+        nnx.eval_shape(lambda m: m(x, t3, c), uncond)
 
 
 @pytest.mark.parametrize("name", sorted(BUILDERS))
 def test_jit_does_not_recompile_for_new_batch(name):
-    build, shape = BUILDERS[name]
-    model = _make(build, num_classes=4)
-    x1, x2 = jax.random.normal(jax.random.PRNGKey(3), (2, B, *shape), jnp.float32)
-    t1, t2 = jnp.full((B,), 0.2, jnp.float32), jnp.full((B,), 0.7, jnp.float32)
-    c1, c2 = jnp.array([0, 1, 2]), jnp.array([3, 4, 0])
+    model = _random(name)
+    x1, t1, c1 = _inputs(name, 3, 0.2, (0, 1, 2))
+    x2, t2, c2 = _inputs(name, 4, 0.7, (3, 4, 0))
     y1 = _apply(model, x1, t1, c1)
     with count_compiles() as n:  # new data, times and labels of the same shapes
         y2 = _apply(model, x2, t2, c2).block_until_ready()
@@ -111,7 +129,7 @@ def test_jit_does_not_recompile_for_new_batch(name):
 
 
 def test_get_model_lists_names():
-    with pytest.raises(ValueError, match="mlp"):
+    with pytest.raises(ValueError, match="mlp, unet, dit"):
         models.get_model("resnet")
     m = nnx.eval_shape(lambda: models.get_model("mlp", in_features=2, hidden=8, depth=1, rngs=nnx.Rngs(0)))
     assert m.kind == "velocity"
@@ -139,3 +157,60 @@ def test_dropout_switches_with_train_eval():
     np.testing.assert_array_equal(_apply(m, x, t, None), _apply(m, x, t, None))
     m.train()
     assert np.abs(np.asarray(_apply(m, x, t, None)) - np.asarray(_apply(m, x, t, None))).max() > 1e-4
+
+
+@pytest.mark.parametrize("name,size,channels,ch_mult,attn", [("unet", 28, 1, (1, 2, 2, 2), (7,)),
+                                                             ("unet", 32, 3, (1, 2, 2, 2), (16,)),
+                                                             ("dit", 28, 1, None, None), ("dit", 32, 3, None, None)])
+def test_image_sizes(name, size, channels, ch_mult, attn):
+    """28x28x1 (odd sizes 7 -> 4 -> 7 on the way up) and 32x32x3, checked abstractly."""
+    if name == "unet":
+        build = lambda: models.UNet(size, channels, ch=16, ch_mult=ch_mult, attn_resolutions=attn, num_classes=10,
+                                    rngs=nnx.Rngs(0))
+    else:
+        build = lambda: models.DiT(size, channels, patch_size=4, hidden=32, depth=1, num_heads=2, num_classes=10,
+                                   rngs=nnx.Rngs(0))
+    model = nnx.eval_shape(build)
+    x = jax.ShapeDtypeStruct((2, size, size, channels), jnp.float32)
+    y = nnx.eval_shape(lambda m, x: m(x, 0.5, jnp.array([1, 10])), model, x)
+    assert y.shape == x.shape and y.dtype == jnp.float32
+    if name == "unet":  # attention exactly at the requested resolution, down and up
+        attn_blocks = [b for b in list(model.down) + list(model.up) if isinstance(b, models.unet.AttnBlock)]
+        assert len(attn_blocks) == 2 + 3  # at one level: after 2 res blocks down, 3 up
+    with pytest.raises(ValueError, match="`x`"):
+        nnx.eval_shape(lambda m: m(jnp.zeros((2, size + 1, size, channels), jnp.float32), 0.5), model)
+
+
+def test_dit_adaln_zero_fresh_output_is_zero_and_only_final_layer_learns_first():
+    model = _fresh("dit")
+    x = jax.random.normal(jax.random.PRNGKey(4), (B, *BUILDERS["dit"][1]), jnp.float32)
+    y = _apply(model, x, jnp.array([0.01, 0.5, 0.99], jnp.float32), jnp.array([0, 2, 4]))
+    np.testing.assert_array_equal(y, np.zeros_like(y))  # exactly zero, not merely small
+
+    @nnx.jit
+    def grads(model):
+        return nnx.grad(lambda m: jnp.sum((m(x, jnp.full((B,), 0.5, jnp.float32), jnp.array([0, 1, 2])) - x) ** 2))(
+            model)
+
+    flat = {"/".join(map(str, p)): np.abs(np.asarray(v)).max() for p, v in nnx.to_flat_state(grads(model))}
+    # With zero output weights, gradient reaches only the output projection at the first step.
+    final = {k: v for k, v in flat.items() if k.startswith("final/linear")}
+    assert final and all(v > 1e-3 for v in final.values()), final
+    assert all(v == 0 for k, v in flat.items() if k not in final)
+
+
+def test_unet_fresh_output_is_zero():
+    x, t, c = _inputs("unet", 5)
+    np.testing.assert_array_equal(_apply(_fresh("unet"), x, t, c), 0.0)
+
+
+def test_bfloat16_compute_keeps_float32_params():
+    m32 = _random("mlp")
+    m16 = _randomize(_make(BUILDERS["mlp"][0], num_classes=4, dtype=jnp.bfloat16))
+    assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(nnx.state(m16, nnx.Param)))
+    x, t, c = _inputs("mlp", 6)
+    y32, y16 = np.asarray(_apply(m32, x, t, c)), np.asarray(_apply(m16, x, t, c))
+    assert y16.dtype == np.float32  # cast back to the input dtype
+    # bf16 has an 8-bit mantissa: relative error ~ 2^-8 per op, a few percent through the net.
+    rel = np.abs(y16 - y32).max() / np.abs(y32).max()
+    assert 0 < rel < 0.05, rel

@@ -9,13 +9,15 @@ class labels (B,) with a null class `num_classes` for classifier-free guidance, 
 static `kind` naming the prediction it is trained to output.
 """
 
+from jdiff.models.dit import DiT as DiT
 from jdiff.models.embeddings import ClassEmbedding as ClassEmbedding
 from jdiff.models.embeddings import FourierFeatures as FourierFeatures
 from jdiff.models.embeddings import TimeEmbedding as TimeEmbedding
 from jdiff.models.embeddings import sinusoidal_embedding as sinusoidal_embedding
 from jdiff.models.mlp import MLP as MLP
+from jdiff.models.unet import UNet as UNet
 
-MODELS = {"mlp": MLP}
+MODELS = {"mlp": MLP, "unet": UNet, "dit": DiT}
 
 
 def get_model(name: str, **kwargs):

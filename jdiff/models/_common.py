@@ -41,15 +41,18 @@ class Attention(nnx.Module):
 
     zero_out: initialize the output projection to zero, so the block starts as identity in
     a residual stream (DDPM++'s init_scale=0 on the attention output).
+    kernel_init: initializer of the projections (default nnx.Linear's LeCun normal).
     """
 
-    def __init__(self, dim: int, num_heads: int, *, zero_out: bool = False, dtype=None, rngs: nnx.Rngs):
+    def __init__(self, dim: int, num_heads: int, *, zero_out: bool = False, kernel_init=None, dtype=None,
+                 rngs: nnx.Rngs):
         if dim % num_heads:
             raise ValueError(f"`num_heads`={num_heads} must divide the width {dim}")
         self.num_heads = num_heads
-        self.qkv = nnx.Linear(dim, 3 * dim, dtype=dtype, rngs=rngs)
+        kw = {} if kernel_init is None else dict(kernel_init=kernel_init)
+        self.qkv = nnx.Linear(dim, 3 * dim, dtype=dtype, rngs=rngs, **kw)
         self.out = (zeros_linear(dim, dim, dtype=dtype, rngs=rngs) if zero_out
-                    else nnx.Linear(dim, dim, dtype=dtype, rngs=rngs))
+                    else nnx.Linear(dim, dim, dtype=dtype, rngs=rngs, **kw))
 
     def __call__(self, h):
         b, n, d = h.shape
