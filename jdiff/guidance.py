@@ -271,10 +271,15 @@ def classifier_guidance(
 
     def guided(x, t, cond=None):
         _check_batched(x, "classifier_guidance")
+        pred = model(x, t, cond)
         grad = jax.grad(lambda x_: jnp.sum(log_prob_fn(x_, t, cond)))(x)
-        score = predictions.convert(model(x, t, cond), kind, "score", x, t, path)
+        score = predictions.convert(pred, kind, "score", x, t, path)
         scale_t = expand_to(_gate(scale, 0.0, t, interval), x, "scale")
-        return predictions.convert(score + scale_t * grad, "score", kind, x, t, path)
+        guided = predictions.convert(score + scale_t * grad, "score", kind, x, t, path)
+        # A score shift d moves x0_hat by sigma^2 / alpha * d: infinite where alpha = 0 (pure
+        # noise, e.g. t = 1 on the rectified-flow path). Where the scale is 0 (outside the
+        # interval) return the model's own prediction, so that case stays finite.
+        return jnp.where(scale_t == 0, pred, guided)
 
     return guided
 
