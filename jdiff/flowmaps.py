@@ -39,8 +39,10 @@ from collections.abc import Callable
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+from flax import nnx
 
 from jdiff import predictions
+from jdiff.models.embeddings import check_unconditional, class_embedding_or_none, sinusoidal_embedding
 from jdiff.paths import AbstractPath, expand_to
 
 __all__ = [
@@ -54,6 +56,7 @@ __all__ = [
     "pseudo_huber",
     "ict_num_scales",
     "karras_sigmas",
+    "ict_noise_level_probs",
     "consistency_training_loss",
     "consistency_distillation_loss",
     "meanflow_target",
@@ -61,6 +64,7 @@ __all__ = [
     "shortcut_loss",
     "ddim_target",
     "progressive_distillation_loss",
+    "FlowMapMLP",
 ]
 
 
@@ -314,16 +318,37 @@ def karras_sigmas(i, n, sigma_min, sigma_max, rho: float = 7.0):
     return (lo + i / (n - 1) * (hi - lo)) ** rho
 
 
+def ict_noise_level_probs(num_scales, sigma_min, sigma_max, *, rho=7.0, p_mean=-1.1, p_std=2.0, max_scales=1280):
+    """Probabilities of the iCT noise-level pairs (sigma_i, sigma_{i+1}), i = 0 .. max_scales - 1.
+
+    p(i) is proportional to erf((log sigma_{i+1} - P_mean) / (sqrt 2 P_std)) - erf((log sigma_i -
+    P_mean) / (sqrt 2 P_std)) for i < num_scales - 1 and 0 beyond (Song & Dhariwal 2023, Sec. 3.5:
+    the discretized lognormal with P_mean = -1.1, P_std = 2). The table has the fixed size
+    `max_scales` (the curriculum's s1), so `num_scales` may be traced.
+    """
+    idx = jnp.arange(max_scales)
+    lo = jnp.log(karras_sigmas(idx, num_scales, sigma_min, sigma_max, rho))
+    hi = jnp.log(karras_sigmas(idx + 1, num_scales, sigma_min, sigma_max, rho))
+    scale = 1.0 / (math.sqrt(2.0) * p_std)
+    mass = jax.scipy.special.erf((hi - p_mean) * scale) - jax.scipy.special.erf((lo - p_mean) * scale)
+    mass = jnp.where(idx < num_scales - 1, mass, 0.0)
+    return mass / jnp.sum(mass)
+
+
 def _edm_range(path, sigma_min, sigma_max):
     sigma_min = _edm_sigma(path, jnp.asarray(path.t_min)) if sigma_min is None else sigma_min
     sigma_max = _edm_sigma(path, jnp.asarray(path.t_max)) if sigma_max is None else sigma_max
     return sigma_min, sigma_max
 
 
-def _consistency_pair(path, key, x0, n, sigma_min, sigma_max, rho, index_logits):
-    """Draw a discretization index per example; return (t_i, t_{i+1}, eps, weight 1/(s_{i+1} - s_i))."""
+def _consistency_pair(path, key, x0, n, sigma_min, sigma_max, rho, index_logits=None):
+    """Draw a discretization index per example (from `index_logits`, or uniform in 0 .. n - 2);
+    return (t_i, t_{i+1}, eps, weight 1 / (sigma_{i+1} - sigma_i))."""
     k_idx, k_eps = jax.random.split(key)
-    i = jax.random.categorical(k_idx, index_logits, shape=jnp.shape(x0)[:1])
+    if index_logits is None:
+        i = jax.random.randint(k_idx, jnp.shape(x0)[:1], 0, n - 1)
+    else:
+        i = jax.random.categorical(k_idx, index_logits, shape=jnp.shape(x0)[:1])
     s_lo = karras_sigmas(i, n, sigma_min, sigma_max, rho)
     s_hi = karras_sigmas(i + 1, n, sigma_min, sigma_max, rho)
     dtype = jnp.result_type(x0)
@@ -377,14 +402,8 @@ def consistency_training_loss(
     """
     sigma_min, sigma_max = _edm_range(path, sigma_min, sigma_max)
     n = ict_num_scales(step, total_steps, s0, s1)
-    # Index probabilities over a fixed-size table of s1 slots, masked beyond N - 1 (so N may be traced).
-    idx = jnp.arange(s1)
-    log_s = jnp.log(karras_sigmas(idx, n, sigma_min, sigma_max, rho)), jnp.log(
-        karras_sigmas(idx + 1, n, sigma_min, sigma_max, rho)
-    )
-    scale = 1.0 / (math.sqrt(2.0) * p_std)
-    mass = jax.scipy.special.erf((log_s[1] - p_mean) * scale) - jax.scipy.special.erf((log_s[0] - p_mean) * scale)
-    logits = jnp.where(idx < n - 1, jnp.log(jnp.maximum(mass, 1e-30)), -jnp.inf)
+    probs = ict_noise_level_probs(n, sigma_min, sigma_max, rho=rho, p_mean=p_mean, p_std=p_std, max_scales=s1)
+    logits = jnp.where(probs > 0, jnp.log(jnp.where(probs > 0, probs, 1.0)), -jnp.inf)
     t_lo, t_hi, eps, weight = _consistency_pair(path, key, x0, n, sigma_min, sigma_max, rho, logits)
     t_end = _t_from_edm_sigma(path, jnp.asarray(sigma_min)).astype(jnp.result_type(x0))
     target_flow = flow if target_flow is None else target_flow
@@ -402,7 +421,7 @@ def consistency_distillation_loss(
     cond=None,
     *,
     target_flow: Callable | None = None,
-    num_scales: int = 18,
+    num_scales=18,
     rho: float = 7.0,
     sigma_min=None,
     sigma_max=None,
@@ -413,7 +432,8 @@ def consistency_distillation_loss(
     d(f(x_{t_{n+1}}, t_{n+1}), sg f^-(x_hat_{t_n}, t_n)), x_{t_{n+1}} = alpha x0 + sigma z and
     x_hat_{t_n} = teacher_step(x_{t_{n+1}}, t_{n+1}, t_n, cond): one step of an ODE solver on the
     teacher's PF-ODE (`solver_step` builds it from any jdiff model and jdiff.samplers solver).
-    The N = `num_scales` levels are Karras's (rho = 7) on the EDM range, n uniform; d is the
+    The N = `num_scales` levels (may be traced; their CD uses 18) are Karras's (rho = 7) on the
+    EDM range, n uniform; d is the
     pseudo-Huber distance (c = 0.00054 sqrt(dim); pass huber_c=0 for the L2 distance).
 
     Args:
@@ -423,8 +443,7 @@ def consistency_distillation_loss(
             None uses the online one under stop_gradient.
     """
     sigma_min, sigma_max = _edm_range(path, sigma_min, sigma_max)
-    logits = jnp.zeros((num_scales - 1,))
-    t_lo, t_hi, eps, _ = _consistency_pair(path, key, x0, num_scales, sigma_min, sigma_max, rho, logits)
+    t_lo, t_hi, eps, _ = _consistency_pair(path, key, x0, num_scales, sigma_min, sigma_max, rho)
     t_end = _t_from_edm_sigma(path, jnp.asarray(sigma_min)).astype(jnp.result_type(x0))
     x_hi = _interp(path, x0, eps, t_hi)
     x_lo = jax.lax.stop_gradient(teacher_step(x_hi, t_hi, t_lo, cond))
@@ -562,14 +581,15 @@ def shortcut_loss(
     eps = jax.random.normal(k_eps, jnp.shape(x0), dtype)
     span = path.t_max - path.t_min
     delta = span / max_steps
-    # Flow-matching part.
-    t_fm = path.t_min + span * jax.random.uniform(k_t, (n - n_sc,), dtype)
-    x_fm, e_fm = x0[n_sc:], eps[n_sc:]
-    c_fm = None if cond is None else jax.tree_util.tree_map(lambda c: c[n_sc:], cond)
-    z_fm = _interp(path, x_fm, e_fm, t_fm)
-    loss_fm = _sqnorm(net(z_fm, t_fm, t_fm, c_fm) - _cond_velocity(path, x_fm, e_fm, t_fm))
+    losses = []
+    if n_sc < n:  # flow-matching part
+        t_fm = path.t_min + span * jax.random.uniform(k_t, (n - n_sc,), dtype)
+        x_fm, e_fm = x0[n_sc:], eps[n_sc:]
+        c_fm = None if cond is None else jax.tree_util.tree_map(lambda c: c[n_sc:], cond)
+        z_fm = _interp(path, x_fm, e_fm, t_fm)
+        losses.append(_sqnorm(net(z_fm, t_fm, t_fm, c_fm) - _cond_velocity(path, x_fm, e_fm, t_fm)))
     if n_sc == 0:
-        return loss_fm
+        return losses[0]
     # Self-consistency part: 2d-steps on a grid that fits into [t_min, t_max].
     j = jax.random.randint(k_j, (n_sc,), 0, levels)
     d = (delta * 2.0**j).astype(dtype)
@@ -582,7 +602,7 @@ def shortcut_loss(
     u2 = net(z - expand_to(d, z, "t") * u1, t - d, t - 2.0 * d, c_sc)
     target = jax.lax.stop_gradient(0.5 * (u1 + u2))
     loss_sc = _sqnorm(net(z, t, t - 2.0 * d, c_sc) - target)
-    return jnp.concatenate([loss_sc, loss_fm])
+    return jnp.concatenate([loss_sc] + losses)
 
 
 # -----------------------------------------------------------------------------------
@@ -641,3 +661,70 @@ def progressive_distillation_loss(
     x0_hat, _ = predictions.to_x0_eps(student(z, t, cond), student_kind, z, t, path)
     weight = jnp.maximum(jnp.exp(path.log_snr(t)), 1.0)
     return weight * _sqnorm(x0_hat - target)
+
+
+# -----------------------------------------------------------------------------------
+# A two-time network for low-dimensional data
+# -----------------------------------------------------------------------------------
+
+
+class _TimeMLP(nnx.Module):
+    """t (B,) -> sinusoidal features of scale * t -> Linear -> SiLU -> Linear."""
+
+    def __init__(self, hidden, scale, dtype, rngs):
+        self.scale = scale
+        self.dense1 = nnx.Linear(hidden, hidden, dtype=dtype, rngs=rngs)
+        self.dense2 = nnx.Linear(hidden, hidden, dtype=dtype, rngs=rngs)
+
+    def __call__(self, t):
+        return self.dense2(nnx.silu(self.dense1(sinusoidal_embedding(t, self.dense1.in_features, scale=self.scale))))
+
+
+class FlowMapMLP(nnx.Module):
+    """Residual MLP net(x, t, s, cond) of two times, the raw network of a flow map (see `flow_map`).
+
+    The times enter as two embeddings (sinusoidal features of `time_scale` * time, then
+    Linear-SiLU-Linear), of t and of the jump t - s (MeanFlow's best input pair (t, t - r), Geng
+    et al. 2025, Table 1c), added to the class embedding (a `jdiff.models.ClassEmbedding` with a
+    null class when `num_classes` is set) and fed to every residual block, whose last layer is
+    zero-initialised.
+
+    in_features: prod of an example's shape (2 for the toy sets); hidden: width; depth: blocks.
+    time_scale: the sinusoidal features are those of time_scale * t. jdiff.models uses 1000
+        (DDPM's step index); MeanFlow differentiates the network in t (jax.jvp), and features of
+        frequency up to 1000 make that derivative, hence the target, large and noisy, so the
+        default here is 10 (the highest frequency then has period ~0.6 in t).
+    """
+
+    def __init__(self, in_features: int, *, hidden: int = 128, depth: int = 3, num_classes: int | None = None,
+                 time_scale: float = 10.0, dtype=None, rngs):
+        self.in_features = in_features
+        self.time_t = _TimeMLP(hidden, time_scale, dtype, rngs)
+        self.time_d = _TimeMLP(hidden, time_scale, dtype, rngs)
+        self.label = class_embedding_or_none(num_classes, hidden, dtype, rngs)
+        self.inp = nnx.Linear(in_features, hidden, dtype=dtype, rngs=rngs)
+        self.norms = nnx.List([nnx.LayerNorm(hidden, dtype=dtype, rngs=rngs) for _ in range(depth)])
+        self.dense1 = nnx.List([nnx.Linear(hidden, hidden, dtype=dtype, rngs=rngs) for _ in range(depth)])
+        self.emb = nnx.List([nnx.Linear(hidden, hidden, dtype=dtype, rngs=rngs) for _ in range(depth)])
+        self.dense2 = nnx.List([nnx.Linear(hidden, hidden, kernel_init=nnx.initializers.zeros, dtype=dtype, rngs=rngs)
+                                for _ in range(depth)])
+        self.out_norm = nnx.LayerNorm(hidden, dtype=dtype, rngs=rngs)
+        self.out = nnx.Linear(hidden, in_features, dtype=dtype, rngs=rngs)
+
+    def __call__(self, x, t, s, cond=None):
+        """x (B, ...) with in_features values per example; t, s scalars or (B,); cond (B,) ints or None."""
+        if x.ndim < 2 or math.prod(x.shape[1:]) != self.in_features:
+            raise ValueError(f"`x` must have shape (B, ...) with {self.in_features} values per example; got {x.shape}")
+        b = x.shape[0]
+        t, s = _per_example(t, x), _per_example(s, x)
+        emb = self.time_t(t) + self.time_d(t - s)
+        if self.label is None:
+            check_unconditional(cond, "FlowMapMLP")
+        else:
+            emb = emb + self.label(cond, b)
+        emb = nnx.silu(emb)
+        h = self.inp(x.reshape(b, self.in_features))
+        for norm, d1, e, d2 in zip(self.norms, self.dense1, self.emb, self.dense2):
+            h = h + d2(nnx.silu(d1(nnx.silu(norm(h))) + e(emb)))
+        y = self.out(nnx.silu(self.out_norm(h)))
+        return y.reshape(x.shape).astype(x.dtype)

@@ -231,3 +231,254 @@ def test_meanflow_loss_adaptive_weight():
     np.testing.assert_allclose(adapt, plain / (plain + 1e-3), rtol=1e-10)
     np.testing.assert_allclose(half, plain / jnp.sqrt(plain + 1e-3), rtol=1e-10)
     assert float(jnp.max(plain)) > 1e-2
+
+
+# -----------------------------------------------------------------------------------
+# Closed-form flow map of one Gaussian: data N(mu, sd^2 I) on any path
+# -----------------------------------------------------------------------------------
+
+MU, SD = jnp.array([0.7, -0.4]), 0.6
+
+
+def gaussian_var(path, t):
+    """Per-coordinate variance a^2 sd^2 + s^2 of x_t."""
+    return path.alpha(t) ** 2 * SD**2 + path.sigma(t) ** 2
+
+
+def gaussian_flow(path):
+    """Phi(x, t, s) = a_s mu + (x - a_t mu) sqrt(var_s / var_t): the exact PF-ODE flow map."""
+
+    def f(x, t, s, cond=None):
+        t = jnp.broadcast_to(jnp.asarray(t, x.dtype), x.shape[:1])[:, None]
+        s = jnp.broadcast_to(jnp.asarray(s, x.dtype), x.shape[:1])[:, None]
+        mu = MU[None, :].astype(x.dtype)
+        return path.alpha(s) * mu + (x - path.alpha(t) * mu) * jnp.sqrt(gaussian_var(path, s) / gaussian_var(path, t))
+
+    return f
+
+
+def gaussian_oracle():
+    return jdiff.GaussianMixture(jnp.ones(1), MU[None], stds=jnp.array([SD]))
+
+
+def test_gaussian_flow_is_the_oracle_pf_ode_flow():
+    """The closed form used below agrees with the diffrax solve of the oracle's PF-ODE (sanity of the reference)."""
+    path = paths.Linear()
+    phi = exact_flow(gaussian_oracle(), path)
+    x = path.prior_sample(jax.random.key(0), (N, 2), jnp.float64)
+    t, s = jnp.full((N,), 0.9), jnp.full((N,), 0.05)
+    np.testing.assert_allclose(phi(x, t, s), gaussian_flow(path)(x, t, s), rtol=1e-8, atol=1e-9)
+
+
+@pytest.mark.parametrize("path", [paths.Linear(), paths.VEGeometric()], ids=["linear", "ve"])
+def test_sample_multistep_and_renoising_marginals(path):
+    """With the exact flow map: gamma = 0 composes to one jump; any gamma keeps x_T's marginal law.
+
+    Each gamma-step is affine in x plus fresh noise, so Cov(x_T, x_final) / Var(x_T) is the
+    product of the step factors (alpha_{i+1} / alpha') sqrt(var(t') / var(t_i)), t' the
+    intermediate time; the final variance must equal var(t_end) exactly in law.
+    """
+    flow = gaussian_flow(path)
+    n = 20000
+    x_T = jnp.sqrt(gaussian_var(path, path.t_max)) * jax.random.normal(jax.random.key(0), (n, 2))
+    x_T = x_T + path.alpha(path.t_max) * MU[None, :]
+    grid = jnp.array([path.t_max, 0.7, 0.4, 0.15, path.t_min])
+    run = jax.jit(lambda g, k: flowmaps.sample(flow, path, x_T, grid, key=k, gamma=g))
+    # gamma = 0: the scan composes exact jumps = one exact jump.
+    np.testing.assert_allclose(run(0.0, jax.random.key(1)), flow(x_T, path.t_max, path.t_min), rtol=1e-10, atol=1e-10)
+    for gamma in (0.5, 1.0):
+        x = run(gamma, jax.random.key(1))
+        # expected regression factor of x_final on x_T
+        factor = 1.0
+        for t, t_next in zip(grid[:-1], grid[1:]):
+            lam = path.log_snr(t_next) - jnp.log1p(-(gamma**2))
+            t_mid = jnp.clip(path.t_from_log_snr(lam), jnp.minimum(path.t_min, t_next), t_next)
+            factor *= path.alpha(t_next) / path.alpha(t_mid) * jnp.sqrt(gaussian_var(path, t_mid) / gaussian_var(path, t))
+        x, xt = np.asarray(x), np.asarray(x_T)
+        xc, xtc = x - x.mean(0), xt - xt.mean(0)
+        beta = np.sum(xc * xtc, 0) / np.sum(xtc * xtc, 0)
+        var_end = float(gaussian_var(path, path.t_min))
+        se = math.sqrt(var_end / float(gaussian_var(path, path.t_max)) / n)  # std error of the slope
+        np.testing.assert_allclose(beta, factor, atol=5 * se + 1e-12)
+        np.testing.assert_allclose(np.var(x, 0), var_end, rtol=5 * math.sqrt(2 / n))
+        np.testing.assert_allclose(np.mean(x, 0), path.alpha(path.t_min) * np.asarray(MU), atol=5 * math.sqrt(var_end / n))
+        if gamma == 1.0:  # full re-noising forgets x_T up to the last jump's contraction
+            assert float(jnp.max(jnp.abs(factor))) < 0.2
+
+
+def test_sample_needs_key_for_renoising():
+    path = paths.Linear()
+    with pytest.raises(ValueError, match="key"):
+        flowmaps.sample(gaussian_flow(path), path, jnp.zeros((4, 2)), jnp.array([0.9, 0.1]), gamma=0.5)
+    with pytest.raises(ValueError, match="grid"):
+        flowmaps.sample(gaussian_flow(path), path, jnp.zeros((4, 2)), jnp.array([0.9]))
+
+
+# -----------------------------------------------------------------------------------
+# Consistency models
+# -----------------------------------------------------------------------------------
+
+
+def test_ict_curriculum_and_constants():
+    """N(k) = min(s0 2^floor(k / K'), s1) + 1, K' = floor(K / (log2(s1/s0) + 1)) (iCT Eq. 8)."""
+    total = 400_000  # iCT's CIFAR-10 run: K' = 400000 // 8 = 50000
+    steps = jnp.array([0, 49_999, 50_000, 100_000, 150_000, 349_999, 350_000, 399_999])
+    np.testing.assert_array_equal(flowmaps.ict_num_scales(steps, total), [11, 11, 21, 41, 81, 641, 1281, 1281])
+    # pseudo-Huber: c = 0.00054 sqrt(d) is 0.03 for 32x32x3 images (iCT Sec. 3.3)
+    x = jnp.zeros((2, 32, 32, 3))
+    y = x.at[1, 0, 0, 0].set(3.0)
+    c = 0.00054 * math.sqrt(3072)
+    np.testing.assert_allclose(flowmaps.pseudo_huber(x, y), [0.0, math.sqrt(9 + c * c) - c], rtol=1e-12)
+    np.testing.assert_allclose(c, 0.0299, atol=1e-4)
+    # Karras levels: ends exact, rho = 7
+    s = flowmaps.karras_sigmas(jnp.arange(11), 11, 0.002, 80.0)
+    np.testing.assert_allclose([s[0], s[-1]], [0.002, 80.0], rtol=1e-12)
+    np.testing.assert_allclose(s[5], ((0.002 ** (1 / 7) + 80 ** (1 / 7)) / 2) ** 7, rtol=1e-12)
+
+
+def test_ict_noise_level_probs_discretize_the_lognormal():
+    """P(i) telescopes: the CDF at sigma_{i+1} is that of the lognormal (P_mean = -1.1, P_std = 2), renormalized."""
+    from scipy.stats import norm
+
+    n = 81
+    p = flowmaps.ict_noise_level_probs(n, 0.002, 80.0)
+    assert p.shape == (1280,) and float(jnp.sum(p[n - 1 :])) == 0.0
+    s = flowmaps.karras_sigmas(np.arange(n), n, 0.002, 80.0)
+    cdf = norm.cdf((np.log(s) + 1.1) / 2.0)
+    expected = (cdf[1:] - cdf[0]) / (cdf[-1] - cdf[0])
+    np.testing.assert_allclose(np.cumsum(np.asarray(p[: n - 1])), expected, rtol=1e-9)
+
+
+def test_consistency_training_loss_pairs_levels_and_noise():
+    """iCT on VE: adjacent Karras levels drawn as the lognormal says, one shared z, weight 1 / (s_{i+1} - s_i).
+
+    Run eagerly with a flow map that records its inputs, then recompute the loss by hand.
+    """
+    path = paths.VEGeometric()
+    net = tiny_net(jax.random.key(0), 2)
+    f = flowmaps.flow_map(net, path, flowmaps.DDIMDenoiser(0.5))
+    seen = []
+
+    def flow(x, t, s, cond=None):
+        seen.append((x, t, s))
+        return f(x, t, s, cond)
+
+    n = 4000
+    x0 = jax.random.normal(jax.random.key(1), (n, 2))
+    total, step = 80_000, 25_000  # K' = 10000: N = 10 * 4 + 1 = 41 levels
+    loss = flowmaps.consistency_training_loss(flow, path, jax.random.key(2), x0, step, total)
+    (x_lo, t_lo, s_lo), (x_hi, t_hi, s_hi) = seen  # target first, then the online prediction
+    assert float(jnp.max(s_lo)) == 0.0 and float(jnp.max(s_hi)) == 0.0  # maps to t_min (sigma_min = 0.002)
+    sig_lo, sig_hi = path.sigma(t_lo), path.sigma(t_hi)
+    levels = flowmaps.karras_sigmas(np.arange(41), 41, 0.002, 80.0)
+    i = np.searchsorted(np.asarray(levels), np.asarray(sig_lo) * (1 + 1e-9)) - 1
+    np.testing.assert_allclose(sig_lo, levels[i], rtol=1e-9)
+    np.testing.assert_allclose(sig_hi, levels[i + 1], rtol=1e-9)
+    # the same noise at both levels
+    z_lo, z_hi = (x_lo - x0) / sig_lo[:, None], (x_hi - x0) / sig_hi[:, None]
+    np.testing.assert_allclose(z_lo, z_hi, rtol=1e-8, atol=1e-8)
+    # index frequencies match the discretized lognormal (chi-square, 39 dof: 99.9% quantile ~ 73)
+    p = np.asarray(flowmaps.ict_noise_level_probs(41, 0.002, 80.0)[:40])
+    counts = np.bincount(i, minlength=40)
+    chi2 = np.sum((counts - n * p) ** 2 / np.maximum(n * p, 1e-9))
+    assert chi2 < 73, chi2
+    expected = pseudo = flowmaps.pseudo_huber(f(x_hi, t_hi, 0.0), f(x_lo, t_lo, 0.0))
+    expected = pseudo / (sig_hi - sig_lo)
+    np.testing.assert_allclose(loss, expected, rtol=1e-9)
+    assert float(jnp.min(pseudo)) > 0
+
+
+@pytest.mark.parametrize("solver_name,order", [("Euler", 1), ("Heun", 2)])
+def test_consistency_distillation_loss_is_the_teachers_local_error(solver_name, order):
+    """With the exact consistency function as student, the CD loss is the teacher step's local error: O(h^(p+1)).
+
+    Teacher: the oracle velocity of N(mu, sd^2 I) and one jdiff.samplers step; student and target:
+    the closed-form flow map to t_min. The fitted slope of log mean loss against log N is -(p + 1).
+    """
+    from jdiff import samplers
+
+    path = paths.VEGeometric()
+    teacher = flowmaps.solver_step(getattr(samplers, solver_name)(), gaussian_oracle().as_model(path, "velocity"),
+                                   "velocity", path)
+    flow = gaussian_flow(path)
+    x0 = MU[None, :] + SD * jax.random.normal(jax.random.key(0), (N, 2))
+    run = jax.jit(lambda k: flowmaps.consistency_distillation_loss(flow, path, teacher, jax.random.key(1), x0,
+                                                                   num_scales=k, huber_c=0.0))
+    ns = np.array([40, 80, 160, 320])
+    errs = [float(jnp.mean(run(k))) for k in ns]
+    slope = np.polyfit(np.log(ns), np.log(errs), 1)[0]
+    assert abs(slope + (order + 1)) < 0.25, (slope, errs)
+    # the exact teacher step (the flow map itself) gives a zero loss
+    exact = flowmaps.consistency_distillation_loss(flow, path, lambda x, t, s, c: flow(x, t, s), jax.random.key(1), x0)
+    assert float(jnp.max(exact)) < 1e-12
+
+
+# -----------------------------------------------------------------------------------
+# Shortcut models and progressive distillation
+# -----------------------------------------------------------------------------------
+
+
+def test_shortcut_self_consistency_vanishes_for_exact_average_velocity():
+    """Two d-steps of the exact average velocity equal one 2d-step: the self-consistency loss is ~0.
+
+    A recording wrapper checks the (t, s) the loss asks for: dyadic steps d = 2^j delta inside
+    [t_min, t_max], and the three evaluations (t, t - d), (t - d, t - 2d), (t, t - 2d).
+    """
+    gm, path, _, u, _ = oracle()
+    seen = []
+
+    def net(x, t, s, cond=None):
+        seen.append((t, s))
+        return u(x, t, s)
+
+    x0 = gm.sample(jax.random.key(0), N)
+    loss = flowmaps.shortcut_loss(net, path, jax.random.key(1), x0, max_steps=16, consistency_fraction=1.0)
+    assert loss.shape == (N,)
+    assert float(jnp.max(loss)) < 1e-14, float(jnp.max(loss))
+    (t1, s1), (t2, s2), (t3, s3) = seen
+    delta = (path.t_max - path.t_min) / 16
+    d = t1 - s1
+    np.testing.assert_allclose(t2, s1, rtol=1e-14)
+    np.testing.assert_allclose(t2 - s2, d, rtol=1e-12)
+    np.testing.assert_allclose(t3, t1, rtol=0)
+    np.testing.assert_allclose(t3 - s3, 2 * d, rtol=1e-12)
+    j = np.log2(np.asarray(d) / delta)
+    np.testing.assert_allclose(j, np.round(j), atol=1e-9)
+    assert set(np.round(j).astype(int)) == {0, 1, 2, 3}
+    assert float(jnp.max(t1)) <= path.t_max + 1e-12 and float(jnp.min(s3)) >= path.t_min - 1e-12
+    # flow-matching examples (s = t): the exact velocity's loss is E||v - v_cond||^2 > 0, and
+    # u(x, t, t) = v is the minimizer: a perturbed velocity does worse
+    _, _, _, _, v = oracle()
+    fm = flowmaps.shortcut_loss(lambda x, t, s, c: v(x, t), path, jax.random.key(1), x0, consistency_fraction=0.0)
+    worse = flowmaps.shortcut_loss(lambda x, t, s, c: 1.1 * v(x, t), path, jax.random.key(1), x0, consistency_fraction=0.0)
+    assert 0.1 < float(jnp.mean(fm)) < float(jnp.mean(worse))
+
+
+def test_progressive_distillation_target_and_order():
+    """x~ makes one DDIM step land on the teacher's two; a student equal to the teacher misses by O(h).
+
+    Teacher: the oracle eps-model with jdiff.samplers.DDIM. One DDIM step with x0 = x~ reproduces the
+    two teacher steps to rounding; with the teacher as student the x0 gap is the difference of the
+    one- and two-step local errors, O(h^2) / O(h) = O(h): the mean loss / weight falls as N^-2.
+    """
+    from jdiff import samplers
+
+    gm, path = mixture_2d(), paths.VPCosine()
+    model = gm.as_model(path, "eps")
+    teacher = flowmaps.solver_step(samplers.DDIM(), model, "eps", path)
+    x0 = gm.sample(jax.random.key(0), 512)
+    t = jax.random.uniform(jax.random.key(1), (512,), minval=0.2, maxval=0.9)
+    z, _ = path.marginal(jax.random.key(2), x0, t)
+    z2 = teacher(teacher(z, t, t - 0.05), t - 0.05, t - 0.1)
+    x_tilde = flowmaps.ddim_target(path, z, t, z2, t - 0.1)
+    s = t - 0.1
+    a_t, s_t, a_s, s_s = (c[:, None] for c in (path.alpha(t), path.sigma(t), path.alpha(s), path.sigma(s)))
+    ddim = a_s * x_tilde + s_s * (z - a_t * x_tilde) / s_t  # one DDIM step with the denoiser x~
+    np.testing.assert_allclose(ddim, z2, rtol=1e-10, atol=1e-12)
+    assert float(jnp.max(jnp.abs(x_tilde - gm.as_model(path, "x0")(z, t)))) > 1e-3  # x~ is not the teacher's x0
+
+    ns = np.array([8, 16, 32, 64])
+    losses = jax.jit(lambda k: flowmaps.progressive_distillation_loss(model, "eps", teacher, path, jax.random.key(3), x0, k))
+    errs = [float(jnp.mean(losses(k))) for k in ns]
+    slope = np.polyfit(np.log(ns), np.log(errs), 1)[0]
+    assert abs(slope + 2.0) < 0.3, (slope, errs)
