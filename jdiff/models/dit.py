@@ -91,6 +91,7 @@ class DiT(nnx.Module):
         (DiT-S: 384, 12, 6, 4).
     num_classes: None (unconditional) or K classes plus the null class K.
     time_embedding: "sinusoidal" (256 features of 1000 t, as DiT) or "fourier"; input is path time t in [0, 1].
+    time_scale: the sinusoidal embedding sees time_scale * t (1000 for path time; 1 for EDM c_noise).
     kind: the prediction kind it is trained to output (default "eps").
     out_channels: output channels (default C).
     dtype: compute dtype; parameters stay float32.
@@ -98,7 +99,8 @@ class DiT(nnx.Module):
 
     def __init__(self, image_size: int | Sequence[int], channels: int, *, patch_size: int = 2, hidden: int = 384,
                  depth: int = 12, num_heads: int = 6, mlp_ratio: float = 4.0, num_classes: int | None = None,
-                 time_embedding: str = "sinusoidal", kind: str = "eps", out_channels: int | None = None,
+                 time_embedding: str = "sinusoidal", time_scale: float = 1000.0,
+                 kind: str = "eps", out_channels: int | None = None,
                  dtype=None, rngs: nnx.Rngs):
         self.kind = check_model_kind(kind)
         self.image_size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
@@ -114,7 +116,8 @@ class DiT(nnx.Module):
         self.hidden = hidden
         # A Linear on flattened patches is the DiT patch-embedding conv with kernel = stride = p.
         self.patch = _xavier_linear(patch_size * patch_size * channels, hidden, dtype=dtype, rngs=rngs)
-        self.time = TimeEmbedding(_FREQ_DIM, hidden, kind=time_embedding, dtype=dtype, rngs=rngs)
+        self.time = TimeEmbedding(_FREQ_DIM, hidden, kind=time_embedding, time_scale=time_scale, dtype=dtype,
+                                  rngs=rngs)
         self.label = class_embedding_or_none(num_classes, hidden, dtype, rngs)
         self.blocks = nnx.List([DiTBlock(hidden, num_heads, mlp_ratio, dtype=dtype, rngs=rngs) for _ in range(depth)])
         self.final = FinalLayer(hidden, patch_size * patch_size * self.out_channels, dtype=dtype, rngs=rngs)

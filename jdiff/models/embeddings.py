@@ -29,6 +29,8 @@ __all__ = [
     "TimeEmbedding",
     "ClassEmbedding",
     "batch_times",
+    "class_embedding_or_none",
+    "check_unconditional",
 ]
 
 TIME_EMBEDDINGS = ("sinusoidal", "fourier")
@@ -91,20 +93,26 @@ class TimeEmbedding(nnx.Module):
     """t (B,) -> features of size `dim` -> Linear(dim, out) -> SiLU -> Linear(out, out).
 
     kind: "sinusoidal" or "fourier" (see the module docstring for the time scaling).
+    time_scale: sinusoidal features are those of time_scale * t (default 1000, for t in
+        [0, 1]; use 1 for an input that already spans a wide range, such as EDM's
+        c_noise = log(sigma) / 4). Fourier features ignore it (their frequencies have
+        standard deviation 16 per unit of input).
     """
 
-    def __init__(self, dim: int, out: int, *, kind: str = "sinusoidal", dtype=None, rngs: nnx.Rngs):
+    def __init__(self, dim: int, out: int, *, kind: str = "sinusoidal", time_scale: float = SINUSOIDAL_TIME_SCALE,
+                 dtype=None, rngs: nnx.Rngs):
         if kind not in TIME_EMBEDDINGS:
             raise ValueError(f"unknown time embedding {kind!r} for `time_embedding`; accepted: "
                              f"{', '.join(TIME_EMBEDDINGS)}")
         self.dim = dim
         self.kind = kind
+        self.time_scale = time_scale
         self.fourier = FourierFeatures(dim, rngs=rngs) if kind == "fourier" else None
         self.dense1 = nnx.Linear(dim, out, dtype=dtype, rngs=rngs)
         self.dense2 = nnx.Linear(out, out, dtype=dtype, rngs=rngs)
 
     def __call__(self, t):
-        feats = self.fourier(t) if self.kind == "fourier" else sinusoidal_embedding(t, self.dim)
+        feats = self.fourier(t) if self.kind == "fourier" else sinusoidal_embedding(t, self.dim, scale=self.time_scale)
         return self.dense2(nnx.silu(self.dense1(feats)))
 
 
@@ -134,6 +142,7 @@ def class_embedding_or_none(num_classes, dim, dtype, rngs):
 
 
 def check_unconditional(cond, name):
+    """Raise if labels reach an unconditional network (silently ignoring them hides a config error)."""
     if cond is not None:
         raise ValueError(f"`cond` was given but this {name} is unconditional (num_classes=None); "
                          "build it with num_classes=K for class conditioning")

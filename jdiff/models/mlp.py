@@ -38,19 +38,21 @@ class MLP(nnx.Module):
     hidden: width of the residual stream; depth: number of residual blocks.
     num_classes: None (unconditional) or K classes, with a null class K (see embeddings).
     time_embedding: "sinusoidal" (of 1000 t) or "fourier"; the network takes path time t in [0, 1].
+    time_scale: the sinusoidal embedding sees time_scale * t (1000 for path time; 1 for EDM c_noise).
     kind: the prediction kind it is trained to output (static, read by training/sampling code).
     dropout: rate inside the residual blocks, active after model.train(), off after model.eval().
     dtype: compute dtype (e.g. jnp.bfloat16); parameters stay float32.
     """
 
     def __init__(self, in_features: int, *, hidden: int = 256, depth: int = 3, num_classes: int | None = None,
-                 time_embedding: str = "sinusoidal", kind: str = "velocity", dropout: float = 0.0,
+                 time_embedding: str = "sinusoidal", time_scale: float = 1000.0,
+                 kind: str = "velocity", dropout: float = 0.0,
                  dtype=None, rngs: nnx.Rngs):
         self.kind = check_model_kind(kind)
         self.in_features = in_features
         self.num_classes = num_classes
         self.dtype = dtype
-        self.time = TimeEmbedding(hidden, hidden, kind=time_embedding, dtype=dtype, rngs=rngs)
+        self.time = TimeEmbedding(hidden, hidden, kind=time_embedding, time_scale=time_scale, dtype=dtype, rngs=rngs)
         self.label = class_embedding_or_none(num_classes, hidden, dtype, rngs)
         self.inp = nnx.Linear(in_features, hidden, dtype=dtype, rngs=rngs)
         self.blocks = nnx.List([_Block(hidden, hidden, dropout, dtype, rngs) for _ in range(depth)])

@@ -81,6 +81,7 @@ class UNet(nnx.Module):
     dropout: rate inside residual blocks (on after model.train(), off after model.eval()).
     num_classes: None (unconditional) or K classes plus the null class K.
     time_embedding: "sinusoidal" (of 1000 t) or "fourier"; the network takes path time t in [0, 1].
+    time_scale: the sinusoidal embedding sees time_scale * t (1000 for path time; 1 for EDM c_noise).
     kind: the prediction kind it is trained to output (default "eps", as DDPM).
     out_channels: output channels (default C).
     dtype: compute dtype (jnp.bfloat16 on accelerators); parameters stay float32.
@@ -89,7 +90,8 @@ class UNet(nnx.Module):
     def __init__(self, image_size: int | Sequence[int], channels: int, *, ch: int = 128,
                  ch_mult: Sequence[int] = (1, 2, 2, 2), num_res_blocks: int = 2,
                  attn_resolutions: Sequence[int] = (16,), num_heads: int = 1, dropout: float = 0.1,
-                 num_classes: int | None = None, time_embedding: str = "sinusoidal", kind: str = "eps",
+                 num_classes: int | None = None, time_embedding: str = "sinusoidal", time_scale: float = 1000.0,
+                 kind: str = "eps",
                  out_channels: int | None = None, dtype=None, rngs: nnx.Rngs):
         self.kind = check_model_kind(kind)
         self.image_size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
@@ -99,7 +101,7 @@ class UNet(nnx.Module):
         if not ch_mult or num_res_blocks < 1:
             raise ValueError(f"need a non-empty `ch_mult` and `num_res_blocks` >= 1; got {ch_mult}, {num_res_blocks}")
         emb_dim = 4 * ch
-        self.time = TimeEmbedding(ch, emb_dim, kind=time_embedding, dtype=dtype, rngs=rngs)
+        self.time = TimeEmbedding(ch, emb_dim, kind=time_embedding, time_scale=time_scale, dtype=dtype, rngs=rngs)
         self.label = class_embedding_or_none(num_classes, emb_dim, dtype, rngs)
         kw = dict(dtype=dtype, rngs=rngs)
         self.conv_in = _conv(channels, ch, **kw)
