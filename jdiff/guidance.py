@@ -44,6 +44,7 @@ __all__ = [
     "classifier_log_prob",
     "noisy_classifier_loss",
     "drop_labels",
+    "with_label_dropout",
 ]
 
 
@@ -337,3 +338,18 @@ def drop_labels(key, labels, p, null_class):
     labels = jnp.asarray(labels)
     drop = jax.random.bernoulli(key, p, labels.shape)
     return jnp.where(drop, jnp.asarray(null_class, labels.dtype), labels)
+
+
+def with_label_dropout(loss: Callable, p, null_class) -> Callable:
+    """Wrap a jdiff loss `loss(model, path, key, x0, cond, **kw) -> (batch,)` so that each
+    call first applies `drop_labels(.., p, null_class)` to `cond` (with its own key, split
+    from `key`): conditional training for classifier-free guidance with any loss.
+    """
+
+    def wrapped(model, path, key, x0, cond=None, **kwargs):
+        if cond is None:
+            raise ValueError("with_label_dropout needs the class labels `cond` (int array (batch,))")
+        k_drop, k_loss = jax.random.split(key)
+        return loss(model, path, k_loss, x0, drop_labels(k_drop, cond, p, null_class), **kwargs)
+
+    return wrapped

@@ -79,45 +79,41 @@ def _times_and_points(gm, path, n=N):
 @pytest.mark.parametrize("path_name", ["vp_cosine", "linear"])
 def test_classifier_guidance_scale_one_is_conditional(path_name):
     """Unconditional oracle + grad log p_t(c|x) of the exact classifier == conditional oracle,
-    for every kind, per-example t in [0.05, 0.95] and a scalar t."""
-    gm, path = mixture_2d(), PATHS[path_name]
-    x, t = _times_and_points(gm, path)
-    cond = jnp.arange(N) % 2
-
-    @jax.jit
-    def errors(x, t, t_scalar):
-        return jnp.stack(
-            [_rel_err(_cg(gm, path, k, 1.0)(x, tt, cond), gm.as_model(path, k)(x, tt, cond)) for k in KINDS for tt in (t, t_scalar)]
-        )
-
-    err = errors(x, t, 0.5)
-    assert float(err.max()) < 1e-10, dict(zip(KINDS, err.reshape(5, 2).tolist()))
-
-
-@pytest.mark.parametrize("path_name", ["ve"])
-def test_cfg_identities(path_name):
-    """For the oracle: CFG w = 1 == conditional, w = 0 == unconditional, and CFG with weight w ==
-    classifier guidance with scale w (both are score_u + w (score_c - score_u)), every kind."""
+    for every kind, with one t per example in [0.05, 0.95]."""
     gm, path = mixture_2d(), PATHS[path_name]
     x, t = _times_and_points(gm, path)
     cond = jnp.arange(N) % 2
 
     @jax.jit
     def errors(x, t):
+        return jnp.stack([_rel_err(_cg(gm, path, k, 1.0)(x, t, cond), gm.as_model(path, k)(x, t, cond)) for k in KINDS])
+
+    err = errors(x, t)
+    assert float(err.max()) < 1e-10, dict(zip(KINDS, err.tolist()))
+
+
+def test_cfg_identities():
+    """For the oracle, with one weight per example (w = 1, 0, 3 cycling): CFG w = 1 ==
+    conditional, w = 0 == unconditional, and CFG with weight w == classifier guidance with
+    scale w for every w (both are score_u + w (score_c - score_u)), every kind."""
+    gm, path = mixture_2d(), PATHS["ve"]
+    x, t = _times_and_points(gm, path)
+    cond = jnp.arange(N) % 2
+    w = jnp.array([1.0, 0.0, 3.0])[jnp.arange(N) % 3]
+
+    @jax.jit
+    def errors(x, t):
         out = []
         for k in KINDS:
             model = _oracle(gm, path, k)
-            cfg = lambda w: guidance.classifier_free(model, k, path, w, null_cond=gm.num_classes)(x, t, cond)  # noqa: E731
-            out += [
-                _rel_err(cfg(1.0), model(x, t, cond)),
-                _rel_err(cfg(0.0), model(x, t, None)),
-                _rel_err(cfg(3.0), _cg(gm, path, k, 3.0)(x, t, cond)),
-            ]
+            cfg = guidance.classifier_free(model, k, path, w, null_cond=gm.num_classes)(x, t, cond)
+            want = jnp.where((w == 1.0)[:, None], model(x, t, cond), model(x, t, None))
+            out += [_rel_err(jnp.where((w < 2)[:, None], cfg, want), want), _rel_err(cfg, _cg(gm, path, k, w)(x, t, cond))]
         return jnp.stack(out)
 
-    err = errors(x, t).reshape(5, 3)
-    assert float(err[:, :2].max()) < 1e-13, err
-    assert float(err[:, 2].max()) < 1e-10, err
+    err = errors(x, t).reshape(5, 2)
+    assert float(err[:, 0].max()) < 1e-13, err
+    assert float(err[:, 1].max()) < 1e-10, err
 
 
 # -- combinator structure (a cheap nonlinear toy model) -------------------------------------
@@ -301,9 +297,15 @@ def test_cfg_runs_through_every_sampler(solver_name):
 
     guided = guidance.classifier_free(_toy, kind, path, 3.0, null_cond=2, interval=(0.1, 0.9))
 
+    # One program for both models: vmap over a selector; the key is shared, so stochastic
+    # solvers draw the same noise in both lanes.
     @jax.jit
     def both(x_T, key):
-        return [_run(solver_name, m, kind, path, x_T, cond, key) for m in (guided, by_hand)]
+        def lane(use_guided):
+            model = lambda x, t, c: jnp.where(use_guided, guided(x, t, c), by_hand(x, t, c))  # noqa: E731
+            return _run(solver_name, model, kind, path, x_T, cond, key)
+
+        return jax.vmap(lane)(jnp.array([True, False]))
 
     got, want = both(x_T, jax.random.PRNGKey(14))
     assert bool(jnp.all(jnp.isfinite(got)))
@@ -346,15 +348,16 @@ def test_noisy_classifier_loss_is_minimized_by_the_exact_posterior():
     labels = gm.labels[comp]
     t = jnp.full((n,), 0.55)
 
-    def exact(temp=1.0, shift=0.0):
-        return lambda x, t_: jax.vmap(lambda xi, ti: gm.class_log_posterior(xi, ti + shift, path))(x, t_) / temp
-
     @jax.jit
-    def mean_losses(key):
-        fns = [exact(), exact(temp=0.7), exact(temp=1.4), exact(shift=-0.3), exact(shift=0.3)]
-        return jnp.stack([jnp.mean(guidance.noisy_classifier_loss(f, path, key, x0, labels, t)) for f in fns])
+    def mean_losses(key, temps, shifts):
+        def one(temp, shift):
+            fn = lambda x, t_: jax.vmap(lambda xi, ti: gm.class_log_posterior(xi, ti + shift, path))(x, t_) / temp  # noqa: E731
+            return jnp.mean(guidance.noisy_classifier_loss(fn, path, key, x0, labels, t))
 
-    losses = mean_losses(jax.random.PRNGKey(8))
+        return jax.vmap(one)(temps, shifts)
+
+    # exact; tempered 0.7 and 1.4; the posterior of t - 0.3 and t + 0.3
+    losses = mean_losses(jax.random.PRNGKey(8), jnp.array([1.0, 0.7, 1.4, 1.0, 1.0]), jnp.array([0, 0, 0, -0.3, 0.3]))
     assert float(jnp.min(losses[1:] - losses[0])) > 1e-3, losses
     # Random times: uniform on [t_min, t_max], one per example.
     seen = []
@@ -376,6 +379,26 @@ def test_drop_labels():
     assert abs(frac - 0.2) < 4 * np.sqrt(0.2 * 0.8 / labels.size), frac
     np.testing.assert_array_equal(guidance.drop_labels(key, labels, 0.0, 10), labels)
     assert bool(jnp.all(guidance.drop_labels(key, labels, 1.0, 10) == 10))
+
+
+def test_with_label_dropout_feeds_dropped_labels_to_the_loss():
+    seen = []
+
+    def loss(model, path, key, x0, cond=None, *, kind="eps"):
+        seen.append((key, cond, kind))
+        return jnp.zeros(x0.shape[:1])
+
+    wrapped = guidance.with_label_dropout(loss, 0.5, 10)
+    labels = jnp.arange(4000, dtype=jnp.int32) % 10
+    out = wrapped(None, PATHS["linear"], jax.random.PRNGKey(0), jnp.zeros((4000, 2)), labels, kind="v")
+    assert out.shape == (4000,)
+    key, cond, kind = seen[-1]
+    assert kind == "v" and not bool(jnp.all(key == jax.random.PRNGKey(0)))  # the loss gets a fresh key
+    dropped = cond == 10
+    np.testing.assert_array_equal(cond[~dropped], labels[~dropped])
+    assert abs(float(dropped.mean()) - 0.5) < 4 * np.sqrt(0.25 / 4000)
+    with pytest.raises(ValueError, match="cond"):
+        wrapped(None, PATHS["linear"], jax.random.PRNGKey(0), jnp.zeros((4, 2)))
 
 
 # -- compilation and errors ----------------------------------------------------------------
@@ -400,12 +423,18 @@ def test_float32_ends_are_finite():
     """Guidance in the model's own space adds no conversion: finite float32 at t_min and t_max
     of every path (a -> 0 and s -> 0 ends included), with rescale and an interval."""
     x, cond = _toy_points(8, jnp.float32)
-    for name, path in PATHS.items():
-        for kind in KINDS:
-            g = guidance.classifier_free(_toy, kind, path, 3.0, null_cond=2, rescale=0.7, interval=(0.0, 1.0))
-            for t in [path.t_min, path.t_max]:
-                out = g(x, jnp.float32(t), cond)
-                assert out.dtype == jnp.float32 and bool(jnp.all(jnp.isfinite(out))), (name, kind, t)
+
+    @jax.jit
+    def outs(x):
+        res = {}
+        for name, path in PATHS.items():
+            for kind in KINDS:
+                g = guidance.classifier_free(_toy, kind, path, 3.0, null_cond=2, rescale=0.7, interval=(0.0, 1.0))
+                res[name, kind] = jnp.stack([g(x, jnp.float32(t), cond) for t in (path.t_min, path.t_max)])
+        return res
+
+    for name_kind, out in outs(x).items():
+        assert out.dtype == jnp.float32 and bool(jnp.all(jnp.isfinite(out))), name_kind
 
 
 def test_errors_name_the_argument():
