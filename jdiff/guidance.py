@@ -45,6 +45,7 @@ __all__ = [
     "noisy_classifier_loss",
     "drop_labels",
     "with_label_dropout",
+    "label_dropout_loss",
 ]
 
 
@@ -353,3 +354,19 @@ def with_label_dropout(loss: Callable, p, null_class) -> Callable:
         return loss(model, path, k_loss, x0, drop_labels(k_drop, cond, p, null_class), **kwargs)
 
     return wrapped
+
+
+def label_dropout_loss(model, path: AbstractPath, key, x0, cond=None, *, p, null_class, loss: str = "cfm_loss", **kwargs):
+    """`with_label_dropout` for configs, which name losses rather than build them:
+    the loss `loss` of `jdiff.losses` (e.g. "cfm_loss", "dsm_loss") trained on labels dropped
+    to `null_class` with probability `p`. Extra keyword arguments go to that loss.
+
+    experiments: loss.name = "guidance.label_dropout_loss",
+                 loss.kwargs = dict(loss="cfm_loss", p=0.1, null_class=num_classes).
+    """
+    from jdiff import losses  # here, so that guidance does not import the losses otherwise
+
+    if loss not in losses.__all__ or not loss.endswith("_loss"):
+        accepted = ", ".join(n for n in losses.__all__ if n.endswith("_loss"))
+        raise ValueError(f"unknown loss {loss!r} for `loss`; accepted: {accepted}")
+    return with_label_dropout(getattr(losses, loss), p, null_class)(model, path, key, x0, cond, **kwargs)

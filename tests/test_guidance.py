@@ -401,6 +401,22 @@ def test_with_label_dropout_feeds_dropped_labels_to_the_loss():
         wrapped(None, PATHS["linear"], jax.random.PRNGKey(0), jnp.zeros((4, 2)))
 
 
+def test_label_dropout_loss_by_name():
+    """The config-friendly form: jdiff.losses.cfm_loss on dropped labels (key split as in
+    with_label_dropout); an unknown loss name is refused with the accepted names."""
+    from jdiff import losses
+
+    path, key = PATHS["linear"], jax.random.PRNGKey(1)
+    x0, cond = _toy_points()
+    got = guidance.label_dropout_loss(_toy, path, key, x0, cond, p=0.5, null_class=2, loss="cfm_loss", kind="x0")
+    k_drop, k_loss = jax.random.split(key)
+    want = losses.cfm_loss(_toy, path, k_loss, x0, guidance.drop_labels(k_drop, cond, 0.5, 2), kind="x0")
+    assert got.shape == (N,)
+    _close(got, want, rtol=1e-14, atol=0)
+    with pytest.raises(ValueError, match="cfm_loss"):
+        guidance.label_dropout_loss(_toy, path, key, x0, cond, p=0.5, null_class=2, loss="uniform_time")
+
+
 # -- compilation and errors ----------------------------------------------------------------
 
 
