@@ -197,6 +197,13 @@ def _log_error_ratio(target, t, path):
     return 2.0 * (jnp.log(path.alpha(t)) + jnp.log(jnp.abs(path.d_log_snr(t))) - math.log(2.0))
 
 
+def _check_weighting(weighting):
+    if not callable(weighting) and weighting not in WEIGHTINGS:
+        raise ValueError(f"unknown weighting {weighting!r} for `weighting`; accepted: {', '.join(WEIGHTINGS)} "
+                         "or a callable (t, path) -> weight")
+    return weighting
+
+
 def loss_weight(weighting, t, path: AbstractPath, target: str = "x0", *, min_snr_gamma=5.0, sigma_data=0.5):
     """The per-example weight that multiplies the squared error in `target` space.
 
@@ -213,10 +220,8 @@ def loss_weight(weighting, t, path: AbstractPath, target: str = "x0", *, min_snr
         sigma_data: the data standard deviation of EDM (0.5 for images in [-1, 1]).
     """
     check_kind(target, "target")
-    if callable(weighting):
+    if callable(_check_weighting(weighting)):
         return weighting(t, path)
-    if weighting not in WEIGHTINGS:
-        raise ValueError(f"unknown weighting {weighting!r} for `weighting`; accepted: {', '.join(WEIGHTINGS)}")
     if weighting == "none":
         return jnp.ones_like(path.log_snr(t))
     lam = path.log_snr(t)
@@ -297,6 +302,7 @@ def dsm_loss(
     """
     check_kind(kind)
     target = kind if target is None else check_kind(target, "target")
+    _check_weighting(weighting)
     key_t, key_eps = jax.random.split(key)
     t = _times(key_t, x0, path, time_sampler, t)
     eps = jax.random.normal(key_eps, jnp.shape(x0), jnp.result_type(x0))
@@ -366,22 +372,24 @@ def ot_pairing(key, x0, x1, *, method: str = "exact", epsilon=1e-3, max_iteratio
     """
     from ott.geometry import pointcloud  # imported here: ott-jax is only needed for OT-CFM
 
+    if method not in ("exact", "sinkhorn"):
+        raise ValueError(f"unknown OT method {method!r} for `method`; accepted: exact, sinkhorn")
     b = jnp.shape(x0)[0]
     xf = jax.lax.stop_gradient(jnp.reshape(x0, (b, -1)))
     yf = jax.lax.stop_gradient(jnp.reshape(x1, (b, -1)))
-    if method == "exact":
-        from ott.tools import unreg
+    # ott-jax relies on implicit rank promotion; allow it locally (the caller may run with "raise").
+    with jax.numpy_rank_promotion("allow"):
+        if method == "exact":
+            from ott.tools import unreg
 
-        _, out = unreg.hungarian(pointcloud.PointCloud(xf, yf))
-        rows, cols = out.paired_indices
-        return jnp.zeros((b,), cols.dtype).at[rows].set(cols)
-    if method == "sinkhorn":
+            _, out = unreg.hungarian(pointcloud.PointCloud(xf, yf))
+            rows, cols = out.paired_indices
+            return jnp.zeros((b,), cols.dtype).at[rows].set(cols)
         from ott.solvers import linear
 
         geom = pointcloud.PointCloud(xf, yf, epsilon=epsilon, relative_epsilon="mean")
         plan = linear.solve(geom, max_iterations=max_iterations).matrix
         return jax.random.categorical(key, jnp.log(jnp.maximum(plan, 1e-30)), axis=1)
-    raise ValueError(f"unknown OT method {method!r} for `method`; accepted: exact, sinkhorn")
 
 
 def cfm_loss(
@@ -395,23 +403,28 @@ def cfm_loss(
     coupling: str = "independent",
     time_sampler="uniform",
     t=None,
+    x1=None,
     ot_epsilon=1e-3,
 ):
     """Conditional flow matching (Lipman et al. 2023; Liu et al. 2023) on any path.
 
         loss_i = mean_d || u_hat(x_t, t) - (alpha'(t) x0 + sigma'(t) x1) ||^2,  x_t = alpha x0 + sigma x1,
 
-    x1 ~ N(0, I) paired with x0 by `coupling`: "independent" (CFM), or minibatch OT,
-    "exact" or "sinkhorn" (OT-CFM, Tong et al. 2023; see `ot_pairing`). With independent
-    pairs the minimizer is the marginal PF-ODE velocity E[u | x_t]. The model may predict any
-    kind; it is converted to a velocity.
+    x1 ~ N(0, I) (or the given source batch `x1`, e.g. samples of another distribution) paired
+    with x0 by `coupling`: "independent" (CFM), or minibatch OT, "exact" or "sinkhorn"
+    (OT-CFM, Tong et al. 2023; see `ot_pairing`, `ot_epsilon` its Sinkhorn regularization).
+    With independent Gaussian x1 the minimizer is the marginal PF-ODE velocity E[u | x_t] of the
+    path. The model may predict any kind; it is converted to a velocity.
     """
     check_kind(kind)
     if coupling not in COUPLINGS:
         raise ValueError(f"unknown coupling {coupling!r} for `coupling`; accepted: {', '.join(COUPLINGS)}")
     key_t, key_eps, key_ot = jax.random.split(key, 3)
     t = _times(key_t, x0, path, time_sampler, t)
-    x1 = jax.random.normal(key_eps, jnp.shape(x0), jnp.result_type(x0))
+    if x1 is None:
+        x1 = jax.random.normal(key_eps, jnp.shape(x0), jnp.result_type(x0))
+    elif jnp.shape(x1) != jnp.shape(x0):
+        raise ValueError(f"`x1` has shape {jnp.shape(x1)} but `x0` has shape {jnp.shape(x0)}; they must match")
     if coupling != "independent":
         x1 = x1[ot_pairing(key_ot, x0, x1, method=coupling, epsilon=ot_epsilon)]
     return _mean_data(_target_sq_error(model, kind, "velocity", path, x0, x1, t, cond))

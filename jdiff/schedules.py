@@ -8,7 +8,8 @@ sigmoid(-lambda)) with
     phi(t)   = l1(t) + l3(2 sigmoid(l2(2t - 1)) - 1) / H,
 
 where l1: R -> R, l2: R -> R^H, l3: R^H -> R are affine maps with positive weights (softplus of
-free parameters; VDM takes absolute values), so phi, gamma are increasing and lambda is
+free parameters; VDM takes absolute values) and the biases of l1 and l3 are dropped (the
+normalization cancels them), so phi, gamma are increasing and lambda is
 decreasing for every parameter value. The endpoints are learnable too, with gamma_1 > gamma_0
 enforced by gamma_1 = gamma_0 + softplus(raw). Train it with `jdiff.losses.vdm_loss` (whose
 weight lambda'(t) comes from `jax.jvp` through the network): in continuous time the
@@ -46,7 +47,6 @@ class LearnedLogSNR(_VPFromLogSNR):
     gamma_0: jax.Array
     raw_gamma_range: jax.Array
     raw_w1: jax.Array
-    b1: jax.Array
     raw_w2: jax.Array
     b2: jax.Array
     raw_w3: jax.Array
@@ -64,7 +64,6 @@ class LearnedLogSNR(_VPFromLogSNR):
         self.raw_gamma_range = _inv_softplus(jnp.asarray(gamma_1 - gamma_0, dtype))
         # l1 starts as the identity-like linear part (VDM initializes it to the linear schedule).
         self.raw_w1 = _inv_softplus(jnp.asarray(1.0, dtype))
-        self.b1 = jnp.zeros((), dtype)
         self.raw_w2 = jax.random.normal(k2, (hidden,), dtype)
         self.b2 = jax.random.normal(kb, (hidden,), dtype)
         self.raw_w3 = jax.random.normal(k3, (hidden,), dtype)
@@ -80,7 +79,7 @@ class LearnedLogSNR(_VPFromLogSNR):
         lead = (1,) * t.ndim  # broadcast the (H,) parameters explicitly against t[..., None]
         h = (2.0 * t - 1.0)[..., None] * w2.reshape(lead + (-1,)) + self.b2.reshape(lead + (-1,))
         h = 2.0 * jax.nn.sigmoid(h) - 1.0  # more stable than tanh (VDM)
-        return w1 * t + self.b1 + jnp.sum(h * w3.reshape(lead + (-1,)), axis=-1) / w2.shape[0]
+        return w1 * t + jnp.sum(h * w3.reshape(lead + (-1,)), axis=-1) / w2.shape[0]
 
     def gamma(self, t):
         """gamma(t) = -lambda(t), increasing from gamma_0 to gamma_1."""
