@@ -14,19 +14,37 @@ KEY = jax.random.PRNGKey(0)
 
 
 # -- toy sets ---------------------------------------------------------------------------
-@pytest.mark.parametrize("name", ["moons", "checkerboard", "eight_gaussians", "swiss_roll", "gaussian_mixture"])
+# One sample size per sampler, shared by its tests: each (sampler, n, labels, dtype) is one compile.
+N_TOY = {"moons": 5000, "checkerboard": 20_000, "eight_gaussians": 40_000, "swiss_roll": 2000,
+         "gaussian_mixture": 100_000}
+
+
+# Passed explicitly even at its default, so noise=0.0 reuses the same compiled sampler.
+NOISE = {"moons": 0.1, "swiss_roll": 1.0}
+
+
+def _toy(name, key=KEY, **kw):
+    kw = ({"noise": NOISE[name]} if name in NOISE else {}) | kw
+    return tuple(map(np.asarray, data.TOY_SETS[name](key, N_TOY[name], with_labels=True, **kw)))
+
+
+@pytest.mark.parametrize("name", sorted(N_TOY))
 def test_toy_shapes_determinism(name):
-    fn = data.TOY_SETS[name]
-    x, label = fn(KEY, 500, with_labels=True)
-    assert x.shape == (500, 2) and x.dtype == jnp.float32 and label.shape == (500,) and label.dtype == jnp.int32
-    np.testing.assert_array_equal(fn(KEY, 500), x)  # same key, same points
-    assert not np.allclose(fn(jax.random.PRNGKey(1), 500), x)
-    assert fn(KEY, 8, dtype=jnp.float64).dtype == jnp.float64
-    assert jnp.all(jnp.isfinite(x))
+    x, label = _toy(name)
+    assert x.shape == (N_TOY[name], 2) and x.dtype == np.float32 and label.shape == x.shape[:1]
+    assert label.dtype == np.int32 and np.all(np.isfinite(x))
+    np.testing.assert_array_equal(_toy(name)[0], x)  # same key, same points
+    assert not np.allclose(_toy(name, jax.random.PRNGKey(1))[0], x)
+
+
+def test_toy_dtype_and_unlabeled_form():
+    x64 = data.moons(KEY, N_TOY["moons"], noise=NOISE["moons"], dtype=jnp.float64)  # no labels: just the points
+    assert x64.dtype == jnp.float64 and x64.shape == (N_TOY["moons"], 2)
+    np.testing.assert_allclose(x64, _toy("moons")[0], rtol=1e-6, atol=1e-6)  # same draws, other dtype
 
 
 def test_eight_gaussians_component_means_and_std():
-    x, k = map(np.asarray, data.eight_gaussians(KEY, 40_000, with_labels=True))
+    x, k = _toy("eight_gaussians")
     for c in range(8):
         xc = x[k == c]
         mean = 2 * np.sqrt(2) * np.array([np.cos(c * np.pi / 4), np.sin(c * np.pi / 4)])
@@ -37,37 +55,43 @@ def test_eight_gaussians_component_means_and_std():
 
 
 def test_checkerboard_support_is_the_dark_squares():
-    x = np.asarray(data.checkerboard(KEY, 20_000), np.float64)
+    x, label = _toy("checkerboard")
+    x = x.astype(np.float64)
     assert np.all(np.abs(x) <= 4.0)
     col, row = np.floor((x[:, 0] + 4) / 2).astype(int), np.floor((x[:, 1] + 4) / 2).astype(int)
     assert np.all((col + row) % 2 == 0)  # dark squares only
     counts = np.bincount(col * 4 + row, minlength=16)[[0, 2, 5, 7, 8, 10, 13, 15]]
     np.testing.assert_allclose(counts / len(x), np.full(8, 1 / 8), atol=0.01)  # uniform over them
+    assert len(np.unique(label)) == 8 and len(np.unique(col * 4 + row)) == 8
 
 
 def test_moons_lie_on_two_unit_half_circles():
-    x, k = map(np.asarray, data.moons(KEY, 5000, noise=0.0, with_labels=True))
-    z = np.asarray(x, np.float64) / 2 + np.array([0.5, 0.25])  # undo the centring and scaling
+    x, k = _toy("moons", noise=0.0)
+    z = x.astype(np.float64) / 2 + np.array([0.5, 0.25])  # undo the centring and scaling
     centre = np.where(k[:, None] == 0, [0.0, 0.0], [1.0, 0.5])
     np.testing.assert_allclose(np.linalg.norm(z - centre, axis=1), 1.0, atol=1e-5)
     assert np.all(z[k == 0, 1] >= -1e-6) and np.all(z[k == 1, 1] <= 0.5 + 1e-6)
 
 
 def test_swiss_roll_radius_equals_angle():
-    x = np.asarray(data.swiss_roll(KEY, 2000, noise=0.0), np.float64) * 5
+    x, label = _toy("swiss_roll", noise=0.0)
+    x = x.astype(np.float64) * 5
     r, angle = np.linalg.norm(x, axis=1), np.arctan2(x[:, 1], x[:, 0])
     assert np.all((r >= 1.5 * np.pi - 1e-4) & (r <= 4.5 * np.pi + 1e-4))
     np.testing.assert_allclose(np.cos(angle), np.cos(r), atol=1e-4)  # x = t (cos t, sin t)
+    assert np.all(np.diff([r[label == k].mean() for k in range(3)]) > 0)  # labels go outwards
 
 
 def test_gaussian_mixture_matches_oracle_moments():
     gm = data.default_mixture(jnp.float64)
-    x, label = map(np.asarray, data.gaussian_mixture(KEY, 100_000, mixture=gm, with_labels=True, dtype=jnp.float64))
+    x, label = _toy("gaussian_mixture")
+    x = x.astype(np.float64)
     mean = jnp.sum(gm.weights[:, None] * gm.means, 0)
     second = jnp.sum(gm.weights[:, None, None] * (gm.covs + jnp.einsum("ki,kj->kij", gm.means, gm.means)), 0)
     cov = second - jnp.outer(mean, mean)
+    # standard errors ~ 1.7 / sqrt(1e5) = 0.005 for the mean
     np.testing.assert_allclose(x.mean(0), mean, atol=0.02)
-    np.testing.assert_allclose(np.cov(np.asarray(x).T), cov, atol=0.05)
+    np.testing.assert_allclose(np.cov(x.T), cov, atol=0.05)
     class1 = float(gm.weights[2] + gm.weights[3])
     assert abs(float(label.mean()) - class1) < 0.006
 
@@ -148,8 +172,9 @@ def test_image_folder_classes(tmp_path):
 def test_get_dataset_unknown_name_lists_names():
     with pytest.raises(ValueError, match="digits.*mnist5k"):
         data.get_dataset("imagenet")
-    x, label = data.get_dataset("moons", n=64, seed=3)
-    assert x.shape == (64, 2) and isinstance(x, np.ndarray)
+    x, label = data.get_dataset("eight_gaussians", n=N_TOY["eight_gaussians"], seed=0)
+    assert isinstance(x, np.ndarray) and isinstance(label, np.ndarray)
+    np.testing.assert_array_equal(x, _toy("eight_gaussians")[0])  # seed s means PRNGKey(s)
 
 
 # -- iterator ---------------------------------------------------------------------------

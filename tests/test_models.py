@@ -20,14 +20,21 @@ except ImportError:  # pragma: no cover
 B = 3
 
 
-def _randomize(model, seed=0):
-    """Set every parameter to N(0, 0.3^2) in place: zero-initialized layers would hide whether
-    conditioning reaches the output, since a fresh model's last layer outputs zero. (numpy on
-    the host: no XLA program to compile.)"""
+def _random_model(build, seed=0):
+    """A model of `build`'s structure with N(0, 0.3^2) parameters, materialized on the host from
+    its abstract shape: compiling the real initializers of a U-Net costs tens of seconds on CPU,
+    and these tests need only some parameters in which every layer is active."""
+    graphdef, state = nnx.split(nnx.eval_shape(build))
     rng = np.random.default_rng(seed)
-    params = nnx.state(model, nnx.Param)
-    nnx.update(model, jax.tree.map(lambda p: jnp.asarray(0.3 * rng.standard_normal(p.shape), p.dtype), params))
-    return model
+
+    def fill(leaf):
+        if jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):  # RNG streams (dropout)
+            return jax.random.key(seed) if leaf.shape == () else jax.random.split(jax.random.key(seed), leaf.shape)
+        if jnp.issubdtype(leaf.dtype, jnp.floating):
+            return jnp.asarray(0.3 * rng.standard_normal(leaf.shape), leaf.dtype)
+        return jnp.zeros(leaf.shape, leaf.dtype)  # RNG counters
+
+    return nnx.merge(graphdef, jax.tree.map(fill, state))
 
 
 def _make(build, **kw):
@@ -54,15 +61,10 @@ BUILDERS = _builders()
 
 
 @functools.cache
-def _fresh(name):
-    """One freshly initialized class-conditional model per architecture, shared by the tests
-    so that the forward pass compiles once per architecture (the jit cache keys on structure)."""
-    return _make(BUILDERS[name][0], num_classes=4)
-
-
-@functools.cache
 def _random(name):
-    return _randomize(nnx.clone(_fresh(name)))
+    """One class-conditional model with random parameters per architecture, shared by the tests
+    so that the forward pass compiles once per architecture (the jit cache keys on structure)."""
+    return _random_model(lambda: BUILDERS[name][0](num_classes=4))
 
 
 def _inputs(name, seed, t=0.5, labels=(0, 3, 4)):
@@ -150,7 +152,7 @@ def test_fourier_frequencies_are_not_params():
 
 
 def test_dropout_switches_with_train_eval():
-    m = _randomize(_make(lambda: models.MLP(2, hidden=16, depth=2, dropout=0.5, rngs=nnx.Rngs(0))))
+    m = _random_model(lambda: models.MLP(2, hidden=16, depth=2, dropout=0.5, rngs=nnx.Rngs(0)))
     x, t = jnp.ones((4, 2), jnp.float32), jnp.full((4,), 0.5, jnp.float32)
     m.eval()
     np.testing.assert_array_equal(_apply(m, x, t, None), _apply(m, x, t, None))
@@ -181,7 +183,7 @@ def test_image_sizes(name, size, channels, ch_mult, attn):
 
 
 def test_dit_adaln_zero_fresh_output_is_zero_and_only_final_layer_learns_first():
-    model = _fresh("dit")
+    model = _make(BUILDERS["dit"][0], num_classes=4)  # the real initialization
     x = jax.random.normal(jax.random.PRNGKey(4), (B, *BUILDERS["dit"][1]), jnp.float32)
     y = _apply(model, x, jnp.array([0.01, 0.5, 0.99], jnp.float32), jnp.array([0, 2, 4]))
     np.testing.assert_array_equal(y, np.zeros_like(y))  # exactly zero, not merely small
@@ -198,14 +200,9 @@ def test_dit_adaln_zero_fresh_output_is_zero_and_only_final_layer_learns_first()
     assert all(v == 0 for k, v in flat.items() if k not in final)
 
 
-def test_unet_fresh_output_is_zero():
-    x, t, c = _inputs("unet", 5)
-    np.testing.assert_array_equal(_apply(_fresh("unet"), x, t, c), 0.0)
-
-
 def test_bfloat16_compute_keeps_float32_params():
     m32 = _random("mlp")
-    m16 = _randomize(_make(BUILDERS["mlp"][0], num_classes=4, dtype=jnp.bfloat16))
+    m16 = _random_model(lambda: BUILDERS["mlp"][0](num_classes=4, dtype=jnp.bfloat16))
     assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(nnx.state(m16, nnx.Param)))
     x, t, c = _inputs("mlp", 6)
     y32, y16 = np.asarray(_apply(m32, x, t, c)), np.asarray(_apply(m16, x, t, c))
