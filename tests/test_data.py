@@ -149,6 +149,13 @@ def test_npz_roundtrip(tmp_path):
     assert x.shape == (10, 4, 5, 1) and label is None
     with pytest.raises(KeyError, match="images"):
         data.load_npz(str(tmp_path / "d.npz"), key="images")
+    np.savez(tmp_path / "v.npz", x=rng.normal(size=(7, 3)), y=np.arange(7))  # vectors kept as they are
+    x, label = data.load_npz(str(tmp_path / "v.npz"), label_key="y")
+    assert x.shape == (7, 3) and x.dtype == np.float32 and list(label) == list(range(7))
+    with pytest.raises(ValueError, match="max_value"):  # float images in [0, 255] are caught
+        data.from_arrays(imgs.astype(np.float32))
+    np.testing.assert_allclose(data.from_arrays(imgs.astype(np.float32), max_value=255).x, imgs / 127.5 - 1,
+                               atol=1e-6)
 
 
 def test_image_folder_classes(tmp_path):

@@ -18,21 +18,27 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".
 
 
 def from_arrays(x, label=None, *, max_value: float | None = None) -> Dataset:
-    """An Dataset from in-memory arrays.
+    """A Dataset from in-memory arrays.
 
-    x: (N, H, W) or (N, H, W, C). Integer arrays (uint8 images) are mapped from
-       [0, max_value] (default 255) onto [-1, 1]; float arrays are taken as already in
-       [-1, 1] unless `max_value` is given, in which case [0, max_value] -> [-1, 1].
+    x: images (N, H, W) or (N, H, W, C) (a channel axis is added to the first), or vectors
+       (N, D). Integer arrays (uint8 images) are mapped from [0, max_value] (default 255) onto
+       [-1, 1]; float arrays are kept as they are unless `max_value` is given, in which case
+       [0, max_value] -> [-1, 1]. Float images outside [-1, 1] raise (pass `max_value`).
     label: optional (N,) integer class labels.
     """
     x = np.asarray(x)
+    if x.ndim not in (2, 3, 4):
+        raise ValueError(f"`x` must have shape (N, D), (N, H, W) or (N, H, W, C); got {x.shape}")
     if np.issubdtype(x.dtype, np.integer) or np.issubdtype(x.dtype, np.bool_):
         x = to_unit_range(x, 255 if max_value is None else max_value)
     elif max_value is not None:
         x = to_unit_range(x, max_value)
     else:
         x = x.astype(np.float32)
-    x = as_nhwc(x)
+        if x.ndim > 2 and x.size and (x.min() < -1.001 or x.max() > 1.001):
+            raise ValueError(f"float images must lie in [-1, 1] (got [{x.min():g}, {x.max():g}]); pass `max_value` "
+                             "to map [0, max_value] onto [-1, 1]")
+    x = as_nhwc(x) if x.ndim == 3 else x
     if label is not None:
         label = np.asarray(label)
         if label.shape != x.shape[:1] or not np.issubdtype(label.dtype, np.integer):
