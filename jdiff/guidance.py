@@ -96,7 +96,7 @@ def _combine(pos, neg, w, kind, x, t, path, rescale, space):
 
 def _rescale(guided, pos, phi):
     """CFG rescale (Lin et al. 2024, "Common diffusion noise schedules and sample steps are
-    flawed", Sec. 3.4, eqs. 15-16): match the per-example standard deviation of the guided
+    flawed", Sec. 3.4): match the per-example standard deviation of the guided
     prediction to that of the positive one, then blend with weight phi (the paper uses 0.7).
     Standard deviations are taken over all non-batch axes of each example.
     """
