@@ -144,6 +144,19 @@ def test_sinusoidal_embedding_matches_ddpm_formula():
     np.testing.assert_allclose(emb, jnp.concatenate([jnp.cos(args), jnp.sin(args)], 1), rtol=1e-12)
 
 
+def test_time_scale_rescales_the_time_input():
+    """time_scale s makes the network a function of s t: a net with s = 1 at time c equals the
+    same parameters with s = 1000 at time c / 1000 (EDM's c_noise = -lambda/8 is fed with s = 1)."""
+    build = lambda s: models.MLP(2, hidden=16, depth=1, time_scale=s, rngs=nnx.Rngs(0))
+    net1 = _random_model(lambda: build(1.0))
+    net1000 = nnx.merge(nnx.graphdef(_random_model(lambda: build(1000.0))), nnx.state(net1))
+    x = jax.random.normal(jax.random.PRNGKey(7), (B, 2), jnp.float64)
+    c = jnp.array([-2.5, 0.1, 3.0])  # c_noise range of VE sigma in [0.002, 80]
+    y1 = jax.jit(lambda x, c: net1(x, c))(x, c)
+    np.testing.assert_allclose(jax.jit(lambda x, c: net1000(x, c))(x, c / 1000), y1, rtol=1e-9, atol=1e-12)
+    assert np.abs(np.asarray(jax.jit(lambda x, c: net1000(x, c))(x, c)) - np.asarray(y1)).max() > 1e-3
+
+
 def test_fourier_frequencies_are_not_params():
     m = nnx.eval_shape(lambda: models.MLP(2, hidden=8, depth=1, time_embedding="fourier", rngs=nnx.Rngs(0)))
     params = nnx.state(m, nnx.Param)

@@ -12,6 +12,7 @@ static `kind` naming the prediction it is trained to output.
 from jdiff.models.dit import DiT as DiT
 from jdiff.models.embeddings import ClassEmbedding as ClassEmbedding
 from jdiff.models.embeddings import FourierFeatures as FourierFeatures
+from jdiff.models.embeddings import FourierFrequencies as FourierFrequencies
 from jdiff.models.embeddings import TimeEmbedding as TimeEmbedding
 from jdiff.models.embeddings import sinusoidal_embedding as sinusoidal_embedding
 from jdiff.models.mlp import MLP as MLP
