@@ -343,7 +343,7 @@ def test_noisy_classifier_loss_is_minimized_by_the_exact_posterior():
     """With common random numbers, the exact noisy posterior at the loss's t beats the same
     posterior tempered and the posterior of another noise level (by E KL > 0): the loss is
     the cross-entropy of p_t(c | x_t) with x_t ~ p(x_t | x0) at the given t."""
-    gm, path, n = mixture_2d(), PATHS["vp_linear"], 4000
+    gm, path, n = mixture_2d(), PATHS["vp_linear"], 1000
     x0, comp = gm.sample(jax.random.PRNGKey(9), n, return_components=True)
     labels = gm.labels[comp]
     t = jnp.full((n,), 0.55)
