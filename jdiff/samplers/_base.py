@@ -8,6 +8,8 @@ Python numbers) with
     nfe(num_steps)      the number of model evaluations of an N-step solve (a Python int)
     init(f, x, grid)    -> state, the solver's carried state (history of multistep methods)
     step(f, x, state, i, t, s, key) -> (x_s, state), one step from t = grid[i] to s = grid[i+1]
+    first_step(f, x, state, t, s, key)   optional: a different step 0, run before the scan
+                                         (multistep methods that start with a singlestep method)
 
 `sample` runs `step` over the grid in a single `lax.scan`: one XLA program whose size
 does not depend on the number of steps, and whose grid is a traced array.
@@ -77,6 +79,11 @@ class AbstractSolver(eqx.Module):
     def step(self, f: Prediction, x, state, i, t, s, key):
         """One step from time t to time s < t; `i` is the step index, `key` None unless stochastic."""
 
+    # A solver whose step 0 differs (e.g. a multistep method started by a singlestep one)
+    # defines `first_step(f, x, state, t, s, key) -> (x_s, state)`; `sample` runs it once,
+    # outside the scan, so the scanned step stays free of branches.
+    first_step = None
+
 
 def sample(
     solver: AbstractSolver,
@@ -139,11 +146,17 @@ def sample(
         x, state = solver.step(f, x, state, i, t, s, k)
         return (x, state), (x if return_trajectory else None)
 
-    steps = (jnp.arange(num_steps), grid[:-1], grid[1:])
-    (x, _), traj = jax.lax.scan(body, (x_T, state), steps)
+    x, first = x_T, []
+    start = 0
+    if solver.first_step is not None:
+        k = None if key is None else jax.random.fold_in(key, 0)
+        x, state = solver.first_step(f, x, state, grid[0], grid[1], k)
+        first, start = [x[None]], 1
+    steps = (jnp.arange(start, num_steps), grid[start:-1], grid[start + 1 :])
+    (x, _), traj = jax.lax.scan(body, (x, state), steps)
     if denoise_to_zero:
         x = f(x, grid[-1])[0]
     if not return_trajectory:
         return x
-    parts = [x_T[None], traj] + ([x[None]] if denoise_to_zero else [])
+    parts = [x_T[None], *first, traj] + ([x[None]] if denoise_to_zero else [])
     return x, jnp.concatenate(parts, axis=0)
