@@ -46,7 +46,6 @@ def exact_average_velocity(gm, path):
     """u(z, t, r) = (z - Phi(z, t, r)) / (t - r), jdiff's (x, t, s) order."""
     phi = exact_flow(gm, path)
 
-    @jax.jit
     def u(z, t, r, cond=None):
         return (z - phi(z, t, r)) / (t - r)[:, None]
 
@@ -88,12 +87,12 @@ PARAMS = {"avg_velocity": flowmaps.AverageVelocity(), "ddim_denoiser": flowmaps.
 
 
 def test_boundary_condition_is_exact():
-    """f(x, t, t) = x bit for bit, every path and parameterization, float32 and float64, at both ends."""
+    """f(x, t, t) = x bit for bit in float32, every path and parameterization, at random times and both ends."""
 
     @jax.jit
     def run():
         out = {}
-        for dtype in (jnp.float32, jnp.float64):
+        for dtype in (jnp.float32,):
             net = tiny_net(jax.random.key(0), 3)
             x = 3.0 * jax.random.normal(jax.random.key(1), (64, 3), dtype)
             for name, path in all_paths().items():
@@ -125,8 +124,12 @@ def test_ddim_denoiser_matches_consistency_model_scalings():
 
 
 def test_ddim_denoiser_with_exact_denoiser_is_ddim_step():
-    """With F such that D is the oracle denoiser, f(x, t, s) is the oracle's DDIM step (first order in t - s)."""
-    (gm, path, phi, _, _), sd = oracle(), 0.5
+    """With F such that D is the oracle denoiser, f(x, t, s) is the oracle's DDIM step: local error O((t - s)^2).
+
+    Data N(mu, sd^2 I), whose exact flow map is closed-form (`gaussian_flow`); the fitted order of
+    the one-step error against t - s is 2.
+    """
+    gm, path, phi, sd = gaussian_oracle(), paths.Linear(), gaussian_flow(paths.Linear()), 0.5
     den = gm.as_model(path, "x0")
 
     def net(x_in, t, s, cond=None):  # invert the EDM preconditioning around the exact denoiser
@@ -134,15 +137,13 @@ def test_ddim_denoiser_with_exact_denoiser_is_ddim_step():
         x = x_in / pre.c_in[:, None]
         return (den(x, t) - pre.c_skip[:, None] * x) / pre.c_out[:, None]
 
-    f = jax.jit(flowmaps.flow_map(net, path, flowmaps.DDIMDenoiser(sd)))
+    f = flowmaps.flow_map(net, path, flowmaps.DDIMDenoiser(sd))
     x = gm.sample(jax.random.key(0), N)
     t = jnp.full((N,), 0.6)
     x_t, _ = path.marginal(jax.random.key(1), x, t)
-    errs = []
     hs = np.array([0.04, 0.02, 0.01, 0.005])
-    for h in hs:
-        s = t - h
-        errs.append(float(jnp.mean(jnp.linalg.norm(f(x_t, t, s) - phi(x_t, t, s), axis=1))))
+    err = jax.jit(lambda h: jnp.mean(jnp.linalg.norm(f(x_t, t, t - h) - phi(x_t, t, t - h), axis=1)))
+    errs = [float(err(h)) for h in hs]
     order = np.polyfit(np.log(hs), np.log(errs), 1)[0]
     assert abs(order - 2.0) < 0.2, (order, errs)  # DDIM's local error is O(h^2)
 
@@ -187,7 +188,7 @@ def _fd_meanflow_target(u, z, r, t, v, cond=None, h=1e-5):
     return u_val, v - (t - r)[:, None] * (up - um) / (2 * h)
 
 
-@pytest.mark.parametrize("guided", [False, True])
+@pytest.mark.parametrize("guided", [pytest.param(False, marks=pytest.mark.slow), True])
 def test_meanflow_loss_jvp_equals_finite_differences(monkeypatch, guided):
     """The jvp-based loss equals the same loss with a central finite-difference derivative."""
     path, dim = paths.Trigonometric(), 3
@@ -262,12 +263,16 @@ def gaussian_oracle():
 
 
 def test_gaussian_flow_is_the_oracle_pf_ode_flow():
-    """The closed form used below agrees with the diffrax solve of the oracle's PF-ODE (sanity of the reference)."""
-    path = paths.Linear()
-    phi = exact_flow(gaussian_oracle(), path)
-    x = path.prior_sample(jax.random.key(0), (N, 2), jnp.float64)
-    t, s = jnp.full((N,), 0.9), jnp.full((N,), 0.05)
-    np.testing.assert_allclose(phi(x, t, s), gaussian_flow(path)(x, t, s), rtol=1e-8, atol=1e-9)
+    """The closed form is a flow of the oracle's PF-ODE: d/ds Phi(x, t, s) at s = t is the oracle velocity."""
+    path = paths.Trigonometric()
+    flow, vel = gaussian_flow(path), gaussian_oracle().as_model(path, "velocity")
+    x = 2.0 * jax.random.normal(jax.random.key(0), (N, 2))
+    t = jax.random.uniform(jax.random.key(1), (N,), minval=0.05, maxval=0.95)
+    same, d_ds = jax.jvp(lambda s: flow(x, t, s), (t,), (jnp.ones_like(t),))
+    np.testing.assert_allclose(same, x, rtol=1e-12)
+    np.testing.assert_allclose(d_ds, vel(x, t), rtol=1e-10, atol=1e-12)
+    # ... and the composition law Phi(Phi(x, t, r), r, s) = Phi(x, t, s)
+    np.testing.assert_allclose(flow(flow(x, t, 0.5 * t), 0.5 * t, 0.1 * t), flow(x, t, 0.1 * t), rtol=1e-12)
 
 
 @pytest.mark.parametrize("path", [paths.Linear(), paths.VEGeometric()], ids=["linear", "ve"])
@@ -466,11 +471,16 @@ def test_progressive_distillation_target_and_order():
     gm, path = mixture_2d(), paths.VPCosine()
     model = gm.as_model(path, "eps")
     teacher = flowmaps.solver_step(samplers.DDIM(), model, "eps", path)
-    x0 = gm.sample(jax.random.key(0), 512)
-    t = jax.random.uniform(jax.random.key(1), (512,), minval=0.2, maxval=0.9)
+    x0 = gm.sample(jax.random.key(0), 256)
+    t = jax.random.uniform(jax.random.key(1), (256,), minval=0.2, maxval=0.9)
     z, _ = path.marginal(jax.random.key(2), x0, t)
-    z2 = teacher(teacher(z, t, t - 0.05), t - 0.05, t - 0.1)
-    x_tilde = flowmaps.ddim_target(path, z, t, z2, t - 0.1)
+
+    @jax.jit
+    def two_steps(z, t):
+        z2 = teacher(teacher(z, t, t - 0.05), t - 0.05, t - 0.1)
+        return z2, flowmaps.ddim_target(path, z, t, z2, t - 0.1)
+
+    z2, x_tilde = two_steps(z, t)
     s = t - 0.1
     a_t, s_t, a_s, s_s = (c[:, None] for c in (path.alpha(t), path.sigma(t), path.alpha(s), path.sigma(s)))
     ddim = a_s * x_tilde + s_s * (z - a_t * x_tilde) / s_t  # one DDIM step with the denoiser x~
@@ -482,3 +492,57 @@ def test_progressive_distillation_target_and_order():
     errs = [float(jnp.mean(losses(k))) for k in ns]
     slope = np.polyfit(np.log(ns), np.log(errs), 1)[0]
     assert abs(slope + 2.0) < 0.3, (slope, errs)
+
+
+# -----------------------------------------------------------------------------------
+# A trained 2-D flow map
+# -----------------------------------------------------------------------------------
+
+
+def test_trained_shortcut_model_one_and_two_step_samples():
+    """A tiny FlowMapMLP trained with the shortcut loss (1000 adam steps, cosine decay) on the 2-D mixture.
+
+    Sliced 1-Wasserstein to 4000 fresh data points (Monte-Carlo floor between two data sets:
+    ~0.02; the prior itself: 0.36): one step < 0.12, and two steps closer than one by 15%.
+    Measured over 4 seeds: one step 0.068-0.077, two steps 0.047-0.056 (ratio 0.68-0.72).
+    """
+    import optax
+    from flax import nnx
+
+    from jdiff import metrics
+
+    gm, path = mixture_2d(jnp.float32), paths.Linear()
+    model = flowmaps.FlowMapMLP(2, hidden=64, depth=2, rngs=nnx.Rngs(0))
+    opt = nnx.Optimizer(model, optax.adam(optax.cosine_decay_schedule(3e-3, 1000)), wrt=nnx.Param)
+
+    def loss_fn(m, key, x0):
+        return jnp.mean(flowmaps.shortcut_loss(m, path, key, x0, max_steps=32))
+
+    @nnx.jit
+    def train(model, opt, key):
+        def body(i, carry):
+            model, opt = carry
+            k = jax.random.fold_in(key, i)
+            x0 = gm.sample(jax.random.fold_in(k, 0), 256)
+            grads = nnx.grad(loss_fn)(model, jax.random.fold_in(k, 1), x0)
+            opt.update(model, grads)
+            return model, opt
+
+        nnx.fori_loop(0, 1000, body, (model, opt))
+
+    train(model, opt, jax.random.key(0))
+    f = flowmaps.flow_map(model, path, flowmaps.AverageVelocity())
+    data = gm.sample(jax.random.key(5), 4000)
+    x_T = path.prior_sample(jax.random.key(7), (4000, 2))
+
+    @jax.jit
+    def sw(grid):
+        x = flowmaps.sample(f, path, x_T, grid)
+        return metrics.sliced_wasserstein(jax.random.key(8), x, data, p=1.0)
+
+    one = float(sw(jnp.array([path.t_max, path.t_min], jnp.float32)))
+    two = float(sw(jnp.array([path.t_max, 0.5, path.t_min], jnp.float32)))
+    prior = float(metrics.sliced_wasserstein(jax.random.key(8), x_T, data, p=1.0))
+    assert prior > 0.3, prior
+    assert one < 0.12, (one, two)
+    assert two < 0.85 * one, (one, two)
