@@ -1,0 +1,233 @@
+"""Evaluate a trained workdir: held-out NLL in bits/dim (ODE likelihood and the bounds), sample metrics.
+
+    python -m experiments.evaluate --workdir=/tmp/digits_vp
+    python -m experiments.evaluate --workdir=runs/toy2d_fm --num_examples=512 --num_samples=4096
+    python -m experiments.evaluate --workdir=/tmp/digits_vp --divergence=hutchinson --num_probes=4
+
+Writes <workdir>/eval/step_<step>.json (or --out) and prints it as a table. Everything is
+computed with the EMA weights of the latest checkpoint.
+
+Held-out data. Toy 2-D sets are sampled afresh (a seed the training set never used), so
+they are truly held out. Image sets are split with `jdiff.data.holdout_split(holdout, seed)`;
+the examples are held out from training only if the training config excluded the same split
+(the JSON records `heldout` so the reader can tell).
+
+Units. Image data are integer grey levels k (spacing h in [-1, 1] units, found from the
+data: 1/8 for the 8x8 digits, 2/255 for MNIST / CIFAR). The ODE likelihood is of centred,
+dequantized data x = x_k + (u - 1/2) h, converted with the scaling offset -log2 h
+(`jdiff.likelihood.bits_per_dim`); the DDPM bound and VDM ELBO use a decoder discretized
+to the same levels (num_bins = 2 / h + 1) and need no offset. Toy data are continuous: their
+"bits/dim" is -log p / (D ln 2) of a density (it can be negative).
+
+Sample metrics against held-out data: for images, the Frechet digit distance and k-NN
+precision / recall in the features of `jdiff.metrics.train_digit_classifier` (digits,
+mnist5k), the classifier's accuracy on class-conditional samples, and pixel-space Frechet
+distance; for 2-D sets, sliced Wasserstein, MMD, energy distance, Frechet distance and
+precision / recall.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import app, flags, logging
+from flax import nnx
+
+from experiments import _lib
+from jdiff import data, likelihood, metrics
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "A directory written by experiments.train.")
+_NUM_EXAMPLES = flags.DEFINE_integer("num_examples", 256, "Held-out examples for the likelihoods.")
+_NUM_SAMPLES = flags.DEFINE_integer("num_samples", 1000, "Generated samples for the sample metrics (0: skip).")
+_HOLDOUT = flags.DEFINE_float("holdout", 0.1, "Fraction of an image set held out (jdiff.data.holdout_split).")
+_BATCH = flags.DEFINE_integer("batch_size", 64, "Examples per likelihood batch.")
+_DIVERGENCE = flags.DEFINE_enum("divergence", None, likelihood.DIVERGENCES,
+                                "ODE divergence estimator (default: exact up to 100 dimensions, else hutchinson).")
+_NUM_PROBES = flags.DEFINE_integer("num_probes", 1, "Hutchinson probes per solve.")
+_RTOL = flags.DEFINE_float("rtol", 1e-5, "ODE relative (and absolute) tolerance.")
+_VLB_STEPS = flags.DEFINE_integer("vlb_steps", 1000, "Steps T of the discrete DDPM bound (0: skip).")
+_ELBO_SAMPLES = flags.DEFINE_integer("elbo_time_samples", 16, "Time samples per example of the VDM ELBO (0: skip).")
+_SEED = flags.DEFINE_integer("seed", 0, "PRNG seed of the evaluation (dequantization, probes, bounds, samples).")
+_OUT = flags.DEFINE_string("out", None, "Output JSON path (default <workdir>/eval/step_<step>.json).")
+flags.mark_flags_as_required(["workdir"])
+
+DIGIT_SETS = ("digits", "mnist5k")
+
+
+def heldout_data(config, num_examples: int, holdout: float):
+    """(x, label) held-out examples: fresh toy samples, or a holdout split of an image set."""
+    name = config.data.name
+    if name in data.TOY_SETS:
+        n = max(num_examples, 2)
+        ds = data.get_dataset(name, n=n, seed=config.seed + 10_007)  # a seed training never uses
+        return np.asarray(ds.x), np.asarray(ds.label)
+    ds = _lib.load_data(config)
+    _, held = data.holdout_split(ds._asdict() if ds.label is not None else {"x": ds.x}, holdout, seed=config.seed)
+    return held["x"], held.get("label")
+
+
+def grey_level(x) -> float | None:
+    """The spacing h of quantized image data in [-1, 1] (None for continuous data)."""
+    if x.ndim != 4:
+        return None
+    levels = np.unique(np.round(np.asarray(x, np.float64), 6))
+    h = float(np.min(np.diff(levels))) if levels.size > 1 else 2.0
+    return 2.0 / round(2.0 / h)  # snap to 2 / (num_levels - 1)
+
+
+def _batches(n, size):
+    return [(i, min(i + size, n)) for i in range(0, n, size)]
+
+
+def nll_bits_per_dim(make_model, params, path, x, label, key, *, bin_width, divergence, num_probes, rtol, vlb_steps,
+                     elbo_time_samples, batch_size):
+    """Per-example bits/dim of the ODE likelihood, the DDPM bound and the VDM ELBO.
+
+    make_model(params) -> (model, kind) rebuilds the model inside the jitted functions, so the
+    weights are arguments of the compiled programs rather than baked-in constants.
+    """
+    dim = x.shape[1:]
+    out = {"ode": [], "ode_nfe": [], "vlb": [], "elbo": []}
+    num_bins = None if bin_width is None else int(round(2.0 / bin_width)) + 1
+
+    @jax.jit
+    def ode(params, xb, cb, k):
+        model, kind = make_model(params)
+        if bin_width is not None:  # centred uniform dequantization of the grey levels
+            levels = jnp.round((xb + 1.0) / bin_width)
+            xb = likelihood.dequantize(k, levels, bin_width=bin_width, low=-1.0 - 0.5 * bin_width, dtype=xb.dtype)
+        ll = likelihood.ode_log_likelihood_batch(model, kind, xb, path, cond=cb, key=jax.random.fold_in(k, 1),
+                                                 divergence=divergence, num_probes=num_probes, rtol=rtol, atol=rtol)
+        bits = (likelihood.nats_to_bits_per_dim(-ll.log_prob, dim) if bin_width is None
+                else likelihood.bits_per_dim(ll.log_prob, dim, bin_width=bin_width))
+        return bits, ll.nfe
+
+    @jax.jit
+    def bounds(params, xb, cb, k):
+        model, kind = make_model(params)
+        k1, k2 = jax.random.split(k)
+        vlb = (likelihood.vlb_bits_per_dim(model, path, k1, xb, cb, kind=kind, num_steps=vlb_steps, num_bins=num_bins,
+                                           bin_width=bin_width or 1.0).total if vlb_steps else jnp.zeros(xb.shape[0]))
+        elbo = (likelihood.elbo_bits_per_dim(model, path, k2, xb, cb, kind=kind, num_time_samples=elbo_time_samples,
+                                             num_bins=num_bins, bin_width=bin_width or 1.0).total
+                if elbo_time_samples else jnp.zeros(xb.shape[0]))
+        return vlb, elbo  # continuous data: bin_width 1 makes the density offset log2(1) = 0
+
+    for i, (a, b) in enumerate(_batches(x.shape[0], batch_size)):
+        xb = jnp.asarray(x[a:b], jnp.float32)
+        cb = None if label is None else jnp.asarray(label[a:b])
+        k = jax.random.fold_in(key, i)
+        bits, nfe = ode(params, xb, cb, k)
+        out["ode"].append(np.asarray(bits))
+        out["ode_nfe"].append(np.asarray(nfe))
+        if vlb_steps or elbo_time_samples:
+            vlb, elbo = bounds(params, xb, cb, jax.random.fold_in(k, 2))
+            out["vlb"].append(np.asarray(vlb))
+            out["elbo"].append(np.asarray(elbo))
+    return {k: np.concatenate(v) for k, v in out.items() if v}
+
+
+def sample_metrics(config, samples, heldout, key, labels=None):
+    """Sample-quality metrics of `samples` against held-out data (flattened arrays)."""
+    res = {}
+    n = min(samples.shape[0], heldout.shape[0])
+    s, h = jnp.asarray(samples[:n], jnp.float32), jnp.asarray(heldout[:n], jnp.float32)
+    res["frechet_pixels"] = metrics.frechet_distance(s, h)
+    if samples.ndim == 2:  # low-dimensional sets
+        res["sliced_wasserstein"] = float(metrics.sliced_wasserstein(key, s, h))
+        res["mmd_rbf"] = float(metrics.mmd(s, h, bandwidth=(0.1, 0.5, 1.0)))
+        res["energy_distance"] = float(metrics.energy_distance(s, h))
+        pr = metrics.precision_recall(h, s)
+        res["precision"], res["recall"] = float(pr.precision), float(pr.recall)
+    elif config.data.name in DIGIT_SETS:
+        clf, acc = metrics.train_digit_classifier(config.seed, dataset=config.data.name,
+                                                  steps=600 if config.data.name == "digits" else 2000)
+        res["classifier_heldout_accuracy"] = acc
+        res["frechet_digit_distance"] = metrics.frechet_digit_distance(clf, s, h)
+        pr = metrics.precision_recall(h, s, feature_fn=clf.features)
+        res["precision"], res["recall"] = float(pr.precision), float(pr.recall)
+        if labels is not None:
+            res["classifier_accuracy_on_samples"] = float(metrics.classifier_accuracy(clf, s, labels[:n]))
+    return res
+
+
+def evaluate(workdir: str, *, num_examples=256, num_samples=1000, holdout=0.1, batch_size=64, divergence=None,
+             num_probes=1, rtol=1e-5, vlb_steps=1000, elbo_time_samples=16, seed=0, out=None) -> dict:
+    """Evaluate the latest checkpoint of `workdir`; writes and returns the results dict."""
+    config = _lib.load_config(workdir)
+    path = _lib.build_path(config)
+    graphdef, ema_params, rest, step = _lib.restore_ema(config, workdir)
+
+    def make_model(params):
+        net = nnx.merge(graphdef, *params, copy=True)
+        net.eval()  # dropout off
+        return _lib.wrap_network(net, config, path)
+
+    x, label = heldout_data(config, num_examples, holdout)
+    x, label = x[:num_examples], (None if label is None or not config.data.cond else label[:num_examples])
+    key = jax.random.PRNGKey(seed)
+    h = grey_level(x)
+    t0 = time.perf_counter()
+    if divergence is None:  # exact trace up to 100 dimensions (D jvps per evaluation), else Hutchinson
+        divergence = "exact" if math.prod(x.shape[1:]) <= 100 else "hutchinson"
+    nll = nll_bits_per_dim(make_model, (ema_params, rest), path, x, label, jax.random.fold_in(key, 0), bin_width=h,
+                           divergence=divergence, num_probes=num_probes, rtol=rtol, vlb_steps=vlb_steps,
+                           elbo_time_samples=elbo_time_samples, batch_size=batch_size)
+    res = {
+        "workdir": os.path.abspath(workdir), "step": step, "data": config.data.name, "path": config.path.name,
+        "heldout": ("fresh toy samples" if h is None else f"holdout_split({holdout}, seed={config.seed})"),
+        "num_examples": int(x.shape[0]), "grey_level": h, "continuous_data": h is None,
+        "divergence": divergence, "num_probes": num_probes if divergence == "hutchinson" else None, "rtol": rtol,
+        "vlb_steps": vlb_steps, "elbo_time_samples": elbo_time_samples,
+    }
+    for name, v in nll.items():
+        res[f"{name}_bpd" if name != "ode_nfe" else "ode_nfe"] = float(np.mean(v))
+        if name != "ode_nfe":
+            res[f"{name}_bpd_se"] = float(np.std(v, ddof=1) / math.sqrt(v.size)) if v.size > 1 else None
+    res["likelihood_seconds"] = time.perf_counter() - t0
+    if num_samples:
+        x_all, label_all = heldout_data(config, num_samples, holdout)
+        fn = _lib.make_sampler(config, graphdef, path, (num_samples, *config.data.shape))
+        samples = np.asarray(jax.device_get(fn(ema_params, rest, jax.random.fold_in(key, 1))))
+        num_classes = config.model.kwargs.get("num_classes", None)
+        labels = np.arange(num_samples) % num_classes if (config.data.cond and num_classes) else None
+        res.update(sample_metrics(config, samples, x_all, jax.random.fold_in(key, 2), labels))
+        res["num_samples"] = num_samples
+    out = out or os.path.join(os.path.abspath(workdir), "eval", f"step_{step:07d}.json")
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    with open(out, "w") as f:
+        json.dump(res, f, indent=2)
+    res["json"] = out
+    return res
+
+
+def format_table(res: dict) -> str:
+    rows = [(k, f"{v:.4g}" if isinstance(v, float) else str(v)) for k, v in res.items()]
+    w = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k.ljust(w)}  {v}" for k, v in rows)
+
+
+def main(argv):
+    if not flags.FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    try:
+        res = evaluate(_WORKDIR.value, num_examples=_NUM_EXAMPLES.value, num_samples=_NUM_SAMPLES.value,
+                       holdout=_HOLDOUT.value, batch_size=_BATCH.value, divergence=_DIVERGENCE.value,
+                       num_probes=_NUM_PROBES.value, rtol=_RTOL.value, vlb_steps=_VLB_STEPS.value,
+                       elbo_time_samples=_ELBO_SAMPLES.value, seed=_SEED.value, out=_OUT.value)
+    except (_lib.ConfigError, FileNotFoundError, ValueError) as e:
+        sys.exit(f"error: {e}")
+    print(format_table(res))
+
+
+if __name__ == "__main__":
+    app.run(main)
