@@ -16,8 +16,11 @@ one time s per example (shape x.shape[:1]). Two parameterizations (`AbstractFlow
                         (CTM's jump parameterization; on the VE path with s = t_min its c_out is
                         exactly the consistency-model c_out of Song et al. 2023).
 
-Losses are pure functions returning unreduced per-example values (squared norms are summed
-over an example's axes):
+Losses are pure functions returning unreduced per-example values. Units: the consistency
+losses use the pseudo-Huber distance of the whole example (a norm, as in the papers), MeanFlow
+the squared L2 norm summed over the example (its adaptive weight's c = 1e-3 is calibrated for
+that), shortcut and progressive distillation the squared error averaged over the example's
+values, as jdiff.losses' regression losses (Ho et al.'s `mean_flat`):
 
     consistency_training_loss      improved consistency training (Song & Dhariwal 2023)
     consistency_distillation_loss  consistency distillation from any teacher step (Song et al. 2023)
@@ -91,6 +94,11 @@ def _cond_velocity(path, x0, eps, t):
 def _sqnorm(x):
     """Squared L2 norm of each example (sum over all but the leading axis)."""
     return jnp.sum(jnp.square(x), axis=tuple(range(1, jnp.ndim(x))))
+
+
+def _msq(x):
+    """Mean square over each example's values (jdiff.losses' `mean_flat` convention)."""
+    return jnp.mean(jnp.square(x), axis=tuple(range(1, jnp.ndim(x))))
 
 
 def _edm_sigma(path, t):
@@ -569,7 +577,8 @@ def shortcut_loss(
     the grid t_min + 2d {1, 2, ..}, and target sg((u(x_t, t, t - d) + u(x', t - d, t - 2d)) / 2)
     with x' = x_t - d u(x_t, t, t - d) for u(x_t, t, t - 2d): two d-steps equal one 2d-step.
     The others are flow-matching examples (d = 0: s = t, target the conditional velocity
-    alpha' x0 + sigma' eps), with t uniform on [t_min, t_max]. Returns ||u - target||^2.
+    alpha' x0 + sigma' eps), with t uniform on [t_min, t_max]. Returns the squared error
+    ||u - target||^2 averaged over the example's values.
     """
     levels = int(round(math.log2(max_steps)))
     if 2**levels != max_steps or levels < 1:
@@ -587,7 +596,7 @@ def shortcut_loss(
         x_fm, e_fm = x0[n_sc:], eps[n_sc:]
         c_fm = None if cond is None else jax.tree_util.tree_map(lambda c: c[n_sc:], cond)
         z_fm = _interp(path, x_fm, e_fm, t_fm)
-        losses.append(_sqnorm(net(z_fm, t_fm, t_fm, c_fm) - _cond_velocity(path, x_fm, e_fm, t_fm)))
+        losses.append(_msq(net(z_fm, t_fm, t_fm, c_fm) - _cond_velocity(path, x_fm, e_fm, t_fm)))
     if n_sc == 0:
         return losses[0]
     # Self-consistency part: 2d-steps on a grid that fits into [t_min, t_max].
@@ -601,7 +610,7 @@ def shortcut_loss(
     u1 = net(z, t, t - d, c_sc)
     u2 = net(z - expand_to(d, z, "t") * u1, t - d, t - 2.0 * d, c_sc)
     target = jax.lax.stop_gradient(0.5 * (u1 + u2))
-    loss_sc = _sqnorm(net(z, t, t - 2.0 * d, c_sc) - target)
+    loss_sc = _msq(net(z, t, t - 2.0 * d, c_sc) - target)
     return jnp.concatenate([loss_sc] + losses)
 
 
@@ -638,7 +647,7 @@ def progressive_distillation_loss(
     steps (each a DDIM step of the teacher, which runs 2 N steps) with one: at t = t_i,
     z'' = teacher_step(teacher_step(z_t, t, t - h/2), t - h/2, t - h), h = span / N, target
     x~ = `ddim_target`(z_t, t, z'', t - h), loss max(SNR(t), 1) ||x0_hat - x~||^2 (the
-    "truncated SNR" weighting of their Eq. 10). Repeat with N halved and the student as the
+    "truncated SNR" weighting of their Eq. 10), averaged over the example's values. Repeat with N halved and the student as the
     new teacher.
 
     Args:
@@ -660,7 +669,7 @@ def progressive_distillation_loss(
     target = jax.lax.stop_gradient(ddim_target(path, z, t, z_next, t_next))
     x0_hat, _ = predictions.to_x0_eps(student(z, t, cond), student_kind, z, t, path)
     weight = jnp.maximum(jnp.exp(path.log_snr(t)), 1.0)
-    return weight * _sqnorm(x0_hat - target)
+    return weight * _msq(x0_hat - target)
 
 
 # -----------------------------------------------------------------------------------

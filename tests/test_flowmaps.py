@@ -456,7 +456,7 @@ def test_shortcut_self_consistency_vanishes_for_exact_average_velocity():
     _, _, _, _, v = oracle()
     fm = flowmaps.shortcut_loss(lambda x, t, s, c: v(x, t), path, jax.random.key(1), x0, consistency_fraction=0.0)
     worse = flowmaps.shortcut_loss(lambda x, t, s, c: 1.1 * v(x, t), path, jax.random.key(1), x0, consistency_fraction=0.0)
-    assert 0.1 < float(jnp.mean(fm)) < float(jnp.mean(worse))
+    assert 0.05 < float(jnp.mean(fm)) < float(jnp.mean(worse))
 
 
 def test_progressive_distillation_target_and_order():
