@@ -160,7 +160,7 @@ def ode_log_likelihood(
         x: one example, any shape (e.g. (D,) or (H, W, C)); the data end of the ODE.
         path: the Gaussian path the model was trained on.
         cond: this example's conditioning (any pytree, unbatched) or None.
-        key: PRNG key for the Hutchinson probes (required for divergence="hutchinson").
+        key: PRNG key for the Hutchinson probes (divergence="hutchinson" without `probes`).
         divergence: "exact" (trace of the Jacobian, D forward passes; low dimensions) or
             "hutchinson" (unbiased estimate from `num_probes` probes).
         probe: Hutchinson probe distribution, "rademacher" or "gaussian".
@@ -170,7 +170,8 @@ def ode_log_likelihood(
         rtol, atol: the adaptive solver's relative / absolute tolerances (on x and log p).
         t0, t1: integration range, default [path.t_min, path.t_max].
         prior_log_prob: log-density of x_{t1}, `fn(x_t1) -> scalar`; default the path's
-            N(0, sigma(t1)^2 I) (approximate where alpha(t1) != 0; see the module docstring).
+            `prior_log_prob`, N(0, sigma(t_max)^2 I) (approximate where alpha(t_max) != 0; see
+            the module docstring). Pass one whenever t1 != t_max.
         solver: an explicit Runge-Kutta diffrax solver (default Tsit5).
         max_steps: step limit of the adaptive solve (diffrax raises beyond it).
         adjoint: diffrax adjoint (default RecursiveCheckpointAdjoint: exact reverse-mode
@@ -190,6 +191,7 @@ def ode_log_likelihood(
     t0 = path.t_min if t0 is None else t0
     t1 = path.t_max if t1 is None else t1
     solver = diffrax.Tsit5() if solver is None else solver
+    _nfe(solver, 0)  # rejects solvers whose evaluations cannot be counted, before solving
     adjoint = diffrax.RecursiveCheckpointAdjoint() if adjoint is None else adjoint
     prior_log_prob = path.prior_log_prob if prior_log_prob is None else prior_log_prob
     cond_b = jax.tree_util.tree_map(lambda c: jnp.asarray(c)[None], cond)
