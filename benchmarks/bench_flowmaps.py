@@ -102,7 +102,8 @@ def main():
     net = new_net(3)
     param = flowmaps.DDIMDenoiser(sigma_data=1.0)
     teacher_step = flowmaps.solver_step(samplers.Heun(), teacher, "velocity", path)
-    cd = lambda m, k, x: flowmaps.consistency_distillation_loss(flowmaps.flow_map(m, path, param), path, teacher_step, k, x)
+    cd = lambda m, k, x: flowmaps.consistency_distillation_loss(flowmaps.flow_map(m, path, param), path, k, x,
+                                                               teacher_step=teacher_step)
     secs = train(net, cd, data_fn, args.steps, jax.random.fold_in(key, 3))
     print(f"trained cd in {secs:.0f}s", flush=True)
     few_step("cd (gamma=1)", flowmaps.flow_map(net, path, param), gamma=1.0)

@@ -371,10 +371,10 @@ def consistency_training_loss(
     path: AbstractPath,
     key,
     x0,
-    step,
-    total_steps: int,
     cond=None,
     *,
+    step,
+    total_steps: int,
     target_flow: Callable | None = None,
     s0: int = 10,
     s1: int = 1280,
@@ -423,11 +423,11 @@ def consistency_training_loss(
 def consistency_distillation_loss(
     flow: Callable,
     path: AbstractPath,
-    teacher_step: Callable,
     key,
     x0,
     cond=None,
     *,
+    teacher_step: Callable,
     target_flow: Callable | None = None,
     num_scales=18,
     rho: float = 7.0,
@@ -632,13 +632,14 @@ def ddim_target(path: AbstractPath, z_t, t, z_s, s):
 
 def progressive_distillation_loss(
     student: Callable,
-    student_kind: str,
-    teacher_step: Callable,
     path: AbstractPath,
     key,
     x0,
-    num_student_steps,
     cond=None,
+    *,
+    kind: str,
+    teacher_step: Callable,
+    num_student_steps,
 ):
     """Progressive distillation (Salimans & Ho 2022, Algorithm 2), per example.
 
@@ -651,8 +652,8 @@ def progressive_distillation_loss(
     new teacher.
 
     Args:
-        student: the student model (initialised from the teacher).
-        student_kind: its prediction kind ("x0", "v", "eps", ...).
+        student: the student model(x, t, cond) (initialised from the teacher).
+        kind: its prediction kind ("x0", "v", "eps", ...).
         teacher_step: (x, t, s, cond) -> x_s, per-example times (see `solver_step`).
         num_student_steps: N (may be traced).
     """
@@ -667,7 +668,7 @@ def progressive_distillation_loss(
     z = _interp(path, x0, eps, t)
     z_next = teacher_step(teacher_step(z, t, t_mid, cond), t_mid, t_next, cond)
     target = jax.lax.stop_gradient(ddim_target(path, z, t, z_next, t_next))
-    x0_hat, _ = predictions.to_x0_eps(student(z, t, cond), student_kind, z, t, path)
+    x0_hat, _ = predictions.to_x0_eps(student(z, t, cond), kind, z, t, path)
     weight = jnp.maximum(jnp.exp(path.log_snr(t)), 1.0)
     return weight * _msq(x0_hat - target)
 

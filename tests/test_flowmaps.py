@@ -371,7 +371,7 @@ def test_consistency_training_loss_pairs_levels_and_noise():
     n = 4000
     x0 = jax.random.normal(jax.random.key(1), (n, 2))
     total, step = 80_000, 25_000  # K' = 10000: N = 10 * 4 + 1 = 41 levels
-    loss = flowmaps.consistency_training_loss(flow, path, jax.random.key(2), x0, step, total)
+    loss = flowmaps.consistency_training_loss(flow, path, jax.random.key(2), x0, step=step, total_steps=total)
     (x_lo, t_lo, s_lo), (x_hi, t_hi, s_hi) = seen  # target first, then the online prediction
     assert float(jnp.max(s_lo)) == 0.0 and float(jnp.max(s_hi)) == 0.0  # maps to t_min (sigma_min = 0.002)
     sig_lo, sig_hi = path.sigma(t_lo), path.sigma(t_hi)
@@ -407,14 +407,15 @@ def test_consistency_distillation_loss_is_the_teachers_local_error(solver_name, 
                                    "velocity", path)
     flow = gaussian_flow(path)
     x0 = MU[None, :] + SD * jax.random.normal(jax.random.key(0), (N, 2))
-    run = jax.jit(lambda k: flowmaps.consistency_distillation_loss(flow, path, teacher, jax.random.key(1), x0,
+    run = jax.jit(lambda k: flowmaps.consistency_distillation_loss(flow, path, jax.random.key(1), x0, teacher_step=teacher,
                                                                    num_scales=k, huber_c=0.0))
     ns = np.array([40, 80, 160, 320])
     errs = [float(jnp.mean(run(k))) for k in ns]
     slope = np.polyfit(np.log(ns), np.log(errs), 1)[0]
     assert abs(slope + (order + 1)) < 0.25, (slope, errs)
     # the exact teacher step (the flow map itself) gives a zero loss
-    exact = flowmaps.consistency_distillation_loss(flow, path, lambda x, t, s, c: flow(x, t, s), jax.random.key(1), x0)
+    exact = flowmaps.consistency_distillation_loss(flow, path, jax.random.key(1), x0,
+                                                   teacher_step=lambda x, t, s, c: flow(x, t, s))
     assert float(jnp.max(exact)) < 1e-12
 
 
@@ -488,7 +489,8 @@ def test_progressive_distillation_target_and_order():
     assert float(jnp.max(jnp.abs(x_tilde - gm.as_model(path, "x0")(z, t)))) > 1e-3  # x~ is not the teacher's x0
 
     ns = np.array([8, 16, 32, 64])
-    losses = jax.jit(lambda k: flowmaps.progressive_distillation_loss(model, "eps", teacher, path, jax.random.key(3), x0, k))
+    losses = jax.jit(lambda k: flowmaps.progressive_distillation_loss(model, path, jax.random.key(3), x0, kind="eps",
+                                                                                  teacher_step=teacher, num_student_steps=k))
     errs = [float(jnp.mean(losses(k))) for k in ns]
     slope = np.polyfit(np.log(ns), np.log(errs), 1)[0]
     assert abs(slope + 2.0) < 0.3, (slope, errs)
