@@ -122,7 +122,8 @@ def stratified_time(key, shape, path: AbstractPath, dtype=None):
     functions of t from O(1/n) to O(1/n^2). Mapped affinely to [t_min, t_max].
     """
     dtype = _dtype(dtype)
-    n = math.prod(shape) if isinstance(shape, tuple) else int(shape)
+    shape = (shape,) if isinstance(shape, int) else tuple(shape)
+    n = math.prod(shape)
     u0 = jax.random.uniform(key, (), dtype)
     u = jnp.mod(u0 + jnp.arange(n, dtype=dtype) / n, 1.0)
     return _affine(u.reshape(shape), path)
@@ -163,14 +164,18 @@ def get_time_sampler(name: str, **kwargs) -> Callable:
     return functools.partial(TIME_SAMPLERS[name], **kwargs) if kwargs else TIME_SAMPLERS[name]
 
 
+def _time_dtype(x0):
+    # at least float32: bfloat16 times would resolve t only to about 1/256
+    return jnp.promote_types(jnp.result_type(x0), jnp.float32)
+
+
 def _times(key, x0, path, time_sampler, t):
     """One time per example (B,), drawn by `time_sampler` unless given as `t`."""
     b = jnp.shape(x0)[0]
     if t is not None:
-        t = jnp.broadcast_to(jnp.asarray(t, jnp.result_type(x0)), (b,))
-        return t
+        return jnp.broadcast_to(jnp.asarray(t, _time_dtype(x0)), (b,))
     sampler = get_time_sampler(time_sampler) if isinstance(time_sampler, str) else time_sampler
-    return sampler(key, (b,), path, jnp.result_type(x0))
+    return sampler(key, (b,), path, _time_dtype(x0))
 
 
 # -----------------------------------------------------------------------------------
@@ -484,7 +489,7 @@ def q_posterior(path: AbstractPath, x0, x_t, s, t):
 
 def vlb_prior(path: AbstractPath, x0, t=None):
     """L_T = KL(q(x_T | x0) || N(0, sigma(t_max)^2 I)) per example, in nats (T = `t`, default t_max)."""
-    t = jnp.asarray(path.t_max if t is None else t, jnp.result_type(x0))
+    t = jnp.asarray(path.t_max if t is None else t, _time_dtype(x0))
     a = expand_to(path.alpha(t), x0, "t")
     logvar = 2.0 * jnp.log(path.sigma(t))
     prior_logvar = 2.0 * jnp.log(path.prior_std()).astype(logvar.dtype)
@@ -500,10 +505,9 @@ def vlb_diffusion_term(model, path: AbstractPath, key, x0, s, t, cond=None, *, k
     0.5 (SNR_s - SNR_t) ||x0 - x0_hat||^2. `s` < `t` are scalars or (B,).
     """
     check_kind(kind)
-    b = jnp.shape(x0)[0]
-    dt = jnp.result_type(x0)
+    b, dt = jnp.shape(x0)[0], _time_dtype(x0)
     s, t = jnp.broadcast_to(jnp.asarray(s, dt), (b,)), jnp.broadcast_to(jnp.asarray(t, dt), (b,))
-    eps = jax.random.normal(key, jnp.shape(x0), dt)
+    eps = jax.random.normal(key, jnp.shape(x0), jnp.result_type(x0))
     x_t = _noised(path, x0, eps, t)
     x0_hat = convert(model(x_t, t, cond), kind, "x0", x_t, t, path)
     mean_q, logvar = q_posterior(path, x0, x_t, s, t)
@@ -521,10 +525,9 @@ def vlb_reconstruction(model, path: AbstractPath, key, x0, t0=None, cond=None, *
     density (continuous data) with `num_bins=None`.
     """
     check_kind(kind)
-    b = jnp.shape(x0)[0]
-    dt = jnp.result_type(x0)
+    b, dt = jnp.shape(x0)[0], _time_dtype(x0)
     t0 = jnp.broadcast_to(jnp.asarray(path.t_min if t0 is None else t0, dt), (b,))
-    eps = jax.random.normal(key, jnp.shape(x0), dt)
+    eps = jax.random.normal(key, jnp.shape(x0), jnp.result_type(x0))
     x_t = _noised(path, x0, eps, t0)
     mean = convert(model(x_t, t0, cond), kind, "x0", x_t, t0, path)
     log_scale = expand_to(-0.5 * path.log_snr(t0), x0, "t")  # log(sigma / alpha)
@@ -574,7 +577,7 @@ def vlb_terms(
         num_bins: decoder bins for data in [-1, 1] (256 for 8-bit images); None for a density.
     """
     check_kind(kind)
-    dt = jnp.result_type(x0)
+    dt = _time_dtype(x0)
     grid = jnp.linspace(path.t_min, path.t_max, num_steps + 1, dtype=dt) if grid is None else jnp.asarray(grid, dt)
     n = grid.shape[0] - 1
     key_rec, key_i, key_d = jax.random.split(key, 3)

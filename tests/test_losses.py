@@ -43,7 +43,7 @@ def mean_close(diff, target=0.0, n_se=4.5, rel=None, scale=None):
 
 
 def recording(model, seen):
-    """A model that records the (x_t, t) it is called with (for un-jitted calls)."""
+    """A model that records the (x_t, t) it is called with (use the records inside the same trace)."""
 
     def wrapped(x, t, cond=None):
         seen.append((x, t))
@@ -513,5 +513,10 @@ def test_losses_are_per_example_jit_without_recompiling_and_validate_names():
     ]:
         with pytest.raises(ValueError, match=word):
             fn_(model, paths.VPLinear(), jax.random.PRNGKey(0), x0, **kw)
+    # bfloat16 data still gets float32 times (bfloat16 resolves t only to about 1/256)
+    seen = []
+    zero = recording(lambda x, t, c=None: jnp.zeros_like(x), seen)
+    v = losses.dsm_loss(zero, paths.VPLinear(), jax.random.PRNGKey(2), x0.astype(jnp.bfloat16), kind="eps")
+    assert seen[0][1].dtype == jnp.float32 and v.shape == (16,) and bool(jnp.all(jnp.isfinite(v)))
     with pytest.raises(ValueError, match="min_snr"):
         losses.dsm_loss(model, paths.VPLinear(), jax.random.PRNGKey(0), x0, weighting="snrr")
