@@ -6,14 +6,26 @@
 Writes <out>.png (a grid) and <out>.npz (samples, step, labels for conditional models);
 <out> defaults to <workdir>/samples/<solver>_<num_steps>. The config is read from the
 workdir unless --config is given.
+
+Class-conditional models with classifier-free guidance (configs with a `guidance` section,
+e.g. digits_cfg.py, or any --guidance_weight) write one row per class instead, and on the
+digits report the accuracy of jdiff.metrics' digit classifier on the generated classes:
+
+    python -m experiments.sample --workdir=/tmp/digits_cfg --guidance_weight=1.5
 """
 
+import os
 import sys
 
+import jax
+import jax.numpy as jnp
+import numpy as np
 from absl import app, flags, logging
+from flax import nnx
 from ml_collections import config_flags
 
 from experiments import _lib
+from jdiff import guidance, metrics, samplers, training
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (default: <workdir>/config.json).",
                                           lock_config=True)
@@ -25,7 +37,67 @@ _GRID = flags.DEFINE_string("grid", None, "Time grid name (default: the config's
 _NUM_SAMPLES = flags.DEFINE_integer("num_samples", None, "How many samples (default: the config's).")
 _SEED = flags.DEFINE_integer("seed", 0, "PRNG seed of the prior draw and of stochastic solvers.")
 _OUT = flags.DEFINE_string("out", None, "Output path without extension.")
+_GUIDANCE_WEIGHT = flags.DEFINE_float("guidance_weight", None, "Classifier-free guidance weight (1: the conditional "
+                                      "model; default: config.guidance.weight); writes one row per class.")
+_PER_CLASS = flags.DEFINE_integer("per_class", None, "Samples per class row (default: num_samples // num_classes).")
 flags.mark_flags_as_required(["workdir"])
+
+
+# -- classifier-free guidance: one row per class (configs with a `guidance` section) ---------
+
+
+def sample_class_rows(workdir, config=None, *, weight=None, per_class=None, solver=None, num_steps=None, grid=None,
+                      num_samples=None, seed=0, out=None, solver_kwargs=None, accuracy=True):
+    """Sample a class-conditional workdir with classifier-free guidance, one row per class.
+
+    weight: CFG weight (default config.guidance.weight; 1 = the conditional model).
+    per_class: samples per class (default (num_samples or config.sample.num_samples) // num_classes).
+    Writes <out>.png (row c = class c) and <out>.npz (samples, labels, step, guidance_weight);
+    <out> defaults to workdir/samples/cfg<weight>_<solver>_<steps>. With `accuracy` and the
+    digits data, also trains jdiff.metrics' digit classifier (seed 0) and returns the
+    fraction of samples it assigns to their class. Returns (samples, labels, png, npz, accuracy).
+    """
+    config = _lib.load_config(workdir) if config is None else config
+    num_classes = int(config.model.kwargs.get("num_classes", 0) or 0)
+    if not (config.data.cond and num_classes):
+        raise _lib.ConfigError("config.model.kwargs.num_classes: class rows need a class-conditional model "
+                               "(data.cond = 'label' and num_classes set)")
+    g = config.get("guidance", None)
+    weight = float(weight if weight is not None else (g.weight if g is not None else 1.0))
+    interval = tuple(g.interval) if g is not None and g.get("interval", None) else None
+    rescale = float(g.get("rescale", 0.0)) if g is not None else 0.0
+    per_class = int(per_class or max(int(num_samples or config.sample.num_samples) // num_classes, 1))
+    solver_name, steps = solver or config.sample.solver, int(num_steps or config.sample.num_steps)
+    kwargs = _lib._kw(config.sample.solver_kwargs) if solver is None else dict(solver_kwargs or {})
+    solver_obj = _lib._keyed("sample.solver", samplers.get_solver, solver_name, **kwargs)
+    path = _lib.build_path(config)
+    grid_ts = _lib._keyed("sample.grid", samplers.get_grid, grid or config.sample.grid, path, steps)
+    graphdef, ema_params, rest, step = _lib.restore_ema(config, workdir)
+    labels = jnp.repeat(jnp.arange(num_classes), per_class)  # row c of the grid is class c
+    shape = (labels.shape[0], *config.data.shape)
+
+    @jax.jit
+    def fn(params, rest, key, w):
+        net = nnx.merge(graphdef, params, rest, copy=True)
+        net.eval()
+        model, kind = _lib.wrap_network(net, config, path)
+        guided = guidance.classifier_free(model, kind, path, w, null_cond=num_classes, interval=interval,
+                                          rescale=rescale)
+        k_prior, k_solve = jax.random.split(key)
+        x_T = path.prior_sample(k_prior, shape, jnp.float32)
+        return samplers.sample(solver_obj, guided, kind, path, x_T, grid_ts, cond=labels,
+                               key=k_solve if solver_obj.stochastic else None)
+
+    x = np.asarray(jax.device_get(fn(ema_params, rest, jax.random.PRNGKey(seed), weight)))
+    name = f"cfg{weight:g}_{solver_name}_{steps}"
+    out = out or os.path.join(os.path.abspath(workdir), "samples", name)
+    training.save_image_grid(out + ".png", x, ncol=per_class, scale=max(1, 128 // x.shape[1]))
+    np.savez(out + ".npz", samples=x, labels=np.asarray(labels), step=step, guidance_weight=weight)
+    acc = None
+    if accuracy and config.data.name == "digits":
+        clf, _ = metrics.train_digit_classifier(0)
+        acc = float(metrics.classifier_accuracy(clf, x, labels))
+    return x, np.asarray(labels), out + ".png", out + ".npz", acc
 
 
 def main(argv):
@@ -35,6 +107,14 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     kwargs = dict(kv.split("=", 1) for kv in _SOLVER_KWARGS.value)
     try:
+        config = _CONFIG.value if _CONFIG.value is not None else _lib.load_config(_WORKDIR.value)
+        if _GUIDANCE_WEIGHT.value is not None or "guidance" in config:
+            _, _, png, npz, acc = sample_class_rows(
+                _WORKDIR.value, config, weight=_GUIDANCE_WEIGHT.value, per_class=_PER_CLASS.value, solver=_SOLVER.value,
+                num_steps=_NUM_STEPS.value, grid=_GRID.value, num_samples=_NUM_SAMPLES.value, seed=_SEED.value,
+                out=_OUT.value, solver_kwargs={k: float(v) for k, v in kwargs.items()})
+            print(f"wrote {png} and {npz}" + ("" if acc is None else f"; digit-classifier accuracy {acc:.3f}"))
+            return
         _, png, npz = _lib.sample_workdir(
             _WORKDIR.value, _CONFIG.value, solver=_SOLVER.value, num_steps=_NUM_STEPS.value, grid=_GRID.value,
             num_samples=_NUM_SAMPLES.value, seed=_SEED.value, out=_OUT.value,
