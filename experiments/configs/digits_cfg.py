@@ -1,7 +1,7 @@
 """Class-conditional flow matching on the 8x8 digits with classifier-free guidance.
 
 python -m experiments.train --config=experiments/configs/digits_cfg.py --workdir=runs/digits_cfg
-python -m experiments.sample --workdir=runs/digits_cfg --guidance_weight=2.0
+python -m experiments.sample --workdir=runs/digits_cfg --guidance_weight=1.5
 python -m experiments.train --config=experiments/configs/digits_cfg.py:runlocal --workdir=/tmp/digits_cfg
 
 The residual MLP of digits_mlp.py with a class embedding (10 digits + the null class 10).
@@ -48,7 +48,7 @@ def get_config(arg=None):
     c.checkpoint_every = 500
 
     c.guidance = ml_collections.ConfigDict()
-    c.guidance.weight = 2.0  # D_null + w (D_cond - D_null); 1 = the conditional model
+    c.guidance.weight = 1.5  # D_null + w (D_cond - D_null); 1 = the conditional model (see docs/guidance.md)
     c.guidance.interval = ml_collections.config_dict.placeholder(tuple)  # (t_lo, t_hi) or None
     c.guidance.rescale = 0.0  # CFG rescale phi (Lin et al. 2024)
     if arg == "runlocal":
