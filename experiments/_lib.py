@@ -37,6 +37,7 @@ import numpy as np
 import optax
 from flax import nnx
 
+from experiments import _flowmaps
 from jdiff import checkpoint, data, models, parallel, paths, predictions, samplers, training
 
 __all__ = [
@@ -86,6 +87,8 @@ def build_path(config) -> paths.AbstractPath:
 def build_model(config, key=None) -> nnx.Module:
     """The nnx network of `config.model` (jdiff.models.get_model), initialized from `key`."""
     key = jax.random.PRNGKey(config.seed) if key is None else key
+    if _flowmaps.enabled(config):  # flow-map configs (experiments/_flowmaps.py)
+        return _flowmaps.build_model(config, key)
     return _keyed("model", models.get_model, config.model.name, rngs=nnx.Rngs(key), **_kw(config.model.kwargs))
 
 
@@ -123,6 +126,8 @@ def _cond(config, batch):
 
 def build_loss(config, path, loss=None):
     """`loss_fn(net, batch, key) -> (B,)` for `jdiff.training.make_train_step`."""
+    if loss is None and _flowmaps.enabled(config):  # flow-map configs (experiments/_flowmaps.py)
+        return _flowmaps.build_loss(config, path)
     loss = resolve_loss(config.loss.name) if loss is None else loss
     kwargs = _kw(config.loss.kwargs)
     if "sigma_data" in inspect.signature(loss).parameters and config.model.preconditioning == "edm":
@@ -169,6 +174,8 @@ def make_sampler(config, graphdef, path, shape, *, solver=None, num_steps=None, 
     """A jitted `fn(params, rest, key) -> samples` drawing `shape` samples with the config's
     (or the given) solver, grid and number of steps; class-conditional models get labels
     0, 1, 2, ... cycling over the classes."""
+    if _flowmaps.enabled(config) and solver is None:  # flow-map configs (experiments/_flowmaps.py)
+        return _flowmaps.make_sampler(config, graphdef, path, shape, num_steps=num_steps)
     s = config.sample
     solver_name = solver or s.solver
     kwargs = _kw(s.solver_kwargs) if solver is None else dict(solver_kwargs or {})

@@ -1,0 +1,167 @@
+"""Flow-map experiments: what `_lib` does differently for a config with a `flowmap` section.
+
+    config.flowmap.param          "average_velocity" (MeanFlow, shortcut) | "ddim_denoiser" (consistency)
+    config.flowmap.sigma_data     data std of the ddim_denoiser's EDM preconditioning
+    config.flowmap.time_input     how a one-time network (a jdiff.models U-Net/MLP/DiT) sees t:
+                                  "t" (path time) or "edm" (c_noise = -lambda / 8, as
+                                  predictions.edm_denoiser feeds an EDM network)
+    config.flowmap.num_steps      sampling steps (1 = one-step generation)
+    config.flowmap.gamma          re-noising fraction of flowmaps.sample (1 = consistency multistep)
+    config.flowmap.teacher_workdir  consistency distillation: the teacher's workdir (its config.json
+                                  and EMA weights); None uses a freshly initialised teacher (smoke runs)
+    config.flowmap.teacher_config   the teacher's config file, used when teacher_workdir is None
+    config.flowmap.teacher_solver   jdiff.samplers solver of the teacher's step ("heun")
+    config.flowmap.init_from_teacher  start the student from the teacher's EMA weights (same network)
+
+`config.model.name = "flowmap_mlp"` builds a two-time `jdiff.flowmaps.FlowMapMLP`; any other
+jdiff.models network is a one-time net F(x, t, cond) that ignores s (consistency models only
+ever jump to the data end). The consistency-training loss needs the train step's index, which
+the generic train step does not pass to losses, so it is not available from a config.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from jdiff import flowmaps, models, samplers
+
+PARAMS = {"average_velocity": flowmaps.AverageVelocity, "ddim_denoiser": flowmaps.DDIMDenoiser}
+TIME_INPUTS = ("t", "edm")
+LOSSES = ("flowmaps.meanflow_loss", "flowmaps.shortcut_loss", "flowmaps.consistency_distillation_loss")
+
+
+def enabled(config) -> bool:
+    return "flowmap" in config and config.flowmap is not None
+
+
+def _lib():
+    from experiments import _lib
+
+    return _lib
+
+
+def _check(config):
+    f, err = config.flowmap, _lib().ConfigError
+    if f.param not in PARAMS:
+        raise err(f"config.flowmap.param: unknown {f.param!r}; accepted: {', '.join(PARAMS)}")
+    if f.time_input not in TIME_INPUTS:
+        raise err(f"config.flowmap.time_input: unknown {f.time_input!r}; accepted: {', '.join(TIME_INPUTS)}")
+    if config.loss.name not in LOSSES:
+        raise err(f"config.loss.name: {config.loss.name!r} cannot be trained from a flow-map config; accepted: "
+                  f"{', '.join(LOSSES)}")
+
+
+def param(config):
+    f = config.flowmap
+    return PARAMS[f.param](f.sigma_data) if f.param == "ddim_denoiser" else PARAMS[f.param]()
+
+
+def build_model(config, key):
+    """The student network: FlowMapMLP (model.name "flowmap_mlp") or a one-time jdiff.models network."""
+    _check(config)
+    kwargs = dict(config.model.kwargs)
+    if config.model.name == "flowmap_mlp":
+        net = nnx.jit(lambda k: flowmaps.FlowMapMLP(rngs=nnx.Rngs(k), **kwargs))(key)
+    else:
+        net = nnx.jit(lambda k: models.get_model(config.model.name, rngs=nnx.Rngs(k), **kwargs))(key)
+    if config.flowmap.get("init_from_teacher", False) and config.flowmap.teacher_workdir:
+        _, params, _, _ = _teacher_state(config)
+        nnx.update(net, params)
+    return net
+
+
+def two_time(net, config, path):
+    """net(x, t, s, cond) for the flow map: FlowMapMLP as is; a one-time network ignores s."""
+    if isinstance(net, flowmaps.FlowMapMLP):
+        return net
+    edm = config.flowmap.time_input == "edm"
+
+    def f(x, t, s, cond=None):
+        return net(x, -path.log_snr(t) / 8.0 if edm else t, cond)
+
+    return f
+
+
+# -- the teacher of consistency distillation ---------------------------------------------
+
+
+def _load_config_file(spec):
+    file, _, arg = spec.partition(":")
+    module_spec = importlib.util.spec_from_file_location("_teacher_config", file)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module.get_config(arg or None)
+
+
+def _teacher_state(config):
+    lib = _lib()
+    workdir = config.flowmap.teacher_workdir
+    tconfig = lib.load_config(workdir)
+    graphdef, params, rest, _ = lib.restore_ema(tconfig, workdir)
+    return tconfig, params, rest, graphdef
+
+
+def teacher_model(config):
+    """(model(x, t, cond), kind, path) of the teacher: EMA weights of teacher_workdir, or a fresh network."""
+    lib = _lib()
+    if config.flowmap.teacher_workdir:
+        tconfig, params, rest, graphdef = _teacher_state(config)
+        net = nnx.merge(graphdef, params, rest)
+    else:
+        tconfig = _load_config_file(config.flowmap.teacher_config)
+        net = lib.build_model(tconfig)
+    net.eval()
+    tpath = lib.build_path(tconfig)
+    model, kind = lib.wrap_network(net, tconfig, tpath)
+    return model, kind, tpath
+
+
+# -- loss and sampler ----------------------------------------------------------------------
+
+
+def build_loss(config, path):
+    """loss_fn(net, batch, key) -> (B,) for jdiff.training.make_train_step."""
+    lib = _lib()
+    _check(config)
+    loss = lib.resolve_loss(config.loss.name)
+    kwargs = dict(config.loss.kwargs)
+    p = param(config)
+    if config.loss.name == "flowmaps.consistency_distillation_loss":
+        model, kind, tpath = teacher_model(config)
+        if type(tpath) is not type(path):
+            raise lib.ConfigError(f"config.path.name: the student's path must be the teacher's ({type(tpath).__name__})")
+        solver = samplers.get_solver(config.flowmap.teacher_solver)
+        kwargs["teacher_step"] = flowmaps.solver_step(solver, model, kind, tpath)
+
+    def loss_fn(net, batch, key):
+        cond = batch[config.data.cond] if config.data.cond else None
+        net2 = two_time(net, config, path)
+        if config.loss.name == "flowmaps.consistency_distillation_loss":
+            return loss(flowmaps.flow_map(net2, path, p), path, key, batch["x"], cond, **kwargs)
+        return loss(net2, path, key, batch["x"], cond, **kwargs)
+
+    return loss_fn
+
+
+def make_sampler(config, graphdef, path, shape, *, num_steps=None):
+    """A jitted fn(params, rest, key) -> samples: `flowmaps.sample` on a uniform grid of num_steps."""
+    n = int(num_steps or config.flowmap.num_steps)
+    grid = samplers.uniform_grid(path, n)
+    num_classes = config.model.kwargs.get("num_classes", None)
+    gamma = float(config.flowmap.gamma)
+
+    @jax.jit
+    def fn(params, rest, key):
+        net = nnx.merge(graphdef, params, rest, copy=True)
+        net.eval()
+        flow = flowmaps.flow_map(two_time(net, config, path), path, param(config))
+        k_prior, k_sample = jax.random.split(key)
+        x_T = path.prior_sample(k_prior, shape, jnp.float32)
+        cond = None if not (config.data.cond and num_classes) else jnp.arange(shape[0]) % num_classes
+        return flowmaps.sample(flow, path, x_T, grid, cond, key=k_sample, gamma=gamma)
+
+    return fn
