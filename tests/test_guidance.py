@@ -426,6 +426,31 @@ def test_trained_noisy_classifier_guides_to_its_class():
     assert float(jnp.mean(jnp.exp(post[:, 1]))) > 0.95
 
 
+@pytest.mark.slow
+def test_digits_cfg_sample_writes_one_row_per_class(tmp_path):
+    """experiments: the digits_cfg runlocal config trains with label dropout, and
+    experiments.sample's class-row hook writes a grid whose row c holds class c."""
+    import importlib
+
+    from experiments import _lib
+    from experiments.sample import sample_class_rows
+
+    config = importlib.import_module("experiments.configs.digits_cfg").get_config("runlocal")
+    config.sample_every = 0
+    workdir = str(tmp_path / "cfg")
+    _lib.train_and_evaluate(config, workdir)
+    x, labels, png, npz, acc = sample_class_rows(workdir, weight=2.0, per_class=3, solver="euler", num_steps=3)
+    assert x.shape == (30, 8, 8, 1) and bool(np.all(np.isfinite(x)))
+    np.testing.assert_array_equal(labels, np.repeat(np.arange(10), 3))
+    saved = np.load(npz)
+    np.testing.assert_array_equal(saved["labels"], labels)
+    assert float(saved["guidance_weight"]) == 2.0 and 0.0 <= acc <= 1.0
+    from PIL import Image
+
+    h, w = np.asarray(Image.open(png)).shape[:2]
+    assert (h, w) == ((10 * 9 + 1) * 16, (3 * 9 + 1) * 16)  # 10 rows x 3 columns of 8x8 tiles, 1-px pad, x16
+
+
 def test_drop_labels():
     key = jax.random.PRNGKey(10)
     labels = jnp.arange(20000, dtype=jnp.int32) % 10
