@@ -38,8 +38,9 @@ space to stay finite at the ends of the path. Hence the equivalences
                           (Karras et al. 2022, lambda(sigma) = 1 / c_out^2)
 
 and "none" is the unit weight in the target space (plain MSE of the target).
-0.5 * D * dsm_loss(..., target="eps", weighting="likelihood") with uniform t equals the
-diffusion term of the continuous-time VDM bound divided by (t_max - t_min).
+0.5 * D * (t_max - t_min) * dsm_loss(..., target="eps", weighting="likelihood") with uniform t
+is the diffusion term of the continuous-time VDM bound (`vdm_terms`), example by example
+for the same t and noise.
 
 Time samplers map (key, shape, path, dtype) to times in [path.t_min, path.t_max]:
 `uniform_time`, `stratified_time` (antithetic / low-discrepancy, Kingma et al. 2021),
