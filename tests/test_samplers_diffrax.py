@@ -17,8 +17,8 @@ from test_samplers import _oracle
 GM = mixture_2d()
 
 
-@pytest.mark.parametrize("solver", [diffrax.Tsit5(), diffrax.Dopri5()], ids=["tsit5", "dopri5"])
-def test_pf_ode_solve_is_accurate_and_counts_its_evaluations(solver):
+def test_pf_ode_solve_is_accurate_and_counts_its_evaluations():
+    solver = diffrax.Tsit5()
     path = jdiff.VPLinear()
     counter = [0]
     model = _oracle(path, "score", counter=counter)
@@ -61,7 +61,6 @@ def test_diffrax_srk_solvers_integrate_reversed_time_wrongly():
     # longer needed (it stays correct).
     e = float(np.exp(1.0))
     assert _ou_terms(diffrax.Heun, reverse=True) == pytest.approx(e, rel=1e-4)
-    assert _ou_terms(diffrax.SEA, reverse=False) == pytest.approx(1 / e, rel=1e-2)
     assert _ou_terms(diffrax.SEA, reverse=True) == pytest.approx(1 / e, rel=1e-2)  # wrong: should be e
 
 
@@ -74,14 +73,14 @@ def test_forward_clock_reverse_sde_is_right_with_srk_solvers():
     x, _ = path.marginal(jax.random.PRNGKey(0), GM.sample(jax.random.PRNGKey(1), 8), jnp.asarray(t0))
     ref = S.solve_pf_ode(model, "x0", path, x, t0=t0, solver=diffrax.Dopri8(), rtol=1e-10, atol=1e-10).sample
     errs = {}
-    for name in ("euler", "heun", "sea", "shark"):
+    for name in ("sea", "shark"):
         errs[name] = []
         for n in (100, 200):
             sol = S.solve_reverse_sde(model, "x0", path, x, jax.random.PRNGKey(1), num_steps=n, t0=t0, solver=name, churn=0.0)
             errs[name].append(float(jnp.max(jnp.abs(sol.sample - ref))))
     orders = {k: np.log2(e[0] / e[1]) for k, e in errs.items()}
-    # Euler and SEA are first order on an ODE, Heun and ShARK second order.
-    for k, want in {"euler": 1, "sea": 1, "heun": 2, "shark": 2}.items():
+    # SEA is first order on an ODE, ShARK second order (Euler and Heun: test_samplers_stochastic).
+    for k, want in {"sea": 1, "shark": 2}.items():
         assert abs(orders[k] - want) < 0.3, (k, orders, errs)
     assert errs["shark"][1] < 1e-3
 

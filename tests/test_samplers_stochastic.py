@@ -76,9 +76,10 @@ def fixed_step_samples():
     path = jdiff.VPLinear()
     model = _oracle(path, "eps")
     x = path.prior_sample(jax.random.PRNGKey(0), (N, 2), jnp.float64)
+    # DDPM and DDIM(eta=1) share their key (see test_ddpm_is_ddim_with_eta_one).
     run = jax.jit(
         lambda x, g, key: {
-            k: S.sample(sv, model, "eps", path, x, g, key=jax.random.fold_in(key, i))
+            k: S.sample(sv, model, "eps", path, x, g, key=jax.random.fold_in(key, max(i, 1)))
             for i, (k, sv) in enumerate(_FIXED.items())
         }
     )
@@ -93,13 +94,15 @@ def test_fixed_step_stochastic_solver_matches_the_data_distribution(fixed_step_s
 
 def test_ddpm_is_ddim_with_eta_one(fixed_step_samples):
     # The same posterior q(x_s | x_t, x0_hat) in two parameterizations, same noise draws.
-    path = jdiff.VPLinear()
-    model = _oracle(path, "x0")
-    x = path.prior_sample(jax.random.PRNGKey(0), (64, 2), jnp.float64)
-    grid, key = S.uniform_grid(path, 20), jax.random.PRNGKey(7)
-    a = S.sample(S.DDPM(), model, "x0", path, x, grid, key=key)
-    b = S.sample(S.DDIM(eta=1.0), model, "x0", path, x, grid, key=key)
-    np.testing.assert_allclose(a, b, atol=1e-10)
+    np.testing.assert_allclose(fixed_step_samples["ddpm"], fixed_step_samples["ddim_eta1"], atol=1e-9)
+
+
+def test_the_distribution_check_has_power(fixed_step_samples, reference):
+    # A 10% too narrow sample (correct occupancy and means) must fail it (measured |z| = 9.2).
+    y = fixed_step_samples["ddpm"]
+    comp = _assign(y)
+    centre = GM.means[comp]
+    assert _max_z(centre + 0.9 * (y - centre), reference) > Z_MAX
 
 
 @pytest.mark.parametrize("solver", ["euler", "heun"])
@@ -113,12 +116,3 @@ def test_diffrax_reverse_sde_matches_the_data_distribution(reference, solver):
     assert sol.nfe == {"euler": 100, "heun": 200}[solver]
     z = _max_z(sol.sample, reference)
     assert z < Z_MAX, z
-
-
-def test_a_wrong_sampler_fails_the_distribution_check(reference):
-    # The check has power: the PF-ODE started from too narrow a prior (x_T / 2) is off.
-    path = jdiff.VPLinear()
-    model = _oracle(path, "eps")
-    x = 0.5 * path.prior_sample(jax.random.PRNGKey(0), (N, 2), jnp.float64)
-    y = S.sample(S.DPMSolverPP2M(), model, "eps", path, x, S.log_snr_grid(path, 30))
-    assert _max_z(y, reference) > 3 * Z_MAX
