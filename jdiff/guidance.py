@@ -56,7 +56,9 @@ def _check_interval(interval):
     if interval is None:
         return None
     if not isinstance(interval, Sequence) or len(interval) != 2:
-        raise ValueError(f"`interval` must be None or a pair (t_lo, t_hi) with 0 <= t_lo <= t_hi <= 1; got {interval!r}")
+        raise ValueError(
+            f"`interval` must be None or a pair (t_lo, t_hi) with 0 <= t_lo <= t_hi <= 1; got {interval!r}"
+        )
     return interval
 
 
@@ -356,7 +358,9 @@ def with_label_dropout(loss: Callable, p, null_class) -> Callable:
     return wrapped
 
 
-def label_dropout_loss(model, path: AbstractPath, key, x0, cond=None, *, p, null_class, loss: str = "cfm_loss", **kwargs):
+def label_dropout_loss(
+    model, path: AbstractPath, key, x0, cond=None, *, p, null_class, loss: str = "cfm_loss", **kwargs
+):
     """`with_label_dropout` for configs, which name losses rather than build them:
     the loss `loss` of `jdiff.losses` (e.g. "cfm_loss", "dsm_loss") trained on labels dropped
     to `null_class` with probability `p`. Extra keyword arguments go to that loss.

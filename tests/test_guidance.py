@@ -62,7 +62,8 @@ def _close(a, b, rtol, atol):
 def _cg(gm, path, kind, scale, **kw):
     """Classifier guidance of the unconditional oracle with the exact noisy classifier."""
     uncond = gm.as_model(path, kind)
-    return guidance.classifier_guidance(lambda x, t, c: uncond(x, t), kind, path, _exact_log_prob(gm, path), scale, **kw)
+    log_prob = _exact_log_prob(gm, path)
+    return guidance.classifier_guidance(lambda x, t, c: uncond(x, t), kind, path, log_prob, scale, **kw)
 
 
 def _rel_err(a, b):
@@ -108,7 +109,8 @@ def test_cfg_identities():
             model = _oracle(gm, path, k)
             cfg = guidance.classifier_free(model, k, path, w, null_cond=gm.num_classes)(x, t, cond)
             want = jnp.where((w == 1.0)[:, None], model(x, t, cond), model(x, t, None))
-            out += [_rel_err(jnp.where((w < 2)[:, None], cfg, want), want), _rel_err(cfg, _cg(gm, path, k, w)(x, t, cond))]
+            out.append(_rel_err(jnp.where((w < 2)[:, None], cfg, want), want))  # the w = 0 and w = 1 rows
+            out.append(_rel_err(cfg, _cg(gm, path, k, w)(x, t, cond)))
         return jnp.stack(out)
 
     err = errors(x, t).reshape(5, 2)
@@ -351,7 +353,9 @@ def test_noisy_classifier_loss_is_minimized_by_the_exact_posterior():
     @jax.jit
     def mean_losses(key, temps, shifts):
         def one(temp, shift):
-            fn = lambda x, t_: jax.vmap(lambda xi, ti: gm.class_log_posterior(xi, ti + shift, path))(x, t_) / temp  # noqa: E731
+            def fn(x, t_):
+                return jax.vmap(lambda xi, ti: gm.class_log_posterior(xi, ti + shift, path))(x, t_) / temp
+
             return jnp.mean(guidance.noisy_classifier_loss(fn, path, key, x0, labels, t))
 
         return jax.vmap(one)(temps, shifts)
@@ -361,7 +365,8 @@ def test_noisy_classifier_loss_is_minimized_by_the_exact_posterior():
     assert float(jnp.min(losses[1:] - losses[0])) > 1e-3, losses
     # Random times: uniform on [t_min, t_max], one per example.
     seen = []
-    loss = guidance.noisy_classifier_loss(lambda x, t_: seen.append(t_) or jnp.zeros((n, 3)), path, jax.random.PRNGKey(8), x0, labels)
+    record = lambda x, t_: seen.append(t_) or jnp.zeros((n, 3))  # noqa: E731
+    loss = guidance.noisy_classifier_loss(record, path, jax.random.PRNGKey(8), x0, labels)
     _close(loss, jnp.full((n,), np.log(3.0)), rtol=1e-12, atol=0)  # uniform logits over 3 classes
     ts = seen[0]
     assert ts.shape == (n,) and float(ts.min()) >= path.t_min and float(ts.max()) <= path.t_max
@@ -393,7 +398,8 @@ def test_trained_noisy_classifier_guides_to_its_class():
     def loss(params, key):
         k0, k1 = jax.random.split(key)
         x0, comp = gm.sample(k0, 512, return_components=True)
-        return jnp.mean(guidance.noisy_classifier_loss(lambda x, t: logits_fn(params, x, t), path, k1, x0, gm.labels[comp]))
+        per_example = guidance.noisy_classifier_loss(lambda x, t: logits_fn(params, x, t), path, k1, x0, gm.labels[comp])
+        return jnp.mean(per_example)
 
     @jax.jit
     def train(params):
