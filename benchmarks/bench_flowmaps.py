@@ -74,7 +74,7 @@ def main():
         for nfe in (10, 20, 50):
             n = nfe // solver.evals_per_step
             grid = samplers.uniform_grid(path, n)
-            x = jax.jit(lambda xt, g: samplers.sample(solver, teacher, "velocity", path, xt, g))(x_T, grid)
+            x = jax.jit(lambda xt, g, solver=solver: samplers.sample(solver, teacher, "velocity", path, xt, g))(x_T, grid)
             rows.append((f"teacher {name}", solver.nfe(n), float(sw(x))))
     ref = rows[-1][2]
 

@@ -44,7 +44,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jdiff import predictions
+from jdiff import predictions, samplers
 from jdiff.models.embeddings import check_unconditional, class_embedding_or_none, sinusoidal_embedding
 from jdiff.paths import AbstractPath, expand_to
 
@@ -52,22 +52,22 @@ __all__ = [
     "AbstractFlowMapParam",
     "AverageVelocity",
     "DDIMDenoiser",
-    "flow_map",
+    "FlowMapMLP",
+    "consistency_distillation_loss",
     "consistency_function",
-    "solver_step",
-    "sample",
-    "pseudo_huber",
+    "consistency_training_loss",
+    "ddim_target",
+    "flow_map",
+    "ict_noise_level_probs",
     "ict_num_scales",
     "karras_sigmas",
-    "ict_noise_level_probs",
-    "consistency_training_loss",
-    "consistency_distillation_loss",
-    "meanflow_target",
     "meanflow_loss",
-    "shortcut_loss",
-    "ddim_target",
+    "meanflow_target",
     "progressive_distillation_loss",
-    "FlowMapMLP",
+    "pseudo_huber",
+    "sample",
+    "shortcut_loss",
+    "solver_step",
 ]
 
 
@@ -174,18 +174,20 @@ class DDIMDenoiser(AbstractFlowMapParam):
         return ratio + b * pre.c_skip, b * pre.c_out, pre.c_in
 
 
-def flow_map(net: Callable, path: AbstractPath, param: AbstractFlowMapParam = AverageVelocity()):
+def flow_map(net: Callable, path: AbstractPath, param: AbstractFlowMapParam | None = None):
     """The flow map f(x, t, s, cond=None) of a raw network under a parameterization.
 
     Args:
         net: `net(x_in, t, s, cond) -> F` with x_in of x's shape and t, s of shape x.shape[:1];
             an nnx Module or any callable.
         path: the Gaussian path whose PF-ODE the map follows.
-        param: the skip/out scalings (`AverageVelocity()` or `DDIMDenoiser(sigma_data)`).
+        param: the skip/out scalings, `AverageVelocity()` (the default) or `DDIMDenoiser(sigma_data)`.
 
     Returns:
         f(x, t, s, cond=None) -> x_s, with t and s scalars or one time per example.
     """
+
+    param = AverageVelocity() if param is None else param
 
     def f(x, t, s, cond=None):
         t, s = _per_example(t, x), _per_example(s, x)
@@ -216,8 +218,6 @@ def solver_step(solver, model: Callable, kind: str, path: AbstractPath):
     `jdiff.samplers.sample` on the 2-point grid [t, s]. The result is what
     `consistency_distillation_loss` and `progressive_distillation_loss` take as `teacher_step`.
     """
-    from jdiff import samplers  # late import: samplers is a sibling namespace, not a core module
-
     if solver.stochastic:
         raise ValueError(f"`solver` must be deterministic for distillation; {type(solver).__name__} draws noise")
 

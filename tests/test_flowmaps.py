@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import all_paths, mixture_1d, mixture_2d
+from helpers import all_paths, mixture_2d
 
 import jdiff
 from jdiff import flowmaps, paths
@@ -71,7 +71,7 @@ def tiny_net(key, dim, hidden=16):
 N = 128  # one batch size for every oracle solve, so each jitted exact map compiles once
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def oracle():
     """(mixture, Linear path, exact flow map, exact average velocity, exact velocity), shared."""
     gm, path = mixture_2d(), paths.Linear()
@@ -155,7 +155,7 @@ def test_ddim_denoiser_with_exact_denoiser_is_ddim_step():
 
 def test_exact_average_velocity_tends_to_velocity():
     """u(z, t, r) -> v(z, t) as r -> t, first order in t - r (fitted)."""
-    gm, path, _, u, v = oracle()
+    _, path, _, u, v = oracle()
     z = path.prior_sample(jax.random.key(0), (N, 2), jnp.float64)
     t = jnp.full((N,), 0.7)
     hs = np.array([0.08, 0.04, 0.02, 0.01])
