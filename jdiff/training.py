@@ -171,7 +171,7 @@ def make_train_step(
     learning_rate_fn: optional schedule step -> lr, only to log the learning rate.
     donate: donate the input state's buffers (the caller must not reuse `state`).
 
-    A step whose loss or gradient is not finite changes nothing but `step` (so the next step
+    A step whose loss, gradient or updated parameters are not finite changes nothing but `step` (so the next step
     draws fresh randomness) and the counters `nonfinite_run` / `nonfinite_total`; the host
     loop decides when to stop (`check_nonfinite`). Metrics: loss (mean over the batch),
     grad_norm (before clipping), finite, nonfinite_run, nonfinite_total[, learning_rate].
@@ -195,11 +195,13 @@ def make_train_step(
 
         (loss, new_rest), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
         grad_norm = optax.global_norm(grads)
-        finite = jnp.isfinite(loss) & tree_all_finite(grads)
         if clip is not None:
             grads, _ = clip.update(grads, clip.init(state.params))
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
+        # The new parameters are checked too: a finite gradient can still give a non-finite
+        # update (a NaN learning rate, an overflowing optimizer statistic).
+        finite = jnp.isfinite(loss) & tree_all_finite(grads) & tree_all_finite(params)
         d = ema_decay(state.step, ema, ema_warmup)
         ema_params = jax.tree.map(
             lambda e, p: (d * e + (1.0 - d) * p).astype(e.dtype), state.ema_params, params

@@ -1,0 +1,230 @@
+"""experiments/: exact resume after SIGTERM, every config end to end (small variants), bad
+configs fail in one line before writing anything, and the Colab quickstart runs."""
+
+import importlib
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from experiments import _lib
+from jdiff import training
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# U-Net configs compile for one to two minutes each on a busy 2-core CPU, so their end-to-end
+# runs are `slow`; the fast suite checks every full config abstractly (names, U-Net kwargs,
+# shapes: test_every_config_checks) and runs what they add over the MLP configs (EDM
+# preconditioning, class conditioning, synthetic data) on the MLP (test_config_features_on_the_mlp).
+CONFIGS = ["toy2d_fm", "digits_mlp",
+           pytest.param("digits_vp", marks=pytest.mark.slow),
+           pytest.param("digits_edm", marks=pytest.mark.slow),
+           pytest.param("mnist5k", marks=pytest.mark.slow),
+           pytest.param("cifar10", marks=pytest.mark.slow)]
+
+
+def get_config(name, arg="runlocal"):
+    return importlib.import_module(f"experiments.configs.{name}").get_config(arg)
+
+
+def _host(tree):
+    """A host copy (the next step donates the device buffers); typed PRNG keys as raw data."""
+    def leaf(x):
+        return np.asarray(jax.random.key_data(x) if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key) else x)
+    return jax.tree.map(leaf, tree)
+
+
+def test_resume_after_sigterm_equals_uninterrupted_run(tmp_path):
+    """K steps, SIGTERM (checkpoint + clean exit), restart from the workdir, K more steps:
+    the final state equals a 2K-step run's bit for bit."""
+    k = 4
+    config = get_config("toy2d_fm")
+    config.total_steps = 2 * k
+    config.checkpoint_every = 1000  # only the SIGTERM and the final saves
+    config.sample_every = 0
+    config.lock()
+    final = {}
+
+    def keep_last(name):
+        def hook(step, state, metrics):
+            if step == 2 * k:
+                final[name] = _host(state)
+        return hook
+
+    r = _lib.train_and_evaluate(config, str(tmp_path / "a"), hooks=[keep_last("a")])
+    assert r["step"] == 2 * k and not r["preempted"]
+
+    def preempt(step, state, metrics):
+        if step == k:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    r = _lib.train_and_evaluate(config, str(tmp_path / "b"), hooks=[preempt])
+    assert r["preempted"] and r["step"] == k
+    assert sorted(os.listdir(tmp_path / "b" / "checkpoints")) == [str(k)]
+    r = _lib.train_and_evaluate(config, str(tmp_path / "b"), hooks=[keep_last("b")])
+    assert r["step"] == 2 * k and not r["preempted"]
+
+    a, b = final["a"], final["b"]
+    assert int(b.step) == 2 * k and int(b.data_position) == 2 * k
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+        np.testing.assert_array_equal(x, y)
+    # both runs logged every step window; the resumed run appended to the same metrics.jsonl
+    rows = [json.loads(line) for line in open(tmp_path / "b" / "metrics.jsonl")]
+    assert [row["step"] for row in rows] == [2, 4, 6, 8]
+
+
+def test_every_unet_config_checks():
+    """Every full-size U-Net config's names resolve and its network builds and maps a batch of
+    its data shape to the same shape (abstractly: shapes only, nothing compiled)."""
+    for name in ["digits_vp", "digits_edm", "mnist5k", "cifar10"]:
+        config = get_config(name, None)
+        path, net = _lib.check_config(config)
+        assert config.model.name == "unet" and path.t_max <= 1.0
+        x = jax.ShapeDtypeStruct((2, *config.data.shape), np.float32)
+        cond = np.zeros((2,), np.int32) if config.data.cond else None
+        out = jax.eval_shape(lambda n, x: n(x, np.full((2,), 0.5, np.float32), cond), net, x)
+        assert out.shape == x.shape, name
+
+
+def test_nonfinite_run_stops_with_a_clear_error_and_no_checkpoint(tmp_path):
+    config = get_config("toy2d_fm")
+    config.optimizer.learning_rate = float("nan")  # every update is NaN: every step is skipped
+    config.max_nonfinite_steps = 3
+    config.checkpoint_every = 1000
+    with pytest.raises(training.NonFiniteError, match="3 consecutive"):
+        _lib.train_and_evaluate(config, str(tmp_path / "run"))
+    assert os.listdir(tmp_path / "run" / "checkpoints") == []  # no final save after the error
+    rows = [json.loads(line) for line in open(tmp_path / "run" / "metrics.jsonl")]
+    assert rows == [] or all(np.isfinite(r["loss"]) for r in rows)
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_config_trains_and_samples(name, tmp_path):
+    """The small variant of every config trains, checkpoints, logs, draws a grid, and its
+    workdir samples with a different solver than the config's."""
+    config = get_config(name)
+    assert get_config(name, None).total_steps >= 3000  # the real config is not the small one
+    doc = importlib.import_module(f"experiments.configs.{name}").__doc__
+    assert f"--config=experiments/configs/{name}.py" in doc
+    if config.model.name != "mlp":
+        config.sample_every = 0  # one sampler compile (below) is enough for a U-Net
+    _train_and_sample(config, str(tmp_path / name))
+
+
+def _train_and_sample(config, workdir):
+    r = _lib.train_and_evaluate(config, workdir)
+    assert r["step"] == config.total_steps and np.isfinite(r["final_loss"])
+    rows = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
+    assert rows[-1]["step"] == config.total_steps and all(np.isfinite(row["loss"]) for row in rows)
+    assert (r["sample_png"] is None) == (config.sample_every == 0)
+    assert r["sample_png"] is None or os.path.exists(r["sample_png"])
+    assert int(max(os.listdir(os.path.join(workdir, "checkpoints")), key=int)) == config.total_steps
+    solver = "ddim" if config.sample.solver != "ddim" else "euler"
+    x, png, npz = _lib.sample_workdir(workdir, solver=solver, num_steps=3, num_samples=4)
+    assert x.shape == (4, *config.data.shape) and np.all(np.isfinite(x))
+    saved = np.load(npz)
+    np.testing.assert_array_equal(saved["samples"], x)
+    assert int(saved["step"]) == config.total_steps and os.path.exists(png)
+    if config.data.cond:
+        np.testing.assert_array_equal(saved["labels"], np.arange(4) % config.model.kwargs.num_classes)
+
+
+def _mlp_variant(variant):
+    """digits_mlp / toy2d_fm turned into what the slow U-Net configs add, on the fast MLP."""
+    if variant == "edm":  # digits_edm: VE path, EDM loss, preconditioned x0 denoiser, Karras grid
+        c = get_config("digits_mlp")
+        c.model.kwargs.kind = "x0"
+        c.model.preconditioning = "edm"
+        c.path.name = "ve"
+        c.loss.name = "edm_loss"
+        c.sample.grid = "karras"
+    else:  # mnist5k + cifar10: labels as cond, dsm_loss on v; synthetic arrays, constant schedule
+        c = get_config("digits_mlp")
+        c.data.name = "synthetic"
+        c.data.kwargs.n = 32
+        c.data.kwargs.shape = (8, 8, 1)
+        c.data.kwargs.num_classes = 3
+        c.data.cond = "label"
+        c.model.kwargs.num_classes = 3
+        c.model.kwargs.kind = "v"
+        c.path.name = "vp_cosine"
+        c.loss.name = "dsm_loss"
+        c.optimizer.schedule = "constant"
+        c.sample.solver = "dpmpp_2m"
+    c.sample_every = 0
+    return c
+
+
+@pytest.mark.parametrize("variant", ["edm", "conditional_synthetic"])
+def test_config_features_on_the_mlp(variant, tmp_path):
+    config = _mlp_variant(variant)
+    _train_and_sample(config, str(tmp_path / variant))
+
+
+@pytest.mark.parametrize(
+    "override, key, accepted",
+    [
+        ({"model.name": "resnet"}, "config.model.name", "mlp"),
+        ({"path.name": "brownian"}, "config.path.name", "vp_cosine"),
+        ({"loss.name": "l1_loss"}, "config.loss.name", "cfm_loss"),
+        ({"loss.name": "nothere.x_loss"}, "config.loss.name", "jdiff.nothere"),
+        ({"sample.solver": "rk4"}, "config.sample.solver", "dpmpp_2m"),
+        ({"data.name": "imagenet"}, "config.data.name", "digits"),
+        ({"data.name": "cifar10"}, "config.data.name", "tensorflow-datasets"),
+        ({"data.shape": (8, 8, 3)}, "config.data.shape", "(8, 8, 1)"),
+        ({"model.preconditioning": "vp"}, "config.model.preconditioning", "edm"),
+    ],
+)
+def test_bad_config_fails_in_one_line_before_writing(override, key, accepted, tmp_path):
+    if override.get("data.name") == "cifar10" and importlib.util.find_spec("tensorflow_datasets"):
+        pytest.skip("tensorflow-datasets is installed")
+    config = get_config("digits_mlp")
+    for k, v in override.items():
+        section, field = k.split(".")
+        config[section][field] = v
+    workdir = tmp_path / "run"
+    with pytest.raises(_lib.ConfigError) as e:
+        _lib.train_and_evaluate(config, str(workdir))
+    msg = str(e.value)
+    assert "\n" not in msg and msg.startswith(key) and accepted in msg
+    assert not workdir.exists()
+
+
+def _cli(*args):
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    env.pop("XLA_FLAGS", None)
+    return subprocess.run([sys.executable, "-m", "experiments.train", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_cli_bad_override_is_one_line(tmp_path):
+    workdir = str(tmp_path / "run")
+    cfg = "--config=experiments/configs/toy2d_fm.py:runlocal"
+    r = _cli(cfg, f"--workdir={workdir}", "--config.batch_size=abc", "--config.path.name=foo")
+    assert r.returncode != 0
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, r.stderr
+    assert "config.batch_size" in lines[0] and "accepts int" in lines[0]
+    assert not os.path.exists(workdir)
+
+
+def test_quickstart_notebook_runs(tmp_path):
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+    nb = nbformat.read(os.path.join(ROOT, "colab", "quickstart.ipynb"), as_version=4)
+    os.environ["JDIFF_QUICKSTART_STEPS"] = "30"  # the notebook trains 1500 steps by default
+    os.environ["JDIFF_QUICKSTART_WORKDIR"] = str(tmp_path / "quickstart")
+    try:
+        client = nbclient.NotebookClient(nb, timeout=300, kernel_name="python3",
+                                         resources={"metadata": {"path": ROOT}})
+        client.execute()
+    finally:
+        os.environ.pop("JDIFF_QUICKSTART_STEPS")
+        os.environ.pop("JDIFF_QUICKSTART_WORKDIR")
+    outputs = "".join(o.get("text", "") for cell in nb.cells if cell.cell_type == "code" for o in cell.outputs)
+    assert "final loss" in outputs
+    assert os.path.exists(tmp_path / "quickstart" / "samples" / "heun_20.png")
