@@ -25,13 +25,13 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-import jax  # noqa: E402
-import numpy as np  # noqa: E402
-from flax import nnx  # noqa: E402
+import jax
+import numpy as np
+from flax import nnx
 
-from experiments import _lib  # noqa: E402
-from experiments.configs import digits_mlp, digits_vp  # noqa: E402
-from jdiff import data, parallel, training  # noqa: E402
+from experiments import _lib
+from experiments.configs import digits_mlp, digits_vp
+from jdiff import data, parallel, training
 
 jax.config.update("jax_compilation_cache_dir", os.path.join(os.path.dirname(__file__), "..", ".jax_cache"))
 
@@ -65,7 +65,8 @@ def loop(config, steps):
     config.checkpoint_every = max(steps // 2, 1)
     with tempfile.TemporaryDirectory() as workdir:
         _lib.train_and_evaluate(config, workdir)
-        rows = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
+        with open(os.path.join(workdir, "metrics.jsonl")) as f:
+            rows = [json.loads(line) for line in f]
     rates = [r["examples_per_sec"] for r in rows[1:]]
     windows = [config.log_every] * len(rates)
     return float(np.average(rates, weights=windows)) if rates else float("nan")

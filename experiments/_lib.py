@@ -41,21 +41,30 @@ import optax
 from flax import nnx
 
 from experiments import _flowmaps
-from jdiff import checkpoint, data, models, parallel, paths, predictions, samplers, training
+from jdiff import (
+    checkpoint,
+    data,
+    models,
+    parallel,
+    paths,
+    predictions,
+    samplers,
+    training,
+)
 
 __all__ = [
     "ConfigError",
-    "check_config",
-    "validate",
-    "build_path",
-    "build_model",
     "build_loss",
+    "build_model",
     "build_optimizer",
+    "build_path",
+    "check_config",
     "load_data",
     "make_sampler",
-    "train_and_evaluate",
     "sample_workdir",
     "save_samples",
+    "train_and_evaluate",
+    "validate",
 ]
 
 PRECONDITIONINGS = ("none", "edm")

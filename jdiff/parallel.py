@@ -18,14 +18,14 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 __all__ = [
     "DATA_AXIS",
-    "initialize_distributed",
-    "process_info",
-    "make_mesh",
-    "replicated",
     "data_sharded",
-    "replicate",
     "global_batch",
+    "initialize_distributed",
     "local_batch_size",
+    "make_mesh",
+    "process_info",
+    "replicate",
+    "replicated",
 ]
 
 DATA_AXIS = "data"

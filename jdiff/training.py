@@ -34,19 +34,19 @@ from flax import nnx, struct
 from jdiff import parallel
 
 __all__ = [
-    "TrainState",
+    "MetricWriter",
     "NonFiniteError",
+    "Progress",
+    "TrainState",
+    "check_nonfinite",
     "ema_decay",
-    "tree_all_finite",
+    "ema_model",
+    "image_grid",
     "init_train_state",
     "make_train_step",
     "model_from_state",
-    "ema_model",
-    "check_nonfinite",
-    "MetricWriter",
-    "Progress",
-    "image_grid",
     "save_image_grid",
+    "tree_all_finite",
 ]
 
 
@@ -271,7 +271,7 @@ class MetricWriter:
 
             os.makedirs(workdir, exist_ok=True)
             self._tb = SummaryWriter(logdir=os.path.join(workdir, "tb"))
-            self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
+            self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")  # noqa: SIM115 - open for the run
 
     def write_scalars(self, step: int, scalars: dict) -> None:
         if not self.enabled:
@@ -324,8 +324,8 @@ def image_grid(images, ncol: int | None = None, pad: int = 1) -> np.ndarray:
     if x.ndim != 4:
         raise ValueError(f"`images` must have shape (N, H, W, C); got {x.shape}")
     n, h, w, c = x.shape
-    ncol = ncol or int(math.ceil(math.sqrt(n)))
-    nrow = int(math.ceil(n / ncol))
+    ncol = ncol or math.ceil(math.sqrt(n))
+    nrow = math.ceil(n / ncol)
     x = np.clip((x + 1.0) * 127.5, 0, 255).round().astype(np.uint8)
     grid = np.full((nrow * (h + pad) + pad, ncol * (w + pad) + pad, c), 0, np.uint8)
     for i in range(n):

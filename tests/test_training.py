@@ -201,7 +201,8 @@ def test_metric_writer_and_image_grid(tmp_path):
     w.write_scalars(3, {"loss": jnp.float32(0.5)})
     w.write_scalars(4, {"loss": 0.25, "grad_norm": 2.0})
     w.close()
-    rows = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+    with open(tmp_path / "metrics.jsonl") as f:
+        rows = [json.loads(line) for line in f]
     assert rows == [{"step": 3, "loss": 0.5}, {"step": 4, "loss": 0.25, "grad_norm": 2.0}]
     assert any(f.startswith("events.out.tfevents") for f in os.listdir(tmp_path / "tb"))
     imgs = np.stack([np.full((2, 3, 1), v, np.float32) for v in (-1.0, 0.0, 1.0)])
