@@ -1,7 +1,11 @@
 """PF-ODE likelihood: error vs NFE (tolerance), Hutchinson standard error vs probes, time per example.
 
     python benchmarks/bench_likelihood.py            # float64, 2-D mixture oracle
-    python benchmarks/bench_likelihood.py --dim 16   # a 16-D mixture (Hutchinson matters more)
+    XLA_FLAGS="--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1" \
+        python benchmarks/bench_likelihood.py --dim 16 --n 8 --draws 16   # Hutchinson matters more
+
+(Without those flags the 16-D run hung on a busy 2-core CPU in a repeated execution of the
+vmapped solve: an XLA CPU thread-pool deadlock; see docs/likelihood.md.)
 
 Ground truth is the Gaussian-mixture oracle: the model is its exact eps-prediction on
 VP-linear, the "prior" at t_max is the oracle's exact log p_{t_max}, so every error printed
