@@ -214,3 +214,26 @@ def test_digit_classifier_is_deterministic_from_its_seed():
     np.testing.assert_array_equal(np.asarray(model(x)), np.asarray(model2(x)))
     with pytest.raises(ValueError, match="dataset"):
         metrics.train_digit_classifier(seed=0, dataset="cifar")
+
+
+# -- experiments/evaluate.py end to end -------------------------------------------------
+
+
+@pytest.mark.slow
+def test_evaluate_a_trained_toy_workdir(tmp_path):
+    # Smoke test of the entry point (slow: trains a 6-step run first). Likelihood values of an
+    # untrained model have no ground truth; this checks the plumbing, the JSON and finiteness.
+    import json
+
+    from experiments import _lib, evaluate
+    from experiments.configs import toy2d_fm
+
+    workdir = str(tmp_path / "toy")
+    _lib.train_and_evaluate(toy2d_fm.get_config("runlocal"), workdir)
+    res = evaluate.evaluate(workdir, num_examples=8, num_samples=64, batch_size=8, vlb_steps=10, elbo_time_samples=2)
+    with open(res["json"]) as f:
+        saved = json.load(f)
+    for k in ("ode_bpd", "vlb_bpd", "elbo_bpd", "ode_nfe", "sliced_wasserstein", "mmd_rbf", "precision", "recall"):
+        assert math.isfinite(saved[k]), (k, saved[k])
+    assert saved["continuous_data"] and saved["divergence"] == "exact" and saved["num_examples"] == 8
+    assert "ode_bpd" in evaluate.format_table(res)
