@@ -52,11 +52,14 @@ STOCHASTIC = {
 ALL = {**DETERMINISTIC, **STOCHASTIC}
 
 
-def mixture():
+def mixture(dtype=jnp.float64):
+    """tests/helpers.mixture_2d: three anisotropic Gaussians."""
     return jdiff.GaussianMixture(
-        weights=jnp.array([0.5, 0.3, 0.2]),
-        means=jnp.array([[-1.0, 0.5], [1.2, 1.0], [0.3, -1.3]]),
-        covs=jnp.array([[[0.10, 0.03], [0.03, 0.05]], [[0.04, -0.01], [-0.01, 0.08]], [[0.06, 0.0], [0.0, 0.02]]]),
+        weights=jnp.array([0.5, 0.3, 0.2], dtype),
+        means=jnp.array([[-1.0, 0.5], [1.2, 1.0], [0.3, -1.3]], dtype),
+        covs=jnp.array(
+            [[[0.10, 0.03], [0.03, 0.05]], [[0.04, -0.01], [-0.01, 0.08]], [[0.06, 0.0], [0.0, 0.02]]], dtype
+        ),
     )
 
 
@@ -135,7 +138,7 @@ def timeit(f, *args, repeats):
 
 def overhead(repeats):
     path = jdiff.VPLinear()
-    gm = mixture()
+    gm = mixture(jnp.float32)
     models = {
         "MLP 3x256, batch 4096": (mlp_model(jax.random.PRNGKey(0)), 4096),
         "analytic mixture, batch 1024": (gm.as_model(path, "eps"), 1024),

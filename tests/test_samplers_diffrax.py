@@ -74,15 +74,11 @@ def test_forward_clock_reverse_sde_is_right_with_srk_solvers():
     ref = S.solve_pf_ode(model, "x0", path, x, t0=t0, solver=diffrax.Dopri8(), rtol=1e-10, atol=1e-10).sample
     errs = {}
     for name in ("sea", "shark"):
-        errs[name] = []
-        for n in (100, 200):
-            sol = S.solve_reverse_sde(model, "x0", path, x, jax.random.PRNGKey(1), num_steps=n, t0=t0, solver=name, churn=0.0)
-            errs[name].append(float(jnp.max(jnp.abs(sol.sample - ref))))
-    orders = {k: np.log2(e[0] / e[1]) for k, e in errs.items()}
-    # SEA is first order on an ODE, ShARK second order (Euler and Heun: test_samplers_stochastic).
-    for k, want in {"sea": 1, "shark": 2}.items():
-        assert abs(orders[k] - want) < 0.3, (k, orders, errs)
-    assert errs["shark"][1] < 1e-3
+        sol = S.solve_reverse_sde(model, "x0", path, x, jax.random.PRNGKey(1), num_steps=100, t0=t0, solver=name, churn=0.0)
+        errs[name] = float(jnp.max(jnp.abs(sol.sample - ref)))
+    # SEA is first order on an ODE, ShARK second order (Euler and Heun: test_samplers_stochastic);
+    # a solve in the wrong direction would be off by O(1).
+    assert errs["shark"] < 1e-3 and errs["sea"] < 5e-2 and errs["shark"] < errs["sea"] / 10, errs
 
 
 def test_reverse_sde_arguments_are_checked():

@@ -40,8 +40,9 @@ class Prediction:
         self.num_steps = num_steps  # static: the N of the grid (Heun's churn uses it)
 
     def raw(self, x, t):
-        """The model's own prediction at (x, t)."""
-        return self.model(x, t, self.cond)
+        """The model's own prediction at (x, t), in x's dtype (the sample keeps x_T's precision
+        even when the model computes in another, e.g. a float64 oracle on a float32 batch)."""
+        return jnp.asarray(self.model(x, t, self.cond), jnp.result_type(x))
 
     def __call__(self, x, t):
         """(x0_hat, eps_hat) at (x, t): the denoiser and the matching noise prediction."""

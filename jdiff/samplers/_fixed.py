@@ -20,7 +20,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from jdiff import predictions
-from jdiff.paths import expand_to
 from jdiff.samplers._base import AbstractSolver
 
 __all__ = [
@@ -637,7 +636,7 @@ class PredictorCorrector(AbstractSolver):
 
     def __check_init__(self):
         if not isinstance(self.predictor, AbstractSolver):
-            raise ValueError(f"`predictor` must be a jdiff.samplers solver; got {type(self.predictor).__name__}")
+            raise TypeError(f"`predictor` must be a jdiff.samplers solver; got {type(self.predictor).__name__}")
         if not isinstance(self.n_corrector, int) or self.n_corrector < 0:
             raise ValueError(f"`n_corrector` must be an int >= 0; got {self.n_corrector!r}")
         if not self.snr > 0:
