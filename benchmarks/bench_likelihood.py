@@ -22,7 +22,7 @@ import numpy as np
 
 jax.config.update("jax_enable_x64", True)
 
-from jdiff import GaussianMixture, likelihood, paths  # noqa: E402
+from jdiff import GaussianMixture, likelihood, paths
 
 
 def mixture(dim, key):
@@ -56,7 +56,7 @@ def main():
     model = mix.as_model(path, "eps")
     x = mix.sample(jax.random.PRNGKey(1), args.n)
     exact = jax.vmap(lambda z: mix.marginal_log_prob(z, path.t_min, path))(x)
-    prior = lambda z: mix.marginal_log_prob(z, path.t_max, path)  # noqa: E731
+    prior = lambda z: mix.marginal_log_prob(z, path.t_max, path)
 
     def solve(rtol, divergence="exact", num_probes=1, probe="rademacher"):
         return jax.jit(lambda xs, key: likelihood.ode_log_likelihood_batch(

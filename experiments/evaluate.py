@@ -95,7 +95,7 @@ def nll_bits_per_dim(make_model, params, path, x, label, key, *, bin_width, dive
     """
     dim = x.shape[1:]
     out = {"ode": [], "ode_nfe": [], "vlb": [], "elbo": []}
-    num_bins = None if bin_width is None else int(round(2.0 / bin_width)) + 1
+    num_bins = None if bin_width is None else round(2.0 / bin_width) + 1
 
     @jax.jit
     def ode(params, xb, cb, k):
@@ -193,7 +193,7 @@ def evaluate(workdir: str, *, num_examples=256, num_samples=1000, holdout=0.1, b
             res[f"{name}_bpd_se"] = float(np.std(v, ddof=1) / math.sqrt(v.size)) if v.size > 1 else None
     res["likelihood_seconds"] = time.perf_counter() - t0
     if num_samples:
-        x_all, label_all = heldout_data(config, num_samples, holdout)
+        x_all, _ = heldout_data(config, num_samples, holdout)
         fn = _lib.make_sampler(config, graphdef, path, (num_samples, *config.data.shape))
         samples = np.asarray(jax.device_get(fn(ema_params, rest, jax.random.fold_in(key, 1))))
         num_classes = config.model.kwargs.get("num_classes", None)

@@ -65,17 +65,17 @@ from jdiff import losses, predictions
 from jdiff.paths import AbstractPath
 
 __all__ = [
-    "ODELikelihood",
-    "ode_log_likelihood",
-    "ode_log_likelihood_batch",
-    "hutchinson_probes",
-    "dequantize",
-    "bits_per_dim",
-    "nats_to_bits_per_dim",
-    "vlb_bits_per_dim",
-    "elbo_bits_per_dim",
     "DIVERGENCES",
     "PROBES",
+    "ODELikelihood",
+    "bits_per_dim",
+    "dequantize",
+    "elbo_bits_per_dim",
+    "hutchinson_probes",
+    "nats_to_bits_per_dim",
+    "ode_log_likelihood",
+    "ode_log_likelihood_batch",
+    "vlb_bits_per_dim",
 ]
 
 DIVERGENCES = ("exact", "hutchinson")
@@ -204,7 +204,7 @@ def ode_log_likelihood(
 
         def vector_field(t, state, args):
             xi, _ = state
-            flat = lambda z: velocity(z.reshape(x.shape), t).reshape(-1)  # noqa: E731
+            flat = lambda z: velocity(z.reshape(x.shape), t).reshape(-1)
             jac = jax.jacfwd(flat)(xi.reshape(-1))
             return velocity(xi, t), jnp.trace(jac)
 

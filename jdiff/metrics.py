@@ -20,6 +20,7 @@ precision / recall are biased at finite N (the bias shrinks as N grows).
 
 from __future__ import annotations
 
+import itertools
 import math
 from functools import partial
 from typing import NamedTuple
@@ -31,18 +32,18 @@ import optax
 from flax import nnx
 
 __all__ = [
-    "sliced_wasserstein",
-    "mmd",
+    "DigitClassifier",
+    "PrecisionRecall",
+    "classifier_accuracy",
     "energy_distance",
-    "gaussian_stats",
+    "frechet_digit_distance",
     "frechet_distance",
     "frechet_distance_from_stats",
-    "PrecisionRecall",
+    "gaussian_stats",
+    "mmd",
     "precision_recall",
-    "DigitClassifier",
+    "sliced_wasserstein",
     "train_digit_classifier",
-    "frechet_digit_distance",
-    "classifier_accuracy",
 ]
 
 
@@ -106,7 +107,7 @@ def _sliced_wasserstein(key, x, y, num_projections, p):
         levels = (jnp.arange(k, dtype=x.dtype) + 0.5) / k
         # The empirical quantile function of n sorted values at level q is the value of
         # rank ceil(q n) (inverse of the step CDF).
-        quantiles = lambda v: v[jnp.clip(jnp.ceil(levels * v.shape[0]).astype(int) - 1, 0, v.shape[0] - 1)]  # noqa: E731
+        quantiles = lambda v: v[jnp.clip(jnp.ceil(levels * v.shape[0]).astype(int) - 1, 0, v.shape[0] - 1)]
         px, py = quantiles(px), quantiles(py)
     return jnp.mean(jnp.abs(px - py) ** p) ** (1.0 / p)
 
@@ -150,7 +151,7 @@ def energy_distance(x, y):
     x, y = _pair(x, y)
     if x.shape[0] < 2 or y.shape[0] < 2:
         raise ValueError("`x` and `y` need at least 2 samples each for the unbiased energy distance")
-    dist = lambda a, b: jnp.sqrt(_sq_dists(a, b))  # noqa: E731
+    dist = lambda a, b: jnp.sqrt(_sq_dists(a, b))
     return 2.0 * jnp.mean(dist(x, y)) - _offdiag_mean(dist(x, x)) - _offdiag_mean(dist(y, y))
 
 
@@ -209,7 +210,7 @@ def frechet_distance(x, y, feature_fn=None, *, batch_size: int = 1000) -> float:
         batch_size: feature_fn is applied to batches of this many samples.
     """
     if feature_fn is None:
-        feature_fn = lambda b: b  # noqa: E731
+        feature_fn = lambda b: b
 
     def feats(a):
         a = jnp.asarray(a)
@@ -299,7 +300,7 @@ class DigitClassifier(nnx.Module):
     def __init__(self, image_shape=(8, 8, 1), hidden=(256, 128), num_classes: int = 10, *, rngs: nnx.Rngs):
         self.image_shape = tuple(image_shape)
         sizes = (math.prod(self.image_shape),) + tuple(hidden)
-        self.layers = nnx.List([nnx.Linear(a, b, rngs=rngs) for a, b in zip(sizes[:-1], sizes[1:])])
+        self.layers = nnx.List([nnx.Linear(a, b, rngs=rngs) for a, b in itertools.pairwise(sizes)])
         self.head = nnx.Linear(sizes[-1], num_classes, rngs=rngs)
 
     def features(self, x):
@@ -358,7 +359,7 @@ def train_digit_classifier(
     key = jax.random.PRNGKey(seed)
     k_perm, k_init, k_train = jax.random.split(key, 3)
     perm = np.asarray(jax.random.permutation(k_perm, x.shape[0]))
-    n_test = int(round(test_fraction * x.shape[0]))
+    n_test = round(test_fraction * x.shape[0])
     x_test, y_test = jnp.asarray(x[perm[:n_test]]), jnp.asarray(y[perm[:n_test]])
     x_train, y_train = jnp.asarray(x[perm[n_test:]]), jnp.asarray(y[perm[n_test:]])
 

@@ -134,7 +134,7 @@ def test_forward_mode_gradient_is_the_score():
     # d/dx log p_{t_min}(x) through the ODE solve equals the oracle's score at t_min.
     path = paths.Trigonometric()
     model = MIX.as_model(path, "v")
-    f = lambda x: likelihood.ode_log_likelihood(  # noqa: E731
+    f = lambda x: likelihood.ode_log_likelihood(
         model, "v", x, path, rtol=1e-9, atol=1e-9, prior_log_prob=_exact_prior(path), adjoint=diffrax.ForwardMode()
     ).log_prob
     g = jax.jit(jax.jacfwd(f))(X[0])
@@ -147,7 +147,7 @@ def test_reverse_mode_gradient_is_the_score():
     # on the likelihood uses. (Slow: ~20 s of compilation; the forward-mode test covers the maths.)
     path = paths.Trigonometric()
     model = MIX.as_model(path, "v")
-    f = lambda x: likelihood.ode_log_likelihood(  # noqa: E731
+    f = lambda x: likelihood.ode_log_likelihood(
         model, "v", x, path, rtol=1e-9, atol=1e-9, prior_log_prob=_exact_prior(path)
     ).log_prob
     g = jax.jit(jax.vmap(jax.grad(f)))(X[:2])

@@ -63,7 +63,7 @@ def test_frechet_distance_of_samples_with_a_feature_function():
     x = jax.random.multivariate_normal(jax.random.PRNGKey(4), mu1, c1, (n,))
     y = jax.random.multivariate_normal(jax.random.PRNGKey(5), mu2, c2, (n,))
     a = np.array([[1.0, 0.5, 0.0], [0.0, 1.0, -1.0]])
-    feature = lambda b: b @ a.T  # noqa: E731
+    feature = lambda b: b @ a.T
     ref = metrics.frechet_distance_from_stats(a @ mu1, a @ c1 @ a.T, a @ mu2, a @ c2 @ a.T)
     got = metrics.frechet_distance(x, y, feature, batch_size=7000)
     assert got == pytest.approx(ref, abs=0.03), (got, ref)  # ref ~ 0.9; measured |err| ~ 5e-3
@@ -143,8 +143,8 @@ def test_energy_distance_unbiased_against_the_gaussian_closed_form():
         kx, ky = jax.random.split(key)
         return metrics.energy_distance(_gauss(kx, n, jnp.zeros(1), 1.0), _gauss(ky, n, jnp.full(1, mean), std))
 
-    vals = _replicates(lambda k: jnp.stack([draws(k, 0.0, 1.0), draws(jax.random.fold_in(k, 1), m, s)]))
-    for vals, target in ((vals[:, 0], 0.0), (vals[:, 1], ref)):
+    reps = _replicates(lambda k: jnp.stack([draws(k, 0.0, 1.0), draws(jax.random.fold_in(k, 1), m, s)]))
+    for vals, target in ((reps[:, 0], 0.0), (reps[:, 1], ref)):
         se = vals.std(ddof=1) / math.sqrt(len(vals))
         assert abs(vals.mean() - target) < 4 * se, (vals.mean(), target, se)
     assert ref > 0.15  # 0.166: well separated from 0 at the measured se ~ 0.01
