@@ -60,14 +60,23 @@ def param(config):
     return PARAMS[f.param](f.sigma_data) if f.param == "ddim_denoiser" else PARAMS[f.param]()
 
 
-def build_model(config, key):
-    """The student network: FlowMapMLP (model.name "flowmap_mlp") or a one-time jdiff.models network."""
+def model_factory(config):
+    """create(key) -> the student network: FlowMapMLP (model.name "flowmap_mlp") or a jdiff.models one."""
     _check(config)
-    kwargs = dict(config.model.kwargs)
+    kwargs = config.model.kwargs.to_dict() if hasattr(config.model.kwargs, "to_dict") else dict(config.model.kwargs)
     if config.model.name == "flowmap_mlp":
-        net = nnx.jit(lambda k: flowmaps.FlowMapMLP(rngs=nnx.Rngs(k), **kwargs))(key)
-    else:
-        net = nnx.jit(lambda k: models.get_model(config.model.name, rngs=nnx.Rngs(k), **kwargs))(key)
+        return lambda k: flowmaps.FlowMapMLP(rngs=nnx.Rngs(k), **kwargs)
+    if config.model.name not in models.MODELS:
+        raise _lib().ConfigError(f"config.model.name: unknown model {config.model.name!r}; accepted: flowmap_mlp, "
+                                 f"{', '.join(models.MODELS)}")
+    return lambda k: models.get_model(config.model.name, rngs=nnx.Rngs(k), **kwargs)
+
+
+def build_model(config, key):
+    """The student network, initialised from `key` (or from the teacher's EMA weights)."""
+    lib = _lib()
+    lib._keyed("model.kwargs", nnx.eval_shape, model_factory(config), key)  # bad kwargs fail before compiling
+    net = nnx.jit(model_factory(config))(key)
     if config.flowmap.get("init_from_teacher", False) and config.flowmap.teacher_workdir:
         _, params, _, _ = _teacher_state(config)
         nnx.update(net, params)

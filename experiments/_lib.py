@@ -154,6 +154,8 @@ def build_path(config) -> paths.AbstractPath:
 
 
 def _model_factory(config):
+    if _flowmaps.enabled(config):  # flow-map configs (experiments/_flowmaps.py)
+        return _flowmaps.model_factory(config)
     if config.model.name not in models.MODELS:
         raise ConfigError(f"config.model.name: unknown model {config.model.name!r}; accepted: {', '.join(models.MODELS)}")
     kwargs = _kw(config.model.kwargs)
@@ -180,6 +182,8 @@ def build_model(config, key=None) -> nnx.Module:
     distinct op of a U-Net separately (a minute on a busy 2-core CPU).
     """
     key = jax.random.PRNGKey(config.seed) if key is None else key
+    if _flowmaps.enabled(config):  # flow-map configs (experiments/_flowmaps.py)
+        return _flowmaps.build_model(config, key)
     check_model(config)
     return nnx.jit(_model_factory(config))(key)
 
