@@ -13,6 +13,8 @@ with the EMA parameters: `ema_model(graphdef, state)`.
 
 `loss_fn(model, batch, key)` is any function returning one loss per example (shape (B,)),
 e.g. a closure over a `jdiff.losses` function; the step takes the mean over the global batch.
+A loss that also needs the step index or a target network (consistency training's curriculum,
+an EMA teacher) is wrapped in `ContextLoss` and is then called with `step=` and `target=`.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from flax import nnx, struct
 from jdiff import parallel
 
 __all__ = [
+    "ContextLoss",
     "MetricWriter",
     "NonFiniteError",
     "Progress",
@@ -73,6 +76,28 @@ class TrainState(struct.PyTreeNode):
     data_position: jax.Array
     nonfinite_run: jax.Array
     nonfinite_total: jax.Array
+
+
+class ContextLoss(struct.PyTreeNode):
+    """Marks a loss that needs the train step's index and the target (EMA) network.
+
+    `make_train_step(ContextLoss(fn), ...)` calls
+
+        fn(model, batch, key, *, step, target) -> (B,)
+
+    step: `state.step` before the update (int32 scalar, traced: a new step does not recompile).
+    target: the graph merged with `state.ema_params` under stop_gradient (and `state.rest`); it
+        is a constant of the gradient, so its parameters follow the EMA (decay `ema`), never
+        the optimizer. Changes a call makes to the target's non-parameter state are dropped.
+
+    A marker type rather than a flag of `make_train_step`: the loss says what it needs where it
+    is defined, and plain `loss_fn(model, batch, key)` losses pay nothing for the target merge.
+    """
+
+    fn: Callable = struct.field(pytree_node=False)
+
+    def __call__(self, model, batch, key, *, step, target):
+        return self.fn(model, batch, key, step=step, target=target)
 
 
 class NonFiniteError(FloatingPointError):
@@ -162,6 +187,7 @@ def make_train_step(
 
     loss_fn: `loss_fn(model, batch, key) -> (B,)` per-example losses; `model` is the nnx
         model merged from the state, `batch` the global batch pytree, `key` this step's key.
+        A `ContextLoss` is also given `step=state.step` and `target=` the EMA model.
     graphdef: the model's static graph from `init_train_state`.
     tx: the optax optimizer (its state lives in `state.opt_state`).
     mesh: a one-axis "data" mesh (jdiff.parallel.make_mesh): the batch is sharded along its
@@ -185,7 +211,11 @@ def make_train_step(
             # copy=True: fresh Variables at this trace level, so stateful layers (dropout's
             # RNG counter, batch statistics) may update them inside the gradient trace.
             model = nnx.merge(graphdef, params, state.rest, copy=True)
-            losses = loss_fn(model, batch, key)
+            if isinstance(loss_fn, ContextLoss):  # the target is merged here too, for the same reason
+                target = nnx.merge(graphdef, jax.lax.stop_gradient(state.ema_params), state.rest, copy=True)
+                losses = loss_fn(model, batch, key, step=state.step, target=target)
+            else:
+                losses = loss_fn(model, batch, key)
             if jnp.ndim(losses) != 1:
                 raise ValueError(
                     f"`loss_fn` must return one loss per example (shape (B,)); got shape {jnp.shape(losses)}"

@@ -110,6 +110,36 @@ def test_ema_follows_warmup_recursion():
     np.testing.assert_array_equal(m.l1.kernel[...], state.ema_params["l1"]["kernel"][...])
 
 
+def test_context_loss_gets_the_step_and_the_ema_target():
+    """A ContextLoss sees step = state.step and target = the EMA weights before the update.
+
+    The loss is fm_loss + step * 100 + |target params|^2: the extra term is constant in the
+    online parameters, so the parameters follow the plain fm_loss run exactly, and the logged
+    loss minus that run's is step * 100 + the EMA parameters' squared norm read from the state."""
+    tx = optax.adam(1e-2)
+
+    def context_loss(model, batch, key, *, step, target):
+        tsum = sum(jnp.sum(x**2) for x in jax.tree.leaves(nnx.state(target, nnx.Param)))
+        return fm_loss(model, batch, key) + step * 100.0 + tsum
+
+    graphdef, s_ctx = training.init_train_state(TinyMLP(nnx.Rngs(0)), tx, jax.random.PRNGKey(0))
+    _, s_ref = training.init_train_state(TinyMLP(nnx.Rngs(0)), tx, jax.random.PRNGKey(0))
+    kw = {"ema": 0.9, "ema_warmup": False, "donate": False}  # no warmup: the EMA lags the parameters
+    step_ctx = training.make_train_step(training.ContextLoss(context_loss), graphdef, tx, **kw)
+    step_ref = training.make_train_step(fm_loss, graphdef, tx, **kw)
+    for i in range(4):
+        ema_sum = sum(float(np.sum(np.asarray(x, np.float64) ** 2)) for x in jax.tree.leaves(s_ctx.ema_params))
+        par_sum = sum(float(np.sum(np.asarray(x, np.float64) ** 2)) for x in jax.tree.leaves(s_ctx.params))
+        if i > 0:  # the target is the EMA, not the online model (they differ after one step)
+            assert abs(ema_sum - par_sum) > 100 * 2e-4
+        s_ctx, m_ctx = step_ctx(s_ctx, _data(seed=i))
+        s_ref, m_ref = step_ref(s_ref, _data(seed=i))
+        np.testing.assert_allclose(float(m_ctx["loss"]) - float(m_ref["loss"]), i * 100.0 + ema_sum,
+                                   rtol=0, atol=2e-4)
+        for a, b in zip(jax.tree.leaves(s_ctx.params), jax.tree.leaves(s_ref.params)):
+            np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)  # no gradient through step / target
+    assert int(s_ctx.step) == 4
+
 def test_gradient_clipping_bounds_the_update():
     tx = optax.sgd(1.0)
     graphdef, s0 = training.init_train_state(TinyMLP(nnx.Rngs(0)), tx, jax.random.PRNGKey(0))
