@@ -12,11 +12,15 @@
     config.flowmap.teacher_config   the teacher's config file, used when teacher_workdir is None
     config.flowmap.teacher_solver   jdiff.samplers solver of the teacher's step ("heun")
     config.flowmap.init_from_teacher  start the student from the teacher's EMA weights (same network)
+    config.flowmap.target         consistency losses' target network f^-: "online" (the student under
+                                  stop_gradient; iCT) | "ema" (the train state's EMA weights, decay
+                                  config.ema_decay; CD's EMA target)
 
 `config.model.name = "flowmap_mlp"` builds a two-time `jdiff.flowmaps.FlowMapMLP`; any other
 jdiff.models network is a one-time net F(x, t, cond) that ignores s (consistency models only
-ever jump to the data end). The consistency-training loss needs the train step's index, which
-the generic train step does not pass to losses, so it is not available from a config.
+ever jump to the data end). Consistency training's curriculum N(k) reads the train step's index
+and config.total_steps; the step index and the EMA target come from the train step through
+`jdiff.training.ContextLoss`.
 """
 
 from __future__ import annotations
@@ -27,11 +31,13 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jdiff import flowmaps, models, samplers
+from jdiff import flowmaps, models, samplers, training
 
 PARAMS = {"average_velocity": flowmaps.AverageVelocity, "ddim_denoiser": flowmaps.DDIMDenoiser}
 TIME_INPUTS = ("t", "edm")
-LOSSES = ("flowmaps.meanflow_loss", "flowmaps.shortcut_loss", "flowmaps.consistency_distillation_loss")
+TARGETS = ("online", "ema")
+CONSISTENCY_LOSSES = ("flowmaps.consistency_training_loss", "flowmaps.consistency_distillation_loss")
+LOSSES = ("flowmaps.meanflow_loss", "flowmaps.shortcut_loss", *CONSISTENCY_LOSSES)
 
 
 def enabled(config) -> bool:
@@ -50,9 +56,16 @@ def _check(config):
         raise err(f"config.flowmap.param: unknown {f.param!r}; accepted: {', '.join(PARAMS)}")
     if f.time_input not in TIME_INPUTS:
         raise err(f"config.flowmap.time_input: unknown {f.time_input!r}; accepted: {', '.join(TIME_INPUTS)}")
+    if _target(config) not in TARGETS:
+        raise err(f"config.flowmap.target: unknown {_target(config)!r}; accepted: {', '.join(TARGETS)}")
     if config.loss.name not in LOSSES:
         raise err(f"config.loss.name: {config.loss.name!r} cannot be trained from a flow-map config; accepted: "
                   f"{', '.join(LOSSES)}")
+
+
+def _target(config) -> str:
+    # .get: workdirs written before the key existed trained with the online target.
+    return config.flowmap.get("target", "online")
 
 
 def param(config):
@@ -133,7 +146,8 @@ def teacher_model(config):
 
 
 def build_loss(config, path):
-    """loss_fn(net, batch, key) -> (B,) for jdiff.training.make_train_step."""
+    """loss_fn(net, batch, key) -> (B,) for jdiff.training.make_train_step; consistency losses
+    are a `training.ContextLoss` (the train step then passes its step index and EMA target)."""
     lib = _lib()
     _check(config)
     loss = lib.resolve_loss(config.loss.name)
@@ -146,14 +160,26 @@ def build_loss(config, path):
         solver = samplers.get_solver(config.flowmap.teacher_solver)
         kwargs["teacher_step"] = flowmaps.solver_step(solver, model, kind, tpath)
 
-    def loss_fn(net, batch, key):
-        cond = batch[config.data.cond] if config.data.cond else None
-        net2 = two_time(net, config, path)
-        if config.loss.name == "flowmaps.consistency_distillation_loss":
-            return loss(flowmaps.flow_map(net2, path, p), path, key, batch["x"], cond, **kwargs)
-        return loss(net2, path, key, batch["x"], cond, **kwargs)
+    if config.loss.name not in CONSISTENCY_LOSSES:
+        def loss_fn(net, batch, key):
+            cond = batch[config.data.cond] if config.data.cond else None
+            return loss(two_time(net, config, path), path, key, batch["x"], cond, **kwargs)
 
-    return loss_fn
+        return loss_fn
+
+    use_ema = _target(config) == "ema"
+    if config.loss.name == "flowmaps.consistency_training_loss":
+        kwargs["total_steps"] = int(config.total_steps)
+
+    def context_loss_fn(net, batch, key, *, step, target):
+        cond = batch[config.data.cond] if config.data.cond else None
+        flow = flowmaps.flow_map(two_time(net, config, path), path, p)
+        # target_flow None: the loss uses the online flow map under stop_gradient (iCT's choice).
+        target_flow = flowmaps.flow_map(two_time(target, config, path), path, p) if use_ema else None
+        extra = {"step": step} if config.loss.name == "flowmaps.consistency_training_loss" else {}
+        return loss(flow, path, key, batch["x"], cond, target_flow=target_flow, **kwargs, **extra)
+
+    return training.ContextLoss(context_loss_fn)
 
 
 def make_sampler(config, graphdef, path, shape, *, num_steps=None):

@@ -25,6 +25,7 @@ def flowmap_section(param="average_velocity", num_steps=2, gamma=0.0):
     f.teacher_config = ""
     f.teacher_solver = "heun"
     f.init_from_teacher = False
+    f.target = "online"  # consistency losses' target f^-: "online" (stop_gradient) | "ema" (the EMA weights)
     return f
 
 
