@@ -8,7 +8,9 @@ Config layout (every config in experiments/configs/ has these keys):
 
     seed, batch_size (global), total_steps, ema_decay, max_nonfinite_steps, distributed
     data:   name (jdiff.data.get_dataset, or "synthetic"), kwargs, shape (of one example),
-            cond ("label" or None: what the model is conditioned on)
+            cond ("label" or None: what the model is conditioned on), holdout (fraction in
+            [0, 1) held out of training by jdiff.data.holdout_split(holdout, seed); evaluate
+            scores that split)
     model:  name (jdiff.models.get_model), kwargs, preconditioning ("none" | "edm"), sigma_data
     path:   name (jdiff.paths.get_path), kwargs
     loss:   name ("<function>" of jdiff.losses or "<module>.<function>" of a jdiff module,
@@ -60,6 +62,7 @@ __all__ = [
     "build_path",
     "check_config",
     "load_data",
+    "load_heldout",
     "make_sampler",
     "sample_workdir",
     "save_samples",
@@ -254,9 +257,7 @@ def build_optimizer(config):
     return optax.adamw(learning_rate_fn(config), b1=o.b1, b2=o.b2, weight_decay=o.weight_decay)
 
 
-def load_data(config) -> data.Dataset:
-    """The training set: jdiff.data.get_dataset(name, **kwargs), or "synthetic" Gaussian
-    arrays of shape kwargs.shape (for smoke tests of large-image configs without the data)."""
+def _load_all(config) -> data.Dataset:
     if config.data.name == "synthetic":
         kw = _kw(config.data.kwargs)
         n, shape = int(kw.get("n", 64)), tuple(kw["shape"])
@@ -264,6 +265,36 @@ def load_data(config) -> data.Dataset:
         x = np.clip(rng.normal(0.0, 0.5, (n, *shape)), -1, 1).astype(np.float32)
         return data.Dataset(x, rng.integers(0, kw.get("num_classes", 10), n).astype(np.int32))
     return _keyed("data.name", data.get_dataset, config.data.name, **_kw(config.data.kwargs))
+
+
+def holdout_fraction(config) -> float:
+    """config.data.holdout, checked (0 for workdirs written before the key existed)."""
+    h = config.data.get("holdout", 0.0) or 0.0
+    if not (isinstance(h, (int, float)) and 0.0 <= h < 1.0):
+        raise ConfigError(f"config.data.holdout: {h!r} is not a fraction; accepted: a float in [0, 1) (0: no holdout)")
+    return float(h)
+
+
+def _split(config):
+    """(train, held_out) Datasets: holdout_split of the whole set, deterministic from config.seed."""
+    ds, h = _load_all(config), holdout_fraction(config)
+    if h == 0.0:
+        return ds, None
+    arrays = ds._asdict() if ds.label is not None else {"x": ds.x}
+    train, held = _keyed("data.holdout", data.holdout_split, arrays, h, seed=config.seed)
+    return data.Dataset(train["x"], train.get("label")), data.Dataset(held["x"], held.get("label"))
+
+
+def load_data(config) -> data.Dataset:
+    """The training set: jdiff.data.get_dataset(name, **kwargs), or "synthetic" Gaussian
+    arrays of shape kwargs.shape (for smoke tests of large-image configs without the data),
+    less the `data.holdout` fraction that `load_heldout` returns."""
+    return _split(config)[0]
+
+
+def load_heldout(config) -> data.Dataset | None:
+    """The examples `load_data` leaves out of training (None when data.holdout is 0)."""
+    return _split(config)[1]
 
 
 def make_sampler(config, graphdef, path, shape, *, solver=None, num_steps=None, grid=None, solver_kwargs=None):
@@ -301,6 +332,7 @@ def check_config(config):
         if value not in accepted:
             raise ConfigError(f"config.{key}: unknown value {value!r}; accepted: {', '.join(accepted)}")
     path = build_path(config)
+    holdout_fraction(config)
     resolve_loss(config.loss.name)
     _keyed("sample.solver", samplers.get_solver, config.sample.solver, **_kw(config.sample.solver_kwargs))
     _keyed("sample.grid", samplers.get_grid, config.sample.grid, path, int(config.sample.num_steps))

@@ -8,9 +8,11 @@ Writes <workdir>/eval/step_<step>.json (or --out) and prints it as a table. Ever
 computed with the EMA weights of the latest checkpoint.
 
 Held-out data. Toy 2-D sets are sampled afresh (a seed the training set never used), so
-they are truly held out. Image sets are split with `jdiff.data.holdout_split(holdout, seed)`;
-the examples are held out from training only if the training config excluded the same split
-(the JSON records `heldout` so the reader can tell).
+they are truly held out. Image sets use the split training left out: config.data.holdout > 0
+made experiments.train train on the complement of `jdiff.data.holdout_split(holdout,
+config.seed)`, and evaluation scores exactly that split. A workdir trained on everything
+(holdout 0), or a --holdout other than the config's, is scored on a split of the whole set
+that training saw; the JSON's `heldout_from_training` says which case it was.
 
 Units. Image data are integer grey levels k (spacing h in [-1, 1] units, found from the
 data: 1/8 for the 8x8 digits, 2/255 for MNIST / CIFAR). The ODE likelihood is of centred,
@@ -46,7 +48,8 @@ from jdiff import data, likelihood, metrics
 _WORKDIR = flags.DEFINE_string("workdir", None, "A directory written by experiments.train.")
 _NUM_EXAMPLES = flags.DEFINE_integer("num_examples", 256, "Held-out examples for the likelihoods.")
 _NUM_SAMPLES = flags.DEFINE_integer("num_samples", 1000, "Generated samples for the sample metrics (0: skip).")
-_HOLDOUT = flags.DEFINE_float("holdout", 0.1, "Fraction of an image set held out (jdiff.data.holdout_split).")
+_HOLDOUT = flags.DEFINE_float("holdout", None, "Fraction of an image set to score (jdiff.data.holdout_split; default: "
+                               "config.data.holdout, the split training left out, or 0.1 if that is 0).")
 _BATCH = flags.DEFINE_integer("batch_size", 64, "Examples per likelihood batch.")
 _DIVERGENCE = flags.DEFINE_enum("divergence", None, likelihood.DIVERGENCES,
                                 "ODE divergence estimator (default: exact up to 100 dimensions, else hutchinson).")
@@ -61,16 +64,26 @@ flags.mark_flags_as_required(["workdir"])
 DIGIT_SETS = ("digits", "mnist5k")
 
 
-def heldout_data(config, num_examples: int, holdout: float):
-    """(x, label) held-out examples: fresh toy samples, or a holdout split of an image set."""
+DEFAULT_HOLDOUT = 0.1  # scored split of a workdir trained on the whole image set
+
+
+def heldout_data(config, num_examples: int, holdout: float | None = None):
+    """(x, label, description, held_out_from_training): fresh toy samples; the image split that
+    training left out (config.data.holdout, when `holdout` is None or equal to it); otherwise
+    `holdout_split(holdout or 0.1, config.seed)` of the whole set, which training saw."""
     name = config.data.name
     if name in data.TOY_SETS:
         n = max(num_examples, 2)
         ds = data.get_dataset(name, n=n, seed=config.seed + 10_007)  # a seed training never uses
-        return np.asarray(ds.x), np.asarray(ds.label)
-    ds = _lib.load_data(config)
-    _, held = data.holdout_split(ds._asdict() if ds.label is not None else {"x": ds.x}, holdout, seed=config.seed)
-    return held["x"], held.get("label")
+        return np.asarray(ds.x), np.asarray(ds.label), "fresh toy samples", True
+    trained_without = _lib.holdout_fraction(config)
+    if trained_without > 0 and holdout in (None, trained_without):
+        held = _lib.load_heldout(config)
+        return held.x, held.label, f"config.data.holdout={trained_without}, seed={config.seed}", True
+    frac = holdout or DEFAULT_HOLDOUT
+    ds = _lib._load_all(config)
+    _, held = data.holdout_split(ds._asdict() if ds.label is not None else {"x": ds.x}, frac, seed=config.seed)
+    return held["x"], held.get("label"), f"holdout_split({frac}, seed={config.seed}) of the training data", False
 
 
 def grey_level(x) -> float | None:
@@ -158,7 +171,7 @@ def sample_metrics(config, samples, heldout, key, labels=None):
     return res
 
 
-def evaluate(workdir: str, *, num_examples=256, num_samples=1000, holdout=0.1, batch_size=64, divergence=None,
+def evaluate(workdir: str, *, num_examples=256, num_samples=1000, holdout=None, batch_size=64, divergence=None,
              num_probes=1, rtol=1e-5, vlb_steps=1000, elbo_time_samples=16, seed=0, out=None) -> dict:
     """Evaluate the latest checkpoint of `workdir`; writes and returns the results dict."""
     config = _lib.load_config(workdir)
@@ -170,7 +183,7 @@ def evaluate(workdir: str, *, num_examples=256, num_samples=1000, holdout=0.1, b
         net.eval()  # dropout off
         return _lib.wrap_network(net, config, path)
 
-    x, label = heldout_data(config, num_examples, holdout)
+    x, label, heldout, from_training = heldout_data(config, num_examples, holdout)
     x, label = x[:num_examples], (None if label is None or not config.data.cond else label[:num_examples])
     key = jax.random.PRNGKey(seed)
     h = grey_level(x)
@@ -182,7 +195,7 @@ def evaluate(workdir: str, *, num_examples=256, num_samples=1000, holdout=0.1, b
                            elbo_time_samples=elbo_time_samples, batch_size=batch_size)
     res = {
         "workdir": os.path.abspath(workdir), "step": step, "data": config.data.name, "path": config.path.name,
-        "heldout": ("fresh toy samples" if h is None else f"holdout_split({holdout}, seed={config.seed})"),
+        "heldout": heldout, "heldout_from_training": from_training,
         "num_examples": int(x.shape[0]), "grey_level": h, "continuous_data": h is None,
         "divergence": divergence, "num_probes": num_probes if divergence == "hutchinson" else None, "rtol": rtol,
         "vlb_steps": vlb_steps, "elbo_time_samples": elbo_time_samples,
@@ -193,7 +206,7 @@ def evaluate(workdir: str, *, num_examples=256, num_samples=1000, holdout=0.1, b
             res[f"{name}_bpd_se"] = float(np.std(v, ddof=1) / math.sqrt(v.size)) if v.size > 1 else None
     res["likelihood_seconds"] = time.perf_counter() - t0
     if num_samples:
-        x_all, _ = heldout_data(config, num_samples, holdout)
+        x_all, _, _, _ = heldout_data(config, num_samples, holdout)
         fn = _lib.make_sampler(config, graphdef, path, (num_samples, *config.data.shape))
         samples = np.asarray(jax.device_get(fn(ema_params, rest, jax.random.fold_in(key, 1))))
         num_classes = config.model.kwargs.get("num_classes", None)

@@ -236,3 +236,34 @@ def test_quickstart_notebook_runs(tmp_path):
     outputs = "".join(o.get("text", "") for cell in nb.cells if cell.cell_type == "code" for o in cell.outputs)
     assert "final loss" in outputs
     assert os.path.exists(tmp_path / "quickstart" / "samples" / "heun_20.png")
+
+
+def test_data_holdout_is_left_out_of_training_and_is_what_evaluate_scores():
+    """data.holdout = 0.1 on the 1,797 digits: training gets the 1,617 others, the 180 held-out
+    examples are exactly evaluate's split (recorded as held out), disjoint from training, and
+    the split is a function of the seed; holdout 0 trains on everything and evaluate says so."""
+    from experiments import evaluate
+
+    config = get_config("digits_mlp")
+    assert config.data.holdout == 0.1
+    train, held = _lib.load_data(config), _lib.load_heldout(config)
+    assert train.x.shape[0] == 1617 and held.x.shape[0] == 180
+    def rows(x):
+        return sorted(r.tobytes() for r in x.reshape(x.shape[0], -1))
+
+    assert rows(np.concatenate([train.x, held.x])) == rows(_lib._load_all(config).x)  # a partition of the set
+    train_rows = set(rows(train.x))
+    assert sum(r in train_rows for r in rows(held.x)) == 0  # no held-out image is trained on
+    x, _, desc, from_training = evaluate.heldout_data(config, 256, None)
+    np.testing.assert_array_equal(x, held.x)
+    assert from_training and "config.data.holdout=0.1" in desc
+    np.testing.assert_array_equal(_lib.load_heldout(get_config("digits_mlp")).x, held.x)  # same seed, same split
+    config.seed = 1
+    assert not np.array_equal(_lib.load_heldout(config).x, held.x)
+    config.data.holdout = 0.0
+    assert _lib.load_data(config).x.shape[0] == 1797 and _lib.load_heldout(config) is None
+    x, _, _, from_training = evaluate.heldout_data(config, 256, None)
+    assert x.shape[0] == 180 and not from_training
+    config.data.holdout = 1.5
+    with pytest.raises(_lib.ConfigError, match=r"^config\.data\.holdout: .*\[0, 1\)"):
+        _lib.check_config(config)
