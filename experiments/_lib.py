@@ -46,6 +46,7 @@ from experiments import _flowmaps
 from jdiff import (
     checkpoint,
     data,
+    guidance,
     models,
     parallel,
     paths,
@@ -297,10 +298,38 @@ def load_heldout(config) -> data.Dataset | None:
     return _split(config)[1]
 
 
-def make_sampler(config, graphdef, path, shape, *, solver=None, num_steps=None, grid=None, solver_kwargs=None):
+def guidance_weight(config, weight=None) -> float | None:
+    """The classifier-free guidance weight to sample with: `weight`, else config.guidance.weight
+    for configs with a `guidance` section, else None (no guidance)."""
+    g = config.get("guidance", None)
+    if weight is None and g is None:
+        return None
+    return float(weight if weight is not None else g.weight)
+
+
+def guided_model(model, kind, path, config, weight):
+    """`model` under jdiff.guidance.classifier_free with `weight` and config.guidance's interval
+    and rescale; the null class is num_classes (the label-dropout configs' extra embedding row)."""
+    num_classes = int(config.model.kwargs.get("num_classes", 0) or 0)
+    if not (config.data.cond and num_classes):
+        raise ConfigError("config.model.kwargs.num_classes: classifier-free guidance needs a class-conditional "
+                          "model (data.cond = 'label' and num_classes set)")
+    g = config.get("guidance", None)
+    interval = tuple(g.interval) if g is not None and g.get("interval", None) else None
+    rescale = float(g.get("rescale", 0.0)) if g is not None else 0.0
+    return guidance.classifier_free(model, kind, path, weight, null_cond=num_classes, interval=interval,
+                                    rescale=rescale)
+
+
+def make_sampler(config, graphdef, path, shape, *, solver=None, num_steps=None, grid=None, solver_kwargs=None,
+                 cond=None, weight=None):
     """A jitted `fn(params, rest, key) -> samples` drawing `shape` samples with the config's
-    (or the given) solver, grid and number of steps; class-conditional models get labels
-    0, 1, 2, ... cycling over the classes."""
+    (or the given) solver, grid and number of steps.
+
+    cond: the labels of a class-conditional model (default 0, 1, 2, ... cycling over the classes).
+    weight: classifier-free guidance weight (`guided_model`); default config.guidance.weight
+        when the config has a `guidance` section, else no guidance.
+    """
     if _flowmaps.enabled(config) and solver is None:  # flow-map configs (experiments/_flowmaps.py)
         return _flowmaps.make_sampler(config, graphdef, path, shape, num_steps=num_steps)
     s = config.sample
@@ -309,15 +338,19 @@ def make_sampler(config, graphdef, path, shape, *, solver=None, num_steps=None, 
     solver = _keyed("sample.solver", samplers.get_solver, solver_name, **kwargs)
     grid_ts = _keyed("sample.grid", samplers.get_grid, grid or s.grid, path, int(num_steps or s.num_steps))
     num_classes = config.model.kwargs.get("num_classes", None)
+    if cond is None and config.data.cond and num_classes:
+        cond = jnp.arange(shape[0]) % num_classes
+    w = guidance_weight(config, weight)
 
     @jax.jit
     def fn(params, rest, key):
         net = nnx.merge(graphdef, params, rest, copy=True)
         net.eval()  # dropout off
         model, kind = wrap_network(net, config, path)
+        if w is not None:
+            model = guided_model(model, kind, path, config, w)
         k_prior, k_solve = jax.random.split(key)
         x_T = path.prior_sample(k_prior, shape, jnp.float32)
-        cond = None if not (config.data.cond and num_classes) else jnp.arange(shape[0]) % num_classes
         return samplers.sample(solver, model, kind, path, x_T, grid_ts, cond=cond,
                                key=k_solve if solver.stochastic else None)
 

@@ -21,11 +21,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import app, flags, logging
-from flax import nnx
 from ml_collections import config_flags
 
 from experiments import _lib
-from jdiff import guidance, metrics, samplers, training
+from jdiff import metrics, training
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (default: <workdir>/config.json).",
                                           lock_config=True)
@@ -62,33 +61,17 @@ def sample_class_rows(workdir, config=None, *, weight=None, per_class=None, solv
     if not (config.data.cond and num_classes):
         raise _lib.ConfigError("config.model.kwargs.num_classes: class rows need a class-conditional model "
                                "(data.cond = 'label' and num_classes set)")
-    g = config.get("guidance", None)
-    weight = float(weight if weight is not None else (g.weight if g is not None else 1.0))
-    interval = tuple(g.interval) if g is not None and g.get("interval", None) else None
-    rescale = float(g.get("rescale", 0.0)) if g is not None else 0.0
+    weight = _lib.guidance_weight(config, weight)
+    weight = 1.0 if weight is None else weight  # no guidance section: the conditional model
     per_class = int(per_class or max(int(num_samples or config.sample.num_samples) // num_classes, 1))
     solver_name, steps = solver or config.sample.solver, int(num_steps or config.sample.num_steps)
-    kwargs = _lib._kw(config.sample.solver_kwargs) if solver is None else dict(solver_kwargs or {})
-    solver_obj = _lib._keyed("sample.solver", samplers.get_solver, solver_name, **kwargs)
     path = _lib.build_path(config)
-    grid_ts = _lib._keyed("sample.grid", samplers.get_grid, grid or config.sample.grid, path, steps)
     graphdef, ema_params, rest, step = _lib.restore_ema(config, workdir)
     labels = jnp.repeat(jnp.arange(num_classes), per_class)  # row c of the grid is class c
-    shape = (labels.shape[0], *config.data.shape)
-
-    @jax.jit
-    def fn(params, rest, key, w):
-        net = nnx.merge(graphdef, params, rest, copy=True)
-        net.eval()
-        model, kind = _lib.wrap_network(net, config, path)
-        guided = guidance.classifier_free(model, kind, path, w, null_cond=num_classes, interval=interval,
-                                          rescale=rescale)
-        k_prior, k_solve = jax.random.split(key)
-        x_T = path.prior_sample(k_prior, shape, jnp.float32)
-        return samplers.sample(solver_obj, guided, kind, path, x_T, grid_ts, cond=labels,
-                               key=k_solve if solver_obj.stochastic else None)
-
-    x = np.asarray(jax.device_get(fn(ema_params, rest, jax.random.PRNGKey(seed), weight)))
+    # The training loop's sample grids go through the same guided sampler (_lib.make_sampler).
+    fn = _lib.make_sampler(config, graphdef, path, (labels.shape[0], *config.data.shape), solver=solver,
+                           num_steps=num_steps, grid=grid, solver_kwargs=solver_kwargs, cond=labels, weight=weight)
+    x = np.asarray(jax.device_get(fn(ema_params, rest, jax.random.PRNGKey(seed))))
     name = f"cfg{weight:g}_{solver_name}_{steps}"
     out = out or os.path.join(os.path.abspath(workdir), "samples", name)
     training.save_image_grid(out + ".png", x, ncol=per_class, scale=max(1, 128 // x.shape[1]))

@@ -20,7 +20,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # runs are `slow`; the fast suite checks every full config abstractly (names, U-Net kwargs,
 # shapes: test_every_config_checks) and runs what they add over the MLP configs (EDM
 # preconditioning, class conditioning, synthetic data) on the MLP (test_config_features_on_the_mlp).
-CONFIGS = ["toy2d_fm", "digits_mlp", "toy_ct",
+CONFIGS = ["toy2d_fm", "digits_mlp", "toy_ct", "digits_cfg",
            pytest.param("digits_vp", marks=pytest.mark.slow),
            pytest.param("digits_edm", marks=pytest.mark.slow),
            pytest.param("mnist5k", marks=pytest.mark.slow),
@@ -267,3 +267,31 @@ def test_data_holdout_is_left_out_of_training_and_is_what_evaluate_scores():
     config.data.holdout = 1.5
     with pytest.raises(_lib.ConfigError, match=r"^config\.data\.holdout: .*\[0, 1\)"):
         _lib.check_config(config)
+
+
+def test_guidance_configs_sample_with_classifier_free_guidance():
+    """make_sampler (the training loop's sample grids, sample_workdir, experiments.sample's class
+    rows) applies classifier-free guidance with config.guidance.weight: the default equals an
+    explicit weight of 1.5, differs from weight 1, and weight 1 is the unguided conditional model."""
+    from flax import nnx
+
+    config = get_config("digits_cfg")
+    path = _lib.build_path(config)
+    net = _lib.build_model(config)
+    graphdef, params, rest = nnx.split(net, nnx.Param, ...)
+    # Random weights everywhere (the MLP zero-initialises its output layer, which would make
+    # every class, the null one included, predict the same thing).
+    leaves, treedef = jax.tree.flatten(params)
+    keys = jax.random.split(jax.random.PRNGKey(1), len(leaves))
+    params = treedef.unflatten([p + 0.3 * jax.random.normal(k, p.shape, p.dtype) for p, k in zip(leaves, keys)])
+    shape, key = (10, *config.data.shape), jax.random.PRNGKey(3)
+
+    def draw(c, **kw):
+        return np.asarray(_lib.make_sampler(c, graphdef, path, shape, **kw)(params, rest, key))
+
+    default, w15, w1 = draw(config), draw(config, weight=1.5), draw(config, weight=1.0)
+    unguided = config.copy_and_resolve_references()
+    del unguided["guidance"]
+    np.testing.assert_allclose(default, w15, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(w1, draw(unguided), rtol=0, atol=1e-5)
+    assert config.guidance.weight == 1.5 and np.max(np.abs(default - w1)) > 1e-3
