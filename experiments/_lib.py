@@ -18,6 +18,8 @@ Config layout (every config in experiments/configs/ has these keys):
     optimizer: learning_rate, warmup_steps, schedule ("constant" | "cosine"), b1, b2,
             weight_decay, grad_clip_norm
     sample: solver (jdiff.samplers.get_solver), solver_kwargs, grid, num_steps, num_samples
+    guidance (optional): weight, interval, rescale: every sampler of the run (training grids,
+            sample_workdir, experiments.sample) applies classifier-free guidance (`make_sampler`)
     log_every, checkpoint_every, keep_checkpoints, sample_every
 
 Every name is checked (and the data loaded) before anything is written to the workdir, so a
