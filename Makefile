@@ -9,11 +9,14 @@ STAMP  := $(VENV)/.installed
 demo: $(STAMP)  ## train on the embedded 8x8 digits and write a grid of samples
 	$(PY) -m experiments.demo --workdir=runs/demo
 
+# Two pytest workers: the suite is mostly single-threaded XLA compilation.
+PYTEST_WORKERS ?= 2
+
 test: $(STAMP)  ## the test suite CI runs (slow tests excluded)
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n $(PYTEST_WORKERS) tests
 
 test-all: $(STAMP)
-	$(PY) -m pytest -q -m "" tests
+	$(PY) -m pytest -q -n $(PYTEST_WORKERS) -m "" tests
 
 bench: $(STAMP)
 	for f in benchmarks/*.py; do $(PY) $$f || exit 1; done
