@@ -24,7 +24,7 @@ __version__ = "0.1.0"
 
 _SUBMODULES = (
     "analytic", "checkpoint", "data", "flowmaps", "guidance", "likelihood", "losses",
-    "metrics", "models", "parallel", "paths", "predictions", "samplers", "training",
+    "metrics", "models", "parallel", "paths", "predictions", "samplers", "schedules", "training",
 )
 
 
