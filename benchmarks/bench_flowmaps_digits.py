@@ -26,34 +26,17 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from flax import nnx
 
 from jdiff import flowmaps, losses, metrics, models, paths, samplers
 from jdiff.data import load_digits
 
+from bench_flowmaps import train  # noqa: E402  (benchmarks/ is the script's directory)
 
-def train(model, loss_fn, x_train, steps, key, lr=2e-3, batch=256):
-    """Adam with cosine decay; loss_fn(model, key, x0) -> per-example losses; minibatches of x_train."""
-    opt = nnx.Optimizer(model, optax.adam(optax.cosine_decay_schedule(lr, steps)), wrt=nnx.Param)
 
-    @nnx.jit
-    def run(model, opt, key):
-        def body(i, carry):
-            model, opt = carry
-            k = jax.random.fold_in(key, i)
-            idx = jax.random.choice(jax.random.fold_in(k, 0), x_train.shape[0], (batch,), replace=False)
-            x0 = x_train[idx]
-            grads = nnx.grad(lambda m: jnp.mean(loss_fn(m, jax.random.fold_in(k, 1), x0)))(model)
-            opt.update(model, grads)
-            return model, opt
-
-        nnx.fori_loop(0, steps, body, (model, opt))
-
-    t0 = time.perf_counter()
-    run(model, opt, key)
-    jax.block_until_ready(nnx.state(model))
-    return time.perf_counter() - t0
+def minibatches(x_train):
+    """data_fn(key, n) for `train`: n distinct training examples."""
+    return lambda key, n: x_train[jax.random.choice(key, x_train.shape[0], (n,), replace=False)]
 
 
 def main():
@@ -85,8 +68,8 @@ def main():
     rows = []
 
     teacher = models.MLP(64, hidden=args.hidden, depth=3, kind="velocity", rngs=nnx.Rngs(0))
-    secs = train(teacher, lambda m, k, x0: losses.cfm_loss(m, path, k, x0), x_train, args.steps,
-                 jax.random.fold_in(key, 0))
+    secs = train(teacher, lambda m, k, x0: losses.cfm_loss(m, path, k, x0), minibatches(x_train), args.steps,
+                 jax.random.fold_in(key, 0), batch=256)
     print(f"trained teacher in {secs:.0f}s", flush=True)
     for name, solver in (("Euler", samplers.Euler()), ("Heun", samplers.Heun())):
         for nfe in (10, 20, 50):
@@ -97,8 +80,8 @@ def main():
     ref = rows[-1][2]  # Heun at 50 NFE
 
     net = flowmaps.FlowMapMLP(64, hidden=args.hidden, depth=3, rngs=nnx.Rngs(1))
-    secs = train(net, lambda m, k, x0: flowmaps.shortcut_loss(m, path, k, x0), x_train, args.steps,
-                 jax.random.fold_in(key, 1))
+    secs = train(net, lambda m, k, x0: flowmaps.shortcut_loss(m, path, k, x0), minibatches(x_train), args.steps,
+                 jax.random.fold_in(key, 1), batch=256)
     print(f"trained shortcut in {secs:.0f}s", flush=True)
     flow = flowmaps.flow_map(net, path)
     for steps in (1, 2, 4):
