@@ -7,6 +7,8 @@ Submodules are the public namespaces (`jdiff.paths`, `jdiff.predictions`, `jdiff
 
 import importlib
 
+from jdiff._model import Model as Model
+from jdiff._model import edm_denoiser as edm_denoiser
 from jdiff.analytic import GaussianMixture as GaussianMixture
 from jdiff.paths import AbstractPath as AbstractPath
 from jdiff.paths import CustomPath as CustomPath
@@ -17,7 +19,6 @@ from jdiff.paths import Trigonometric as Trigonometric
 from jdiff.paths import VEGeometric as VEGeometric
 from jdiff.paths import VPCosine as VPCosine
 from jdiff.paths import VPLinear as VPLinear
-from jdiff.paths import get_path as get_path
 from jdiff.predictions import convert as convert
 
 __version__ = "0.1.0"

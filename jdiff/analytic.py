@@ -12,7 +12,7 @@ so p_t is again a Gaussian mixture, and with responsibilities r_k(x_t) = p(k | x
 
 Every quantity is exact, which makes the mixture the test bed of every solver, loss,
 guidance rule and likelihood estimator in jdiff. Methods act on one example x of shape
-(D,) and a scalar t; `as_model` gives the batched `model(x, t, cond)` samplers expect.
+(D,) and a scalar t; `as_model(path, kind)` gives the batched `jdiff.Model` samplers expect.
 Class labels, when given, tag components (several components may share a class) and
 enable the class-conditional versions used for guidance.
 """
@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 
 from jdiff import predictions
+from jdiff._model import Model
 from jdiff.paths import AbstractPath
 
 __all__ = ["GaussianMixture"]
@@ -152,8 +153,8 @@ class GaussianMixture(eqx.Module):
         post_means = self.means + a * jnp.einsum("kij,kj->ki", self.covs, prec_diff)
         return r @ post_means
 
-    def predict(self, kind: str, x, t, path: AbstractPath, cond=None):
-        """The exact prediction of any kind ("x0", "eps", "v", "score", "velocity")."""
+    def predict(self, x, t, path: AbstractPath, cond=None, *, kind: str):
+        """The exact prediction of any `kind` ("x0", "eps", "v", "score", "velocity")."""
         predictions.check_kind(kind)
         r, prec_diff, a, s = self._posterior(x, t, path, cond)
         score = -r @ prec_diff
@@ -180,15 +181,26 @@ class GaussianMixture(eqx.Module):
         return GaussianMixture(w, self.means, self.covs).sample(key, n)
 
     # -- as a model ----------------------------------------------------------------
-    def as_model(self, path: AbstractPath, kind: str = "x0"):
-        """The exact batched model `model(x, t, cond)`: x (N, D), t scalar or (N,), cond None or (N,)."""
-        predictions.check_kind(kind)
+    def as_model(self, path: AbstractPath, kind: str = "x0") -> Model:
+        """The exact model of this mixture on `path` as a `jdiff.Model` predicting `kind`.
 
-        def model(x, t, cond=None):
-            n = x.shape[0]
-            tb = jnp.broadcast_to(jnp.asarray(t, x.dtype), (n,))
-            if cond is None:
-                return jax.vmap(lambda xi, ti: self.predict(kind, xi, ti, path))(x, tb)
-            return jax.vmap(lambda xi, ti, ci: self.predict(kind, xi, ti, path, ci))(x, tb, cond)
+        Batched: x (N, D), t a scalar or (N,), cond None or (N,) class labels (then the
+        class-conditional prediction of each example's class).
+        """
+        return Model(_MixtureNet(self, path, predictions.check_kind(kind)), path, kind)
 
-        return model
+
+class _MixtureNet(eqx.Module):
+    """The batched exact prediction of a GaussianMixture (the `net` of `GaussianMixture.as_model`)."""
+
+    mixture: GaussianMixture
+    path: AbstractPath
+    kind: str = eqx.field(static=True)
+
+    def __call__(self, x, t, cond=None):
+        n = x.shape[0]
+        tb = jnp.broadcast_to(jnp.asarray(t, x.dtype), (n,))
+        gm, path, kind = self.mixture, self.path, self.kind
+        if cond is None:
+            return jax.vmap(lambda xi, ti: gm.predict(xi, ti, path, kind=kind))(x, tb)
+        return jax.vmap(lambda xi, ti, ci: gm.predict(xi, ti, path, ci, kind=kind))(x, tb, cond)

@@ -40,8 +40,7 @@ __all__ = [
     "Trigonometric",
     "LogSNRPath",
     "CustomPath",
-    "get_path",
-    "PATHS",
+    "expand_to",
 ]
 
 
@@ -464,22 +463,3 @@ class CustomPath(AbstractPath):
 
     def sigma(self, t):
         return self.sigma_fn(_f(t))
-
-
-PATHS = {
-    "vp": VPLinear,
-    "vp_linear": VPLinear,
-    "vp_cosine": VPCosine,
-    "subvp": SubVP,
-    "ve": VEGeometric,
-    "linear": Linear,
-    "rectified_flow": Linear,
-    "trig": Trigonometric,
-}
-
-
-def get_path(name: str, **kwargs) -> AbstractPath:
-    """A path by name (for configs): one of `PATHS`, with keyword overrides of its parameters."""
-    if name not in PATHS:
-        raise ValueError(f"unknown path {name!r}; accepted names: {', '.join(sorted(PATHS))}")
-    return PATHS[name](**kwargs)

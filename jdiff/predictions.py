@@ -13,8 +13,8 @@ Every conversion goes through the pair (x0, eps), with closed forms chosen to st
 at the path's ends: "v" and "velocity" never divide by a or s alone, but by a^2 + s^2 and
 a' s - a s' = a s lambda'/2 (nonzero wherever the log-SNR is strictly decreasing).
 
-A *model* in jdiff is any callable `model(x, t, cond) -> prediction` (batched or not;
-`t` is a scalar or one time per example; `cond` any pytree, possibly None).
+These are the low-level conversions of a prediction *value*; a network bound to its path and
+kind (`jdiff.Model`) gives every view of its field as methods (`model.x0`, `model.velocity`).
 """
 
 from __future__ import annotations
@@ -31,12 +31,8 @@ __all__ = [
     "to_x0_eps",
     "from_x0_eps",
     "convert",
-    "as_kind",
-    "pf_ode_velocity",
-    "reverse_sde",
     "Preconditioning",
     "edm_preconditioning",
-    "edm_denoiser",
 ]
 
 KINDS = ("eps", "x0", "v", "score", "velocity")
@@ -102,47 +98,10 @@ def convert(pred, from_kind: str, to_kind: str, x, t, path: AbstractPath):
     check_kind(from_kind, "from_kind")
     check_kind(to_kind, "to_kind")
     if from_kind == to_kind:
+        _check_shapes(pred, x)
         return pred
     x0, eps = to_x0_eps(pred, from_kind, x, t, path)
     return from_x0_eps(x0, eps, to_kind, x, t, path)
-
-
-def as_kind(model, kind: str, to_kind: str, path: AbstractPath):
-    """Wrap `model(x, t, cond)` (predicting `kind`) as a model predicting `to_kind`.
-
-    `as_kind(model, "eps", "x0", path)` is the denoiser of an eps-prediction network.
-    """
-    check_kind(kind)
-    check_kind(to_kind, "to_kind")
-    if kind == to_kind:
-        return model
-
-    def wrapped(x, t, cond=None):
-        return convert(model(x, t, cond), kind, to_kind, x, t, path)
-
-    return wrapped
-
-
-def pf_ode_velocity(pred, kind: str, x, t, path: AbstractPath):
-    """The probability-flow ODE velocity dx/dt = f x - g^2/2 score = a' x0 + s' eps."""
-    return convert(pred, kind, "velocity", x, t, path)
-
-
-def reverse_sde(pred, kind: str, x, t, path: AbstractPath, churn=1.0):
-    """Drift and diffusion of the family of reverse-time SDEs sharing the path's marginals.
-
-    dx = [u - churn/2 g^2 score] dt + sqrt(churn) g dW  (integrated from t = 1 to 0),
-    where u is the PF-ODE velocity. churn = 0 is the probability-flow ODE, churn = 1 the
-    reverse SDE of Anderson (1982) / Song et al. (2021). Returns (drift, diffusion) with
-    `diffusion` the scalar (per example) coefficient of dW.
-    """
-    x0, eps = to_x0_eps(pred, check_kind(kind), x, t, path)
-    u = from_x0_eps(x0, eps, "velocity", x, t, path)
-    g2 = expand_to(path.diffusion2(t), x, "t")
-    s = expand_to(path.sigma(t), x, "t")
-    # score = -eps / s, so -churn/2 g^2 score = churn/2 g^2 eps / s
-    drift = u + 0.5 * churn * g2 * eps / s
-    return drift, jnp.sqrt(churn * path.diffusion2(t))
 
 
 class Preconditioning(NamedTuple):
@@ -161,7 +120,7 @@ def edm_preconditioning(t, path: AbstractPath, sigma_data=0.5) -> Preconditionin
     on x_t rather than x_t / a, are finite at both ends (a = 0 and s = 0):
         c_skip = a sd^2 / (s^2 + a^2 sd^2),   c_out = s sd / sqrt(s^2 + a^2 sd^2),
         c_in = 1 / sqrt(s^2 + a^2 sd^2),      c_noise = log(sigma_e) / 4 = -lambda / 8.
-    The matching loss weight is 1 / c_out^2.
+    The matching loss weight is 1 / c_out^2. `jdiff.edm_denoiser` builds the preconditioned model.
     """
     a, s = path.alpha(t), path.sigma(t)
     sd2 = sigma_data**2
@@ -172,14 +131,3 @@ def edm_preconditioning(t, path: AbstractPath, sigma_data=0.5) -> Preconditionin
         c_in=1.0 / jnp.sqrt(n2),
         c_noise=-path.log_snr(t) / 8.0,
     )
-
-
-def edm_denoiser(net, path: AbstractPath, sigma_data=0.5):
-    """Turn a raw network `net(x_in, c_noise, cond)` into an "x0" model with EDM preconditioning."""
-
-    def denoiser(x, t, cond=None):
-        c = edm_preconditioning(t, path, sigma_data)
-        c_skip, c_out, c_in = (expand_to(v, x, "t") for v in c[:3])
-        return c_skip * x + c_out * net(c_in * x, c.c_noise, cond)
-
-    return denoiser

@@ -9,8 +9,6 @@ deterministic, resumable, per-process-sharded iterator.
 """
 
 from jdiff.data._common import Dataset as Dataset
-from jdiff.data.datasets import DATASETS as DATASETS
-from jdiff.data.datasets import get_dataset as get_dataset
 from jdiff.data.images import load_digits as load_digits
 from jdiff.data.images import load_mnist5k as load_mnist5k
 from jdiff.data.iterator import DataIterator as DataIterator
@@ -19,7 +17,6 @@ from jdiff.data.sources import from_arrays as from_arrays
 from jdiff.data.sources import load_image_folder as load_image_folder
 from jdiff.data.sources import load_npz as load_npz
 from jdiff.data.sources import load_tfds as load_tfds
-from jdiff.data.toy import TOY_SETS as TOY_SETS
 from jdiff.data.toy import checkerboard as checkerboard
 from jdiff.data.toy import default_mixture as default_mixture
 from jdiff.data.toy import eight_gaussians as eight_gaussians

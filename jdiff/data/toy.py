@@ -24,7 +24,6 @@ __all__ = [
     "swiss_roll",
     "gaussian_mixture",
     "default_mixture",
-    "TOY_SETS",
 ]
 
 # One XLA program per (sampler, n, dtype): eager op-by-op dispatch would compile every primitive.
@@ -136,13 +135,3 @@ def _sample_mixture(key, n, mixture, with_labels, dtype):
     x, comp = mixture.sample(key, n, return_components=True)
     label = comp if mixture.labels is None else mixture.labels[comp]
     return _out(x, label, with_labels, dtype)
-
-
-TOY_SETS = {
-    "moons": moons,
-    "checkerboard": checkerboard,
-    "eight_gaussians": eight_gaussians,
-    "8gaussians": eight_gaussians,
-    "swiss_roll": swiss_roll,
-    "gaussian_mixture": gaussian_mixture,
-}

@@ -17,12 +17,3 @@ from jdiff.models.embeddings import TimeEmbedding as TimeEmbedding
 from jdiff.models.embeddings import sinusoidal_embedding as sinusoidal_embedding
 from jdiff.models.mlp import MLP as MLP
 from jdiff.models.unet import UNet as UNet
-
-MODELS = {"mlp": MLP, "unet": UNet, "dit": DiT}
-
-
-def get_model(name: str, **kwargs):
-    """A network by name ("mlp", "unet", "dit") built with keyword arguments (rngs included)."""
-    if name not in MODELS:
-        raise ValueError(f"unknown model {name!r}; accepted names: {', '.join(MODELS)}")
-    return MODELS[name](**kwargs)

@@ -1,7 +1,8 @@
 """Samplers: time grids, fixed-step solvers (one `lax.scan`), and diffrax ODE/SDE solves.
 
+    model = jdiff.Model(net, path, "eps")
     grid = jdiff.samplers.log_snr_grid(path, 20)
-    x = jdiff.samplers.sample(jdiff.samplers.DPMSolverPP2M(), model, "eps", path, x_T, grid)
+    x = jdiff.samplers.sample(jdiff.samplers.DPMSolverPP2M(), model, x_T, grid)
 """
 
 from jdiff.samplers._base import AbstractSolver as AbstractSolver
@@ -18,15 +19,13 @@ from jdiff.samplers._fixed import EulerMaruyama as EulerMaruyama
 from jdiff.samplers._fixed import Heun as Heun
 from jdiff.samplers._fixed import PredictorCorrector as PredictorCorrector
 from jdiff.samplers._fixed import UniPC as UniPC
-from jdiff.samplers._grids import GRIDS as GRIDS
-from jdiff.samplers._grids import get_grid as get_grid
 from jdiff.samplers._grids import karras_grid as karras_grid
 from jdiff.samplers._grids import log_snr_grid as log_snr_grid
 from jdiff.samplers._grids import quadratic_grid as quadratic_grid
 from jdiff.samplers._grids import uniform_grid as uniform_grid
-from jdiff.samplers._registry import SOLVERS as SOLVERS
-from jdiff.samplers._registry import get_solver as get_solver
+from jdiff.samplers._base import check_grid as check_grid
 from jdiff.samplers._ode import ODESolution as ODESolution
+from jdiff.samplers._ode import diffrax_evals as diffrax_evals
 from jdiff.samplers._ode import pf_ode_term as pf_ode_term
 from jdiff.samplers._ode import solve_pf_ode as solve_pf_ode
 from jdiff.samplers._sde import SDESolution as SDESolution

@@ -8,8 +8,8 @@ Python numbers) with
     nfe(num_steps)      the number of model evaluations of an N-step solve (a Python int)
     init(f, x, grid)    -> state, the solver's carried state (history of multistep methods)
     step(f, x, state, i, t, s, key) -> (x_s, state), one step from t = grid[i] to s = grid[i+1]
-    first_step(f, x, state, t, s, key)   optional: a different step 0, run before the scan
-                                         (multistep methods that start with a singlestep method)
+    has_start_step      whether step 0 is `start_step(f, x, state, t, s, key)`, run once before
+                        the scan (multistep methods that start with a singlestep method)
 
 `sample` runs `step` over the grid in a single `lax.scan`: one XLA program whose size
 does not depend on the number of steps, and whose grid is a traced array.
@@ -22,42 +22,50 @@ import abc
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from jdiff import predictions
-from jdiff.paths import AbstractPath
+from jdiff._model import Model, check_model
 
-__all__ = ["AbstractSolver", "Prediction", "sample"]
+__all__ = ["AbstractSolver", "Prediction", "check_grid", "sample"]
 
 
 class Prediction:
-    """What a solver sees of the model: `model(x, t, cond)` of kind `kind` on `path`.
+    """What a solver sees of the model while `sample` is traced: a `jdiff.Model` with `cond` fixed.
 
     Not a pytree: it only lives while `sample` is traced. `t` is always a scalar.
     """
 
-    def __init__(self, model, kind, path, cond, num_steps):
-        self.model, self.kind, self.path, self.cond = model, kind, path, cond
+    def __init__(self, model: Model, cond, num_steps):
+        self.model, self.path, self.cond = model, model.path, cond
         self.num_steps = num_steps  # static: the N of the grid (Heun's churn uses it)
-
-    def raw(self, x, t):
-        """The model's own prediction at (x, t), in x's dtype (the sample keeps x_T's precision
-        even when the model computes in another, e.g. a float64 oracle on a float32 batch)."""
-        return jnp.asarray(self.model(x, t, self.cond), jnp.result_type(x))
 
     def __call__(self, x, t):
         """(x0_hat, eps_hat) at (x, t): the denoiser and the matching noise prediction."""
-        return predictions.to_x0_eps(self.raw(x, t), self.kind, x, t, self.path)
+        return self.model.x0_eps(x, t, self.cond)
 
     def velocity(self, x, t):
         """The probability-flow ODE velocity dx/dt at (x, t)."""
-        return predictions.pf_ode_velocity(self.raw(x, t), self.kind, x, t, self.path)
+        return self.model.velocity(x, t, self.cond)
+
+    def reverse_sde(self, x, t, churn):
+        """(drift, diffusion) of the reverse SDE with noise scale `churn` (`Model.reverse_sde`)."""
+        return self.model.reverse_sde(x, t, self.cond, churn=churn)
 
 
 class AbstractSolver(eqx.Module):
-    """A fixed-step sampler. Subclasses define `order`, `step`, and `init`/`nfe` when needed."""
+    """A fixed-step sampler. Subclasses define `order` and `step`; `init`, `nfe` and the start
+    step when they need them.
 
-    # Subclasses define `order`: the convergence order in the step size (weak order for
-    # stochastic solvers), a class attribute or a property of the hyperparameters.
+    A solver whose step 0 differs (a multistep method started by a singlestep one, so that
+    its warm-up keeps the global order) sets `has_start_step` and defines `start_step`;
+    `sample` runs it once, outside the scan, so the scanned step stays free of branches.
+    Combinators (`PredictorCorrector`) pass their inner solver's start on.
+    """
+
+    @property
+    @abc.abstractmethod
+    def order(self) -> int:
+        """Convergence order in the step size (weak order for stochastic solvers)."""
 
     @property
     def stochastic(self) -> bool:
@@ -80,17 +88,39 @@ class AbstractSolver(eqx.Module):
     def step(self, f: Prediction, x, state, i, t, s, key):
         """One step from time t to time s < t; `i` is the step index, `key` None unless stochastic."""
 
-    # A solver whose step 0 differs (e.g. a multistep method started by a singlestep one)
-    # defines `first_step(f, x, state, t, s, key) -> (x_s, state)`; `sample` runs it once,
-    # outside the scan, so the scanned step stays free of branches.
-    first_step = None
+    @property
+    def has_start_step(self) -> bool:
+        """True when step 0 is `start_step` rather than `step`."""
+        return False
+
+    def start_step(self, f: Prediction, x, state, t, s, key):
+        """Step 0 from grid[0] to grid[1] (only called when `has_start_step`)."""
+        return self.step(f, x, state, 0, t, s, key)
+
+
+def check_grid(grid, name: str = "grid"):
+    """A 1-D array of at least 2 strictly decreasing times; checked on the host when concrete.
+
+    A traced grid (the usual case inside `jax.jit`) can only be checked for its shape.
+    """
+    grid = jnp.asarray(grid)
+    if grid.ndim != 1 or grid.shape[0] < 2:
+        raise ValueError(f"`{name}` must be a 1-D array of at least 2 decreasing times; got shape {grid.shape}")
+    if not isinstance(grid, jax.core.Tracer):
+        diffs = np.diff(np.asarray(grid, np.float64))
+        if not np.all(diffs < 0):
+            i = int(np.argmax(diffs >= 0))
+            raise ValueError(
+                f"`{name}` must be strictly decreasing (t = 1 is noise, t = 0 data: sampling runs from "
+                f"grid[0] down to grid[-1]); got {name}[{i}] = {float(grid[i])} <= {name}[{i + 1}] = "
+                f"{float(grid[i + 1])}"
+            )
+    return grid
 
 
 def sample(
     solver: AbstractSolver,
-    model,
-    kind: str,
-    path: AbstractPath,
+    model: Model,
     x_T,
     grid,
     *,
@@ -105,13 +135,12 @@ def sample(
         solver: an `AbstractSolver` (DDPM(), DDIM(eta), Euler(), Heun(...), DPMSolver(order),
             DPMSolverPP2M(), DPMSolverPP3M(), DPMSolverPP2MSDE(), UniPC(...), LMS(order),
             EulerMaruyama(), PredictorCorrector(...)).
-        model: `model(x, t, cond) -> prediction`; called with the whole batch `x` and a scalar t.
-        kind: what the model predicts: "eps", "x0", "v", "score" or "velocity".
-        path: the Gaussian path the model was trained on.
-        x_T: the starting point at time grid[0] (e.g. `path.prior_sample`), any shape; the
+        model: a `jdiff.Model` (network, path, prediction kind); called with the whole batch
+            `x` and a scalar t.
+        x_T: the starting point at time grid[0] (e.g. `model.path.prior_sample`), any shape; the
             leading axis is the batch axis where a solver needs per-example norms (Langevin).
-        grid: decreasing 1-D array of N + 1 times (see `jdiff.samplers.*_grid`); traced, so a
-            new grid of the same length does not recompile a jitted caller.
+        grid: strictly decreasing 1-D array of N + 1 times (see `jdiff.samplers.*_grid`); traced,
+            so a new grid of the same length does not recompile a jitted caller.
         cond: conditioning passed to the model unchanged (any pytree, or None).
         key: PRNG key, required by stochastic solvers; step i uses `fold_in(key, i)`.
         return_trajectory: also return the states at every grid time, shape (N + 1, *x_T.shape)
@@ -125,19 +154,17 @@ def sample(
     """
     if not isinstance(solver, AbstractSolver):
         raise TypeError(f"`solver` must be a jdiff.samplers solver (an AbstractSolver); got {type(solver).__name__}")
-    predictions.check_kind(kind)
+    check_model(model)
     x_T = jnp.asarray(x_T)
     if not jnp.issubdtype(x_T.dtype, jnp.floating):
         raise ValueError(f"`x_T` must be a floating-point array; got dtype {x_T.dtype}")
-    grid = jnp.asarray(grid)
-    if grid.ndim != 1 or grid.shape[0] < 2:
-        raise ValueError(f"`grid` must be a 1-D array of at least 2 decreasing times; got shape {grid.shape}")
+    grid = check_grid(grid)
     if solver.stochastic and key is None:
         raise ValueError(f"`key` is required: {type(solver).__name__} with these settings is stochastic")
     # The clock runs in the sample's precision, so path coefficients do not promote x.
     grid = grid.astype(x_T.dtype)
     num_steps = grid.shape[0] - 1
-    f = Prediction(model, kind, path, cond, num_steps)
+    f = Prediction(model, cond, num_steps)
     state = solver.init(f, x_T, grid)
 
     def body(carry, inputs):
@@ -149,9 +176,9 @@ def sample(
 
     x, first = x_T, []
     start = 0
-    if solver.first_step is not None:
+    if solver.has_start_step:
         k = None if key is None else jax.random.fold_in(key, 0)
-        x, state = solver.first_step(f, x, state, grid[0], grid[1], k)
+        x, state = solver.start_step(f, x, state, grid[0], grid[1], k)
         first, start = [x[None]], 1
     steps = (jnp.arange(start, num_steps), grid[start:-1], grid[start + 1 :])
     (x, _), traj = jax.lax.scan(body, (x, state), steps)

@@ -19,7 +19,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jdiff import predictions
 from jdiff.samplers._base import AbstractSolver
 
 __all__ = [
@@ -53,7 +52,9 @@ def _combine(weights, arrays):
 
 
 def _push(hist, new):
-    """Shift a (K, ...) history down by one and put `new` in front."""
+    """Shift a (K, ...) history down by one and put `new` in front (K = 0: nothing to keep)."""
+    if hist.shape[0] == 0:
+        return hist
     return jnp.concatenate([new[None], hist[:-1]], axis=0)
 
 
@@ -82,7 +83,9 @@ class DDPM(AbstractSolver):
     which stays accurate for short steps.
     """
 
-    order = 1
+    @property
+    def order(self):
+        return 1
 
     @property
     def stochastic(self):
@@ -133,7 +136,9 @@ class DDIM(AbstractSolver):
 class Euler(AbstractSolver):
     """Explicit Euler on the probability-flow ODE in the path's clock: x_s = x_t + (s - t) u(x_t, t)."""
 
-    order = 1
+    @property
+    def order(self):
+        return 1
 
     def step(self, f, x, state, i, t, s, key):
         return x + (s - t) * f.velocity(x, t), state
@@ -203,14 +208,19 @@ class DPMSolver(AbstractSolver):
     order 3, the paper's choices), mapped to times by `path.t_from_log_snr`.
     """
 
-    order: int = 2
+    order_k: int
 
-    def __check_init__(self):
-        _check_order(self.order, (1, 2, 3))
+    def __init__(self, order: int = 2):
+        _check_order(order, (1, 2, 3))
+        self.order_k = order
+
+    @property
+    def order(self):
+        return self.order_k
 
     @property
     def evals_per_step(self):
-        return self.order
+        return self.order_k
 
     def step(self, f, x, state, i, t, s, key):
         path = f.path
@@ -227,9 +237,9 @@ class DPMSolver(AbstractSolver):
 
         a_s, s_s = path.alpha(s), path.sigma(s)
         x_1 = (a_s / a_t) * x - s_s * jnp.expm1(h) * eps_t
-        if self.order == 1:
+        if self.order_k == 1:
             return x_1, state
-        if self.order == 2:
+        if self.order_k == 2:
             r1 = 0.5
             u, _, _, x_u = at(r1)
             return x_1 - (s_s / (2.0 * r1)) * jnp.expm1(h) * (f(x_u, u)[1] - eps_t), state
@@ -263,7 +273,9 @@ class DPMSolverPP2M(AbstractSolver):
     r = h_{i-1} / h; the first step uses D = x0_0 (DDIM).
     """
 
-    order = 2
+    @property
+    def order(self):
+        return 2
 
     def init(self, f, x, grid):
         return _history_init(f, x, grid, 1)
@@ -300,7 +312,9 @@ class DPMSolverPP3M(AbstractSolver):
     NFE = N + 1.
     """
 
-    order = 3
+    @property
+    def order(self):
+        return 3
 
     def nfe(self, num_steps):
         return num_steps + 1
@@ -308,7 +322,11 @@ class DPMSolverPP3M(AbstractSolver):
     def init(self, f, x, grid):
         return _history_init(f, x, grid, 2)
 
-    def first_step(self, f, x, state, t, s, key):
+    @property
+    def has_start_step(self):
+        return True
+
+    def start_step(self, f, x, state, t, s, key):
         path = f.path
         m_hist, l_hist = state
         x0 = f(x, t)[0]
@@ -350,7 +368,9 @@ class DPMSolverPP2MSDE(AbstractSolver):
     (churn 1) for a data prediction linear in lambda. Weak order 1.
     """
 
-    order = 1
+    @property
+    def order(self):
+        return 1
 
     @property
     def stochastic(self):
@@ -535,10 +555,10 @@ class LMS(AbstractSolver):
         return num_steps + (1 if self.order_p >= 3 else 0)
 
     @property
-    def first_step(self):
-        return self._heun_start if self.order_p >= 3 else None
+    def has_start_step(self):
+        return self.order_p >= 3
 
-    def _heun_start(self, f, x, state, t, s, key):
+    def start_step(self, f, x, state, t, s, key):
         u_hist, t_hist = state
         u = f.velocity(x, t)
         x_e = x + (s - t) * u
@@ -584,7 +604,7 @@ class LMS(AbstractSolver):
 class EulerMaruyama(AbstractSolver):
     """Euler-Maruyama on the reverse-time SDE (Song et al. 2021, "reverse diffusion" predictor):
 
-    x_s = x_t + (s - t) b(x_t, t) + sqrt(t - s) g z,   (b, g) = `jdiff.predictions.reverse_sde`,
+    x_s = x_t + (s - t) b(x_t, t) + sqrt(t - s) g z,   (b, g) = `jdiff.Model.reverse_sde`,
     with `churn` in [0, inf) scaling the noise (1: the reverse SDE; 0: Euler on the PF-ODE).
     """
 
@@ -602,7 +622,7 @@ class EulerMaruyama(AbstractSolver):
         return self.churn > 0
 
     def step(self, f, x, state, i, t, s, key):
-        drift, g = predictions.reverse_sde(f.raw(x, t), f.kind, x, t, f.path, self.churn)
+        drift, g = f.reverse_sde(x, t, self.churn)
         x_s = x + (s - t) * drift
         if self.stochastic:
             x_s = x_s + (jnp.sqrt(t - s) * g) * _normal(key, x)
@@ -656,12 +676,24 @@ class PredictorCorrector(AbstractSolver):
     def init(self, f, x, grid):
         return self.predictor.init(f, x, grid)
 
-    def step(self, f, x, state, i, t, s, key):
+    @property
+    def has_start_step(self):
+        return self.predictor.has_start_step
+
+    def _correct(self, f, x, t, key):
+        """`n_corrector` Langevin steps at t; returns x and the predictor's key."""
         sig = f.path.sigma(t)
         for j in range(self.n_corrector):
             score = -f(x, t)[1] / sig
             z = _normal(jax.random.fold_in(key, j + 1), x)
             e = 2.0 * (self.snr * _batch_mean_norm(z) / _batch_mean_norm(score)) ** 2
             x = x + e * score + jnp.sqrt(2.0 * e) * z
-        k = None if key is None else jax.random.fold_in(key, 0)
+        return x, (None if key is None else jax.random.fold_in(key, 0))
+
+    def start_step(self, f, x, state, t, s, key):
+        x, k = self._correct(f, x, t, key)
+        return self.predictor.start_step(f, x, state, t, s, k)
+
+    def step(self, f, x, state, i, t, s, key):
+        x, k = self._correct(f, x, t, key)
         return self.predictor.step(f, x, state, i, t, s, k)

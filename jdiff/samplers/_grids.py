@@ -15,7 +15,7 @@ import jax.numpy as jnp
 
 from jdiff.paths import AbstractPath
 
-__all__ = ["uniform_grid", "log_snr_grid", "karras_grid", "quadratic_grid", "GRIDS", "get_grid"]
+__all__ = ["uniform_grid", "log_snr_grid", "karras_grid", "quadratic_grid"]
 
 
 def _ends(path, num_steps, t_start, t_end):
@@ -77,18 +77,3 @@ def quadratic_grid(path: AbstractPath, num_steps: int, *, t_start=None, t_end=No
     t_start, t_end, dtype = _ends(path, num_steps, t_start, t_end)
     u = 1.0 - jnp.arange(num_steps + 1, dtype=dtype) / num_steps
     return t_end + u * u * (t_start - t_end)
-
-
-GRIDS = {
-    "uniform": uniform_grid,
-    "log_snr": log_snr_grid,
-    "karras": karras_grid,
-    "quadratic": quadratic_grid,
-}
-
-
-def get_grid(name: str, path: AbstractPath, num_steps: int, **kwargs):
-    """A grid by name (for configs): one of `GRIDS`, with its keyword arguments."""
-    if name not in GRIDS:
-        raise ValueError(f"unknown grid {name!r} for `name`; accepted: {', '.join(GRIDS)}")
-    return GRIDS[name](path, num_steps, **kwargs)

@@ -1,6 +1,6 @@
 """Adaptive probability-flow ODE solves with diffrax.
 
-dx/dt = u(x, t) = a' x0_hat + s' eps_hat (`jdiff.predictions.pf_ode_velocity`), integrated
+dx/dt = u(x, t) = a' x0_hat + s' eps_hat (`jdiff.Model.velocity`), integrated
 from t0 (default path.t_max) down to t1 (default path.t_min) with an embedded Runge-Kutta
 pair and a PID step-size controller. diffrax integrates ODEs backwards in time correctly
 (t0 > t1); only its stochastic Runge-Kutta solvers do not (see `_sde.py`).
@@ -14,10 +14,9 @@ import diffrax
 import jax
 import jax.numpy as jnp
 
-from jdiff import predictions
-from jdiff.paths import AbstractPath
+from jdiff._model import Model, check_model
 
-__all__ = ["ODESolution", "solve_pf_ode", "pf_ode_term"]
+__all__ = ["ODESolution", "diffrax_evals", "pf_ode_term", "solve_pf_ode"]
 
 
 class ODESolution(NamedTuple):
@@ -34,60 +33,61 @@ class ODESolution(NamedTuple):
     trajectory: jax.Array | None
 
 
-def pf_ode_term(model, kind: str, path: AbstractPath, cond=None, dtype=None) -> diffrax.ODETerm:
-    """The PF-ODE as a diffrax term, y' = pf_ode_velocity(model(y, t, cond)) (t cast to y's dtype)."""
-    predictions.check_kind(kind)
+def pf_ode_term(model: Model, *, cond=None) -> diffrax.ODETerm:
+    """The PF-ODE of a `jdiff.Model` as a diffrax term, y' = model.velocity(y, t, cond) (t in y's dtype)."""
+    check_model(model)
 
     def vf(t, y, args):
-        t = jnp.asarray(t, y.dtype if dtype is None else dtype)
-        return predictions.pf_ode_velocity(model(y, t, cond), kind, y, t, path)
+        return model.velocity(y, jnp.asarray(t, y.dtype), cond)
 
     return diffrax.ODETerm(vf)
 
 
-def _evals(solver):
-    """(evaluations per step, evaluations before the first step) of a diffrax ODE solver."""
-    if isinstance(solver, diffrax.AbstractRungeKutta):
-        tab = solver.tableau
-        if tab.implicit:
-            raise ValueError("`solver` must be an explicit Runge-Kutta solver (Tsit5, Dopri5, Dopri8, Bosh3, Heun, ...)")
-        per_step = tab.num_stages - 1 if tab.fsal else tab.num_stages
-        first = 1 if tab.fsal else 0
-    elif isinstance(solver, diffrax.Euler):
-        per_step, first = 1, 0
-    else:
-        raise ValueError(
-            f"`solver` {type(solver).__name__} is not supported: pass an explicit Runge-Kutta solver "
-            "(diffrax.Tsit5, Dopri5, Dopri8, Bosh3, Heun, Midpoint, Ralston) or diffrax.Euler"
-        )
-    # Counted, not assumed: tests/test_samplers_diffrax.py counts every model call with an
-    # io_callback. With dt0=None the count is the same as with dt0 given (diffrax 0.7.2).
-    return per_step, first
+def diffrax_evals(solver) -> tuple[int, int]:
+    """(vector-field evaluations per step, evaluations before the first step) of a diffrax solver.
+
+    The one counter of model evaluations for every diffrax solve in jdiff (PF-ODE, reverse SDE,
+    likelihood). diffrax evaluates every stage of every step, accepted or rejected; a FSAL
+    tableau reuses a step's last stage as the next one's first, plus one evaluation at t0.
+    Counted, not assumed: tests/test_samplers_diffrax.py counts every model call with an
+    io_callback (with dt0=None the count is the same as with dt0 given, diffrax 0.7.2).
+    """
+    if isinstance(solver, diffrax.Euler):
+        return 1, 0
+    tab = getattr(solver, "tableau", None)
+    if isinstance(solver, diffrax.AbstractRungeKutta) and not tab.implicit:
+        return (tab.num_stages - 1, 1) if tab.fsal else (tab.num_stages, 0)
+    if isinstance(solver, diffrax.AbstractSRK):
+        return len(tab.c) + 1, 0
+    raise ValueError(
+        f"`solver` {type(solver).__name__} is not supported: pass diffrax.Euler, an explicit Runge-Kutta "
+        "solver (Tsit5, Dopri5, Dopri8, Bosh3, Heun, Midpoint, Ralston) or, for SDEs, a stochastic "
+        "Runge-Kutta solver (SEA, ShARK, SRA1)"
+    )
 
 
 def solve_pf_ode(
-    model,
-    kind: str,
-    path: AbstractPath,
+    model: Model,
     x_T,
     *,
+    cond=None,
     t0=None,
     t1=None,
     solver: diffrax.AbstractSolver | None = None,
     rtol: float = 1e-5,
     atol: float = 1e-5,
     dt0=None,
-    cond=None,
     save_ts=None,
     max_steps: int = 16384,
 ) -> ODESolution:
-    """Solve the probability-flow ODE from x_T at t0 to t1 < t0 with adaptive steps.
+    """Solve the probability-flow ODE of `model` from x_T at t0 to t1 < t0 with adaptive steps.
 
     Args:
-        model, kind, path, cond: as in `jdiff.samplers.sample`.
+        model: a `jdiff.Model` (network, path, prediction kind).
         x_T: the state at t0 (any shape, the whole batch is one ODE state: the step size
             is shared and controlled by the worst example, as in diffrax).
-        t0, t1: start and end times (defaults path.t_max, path.t_min).
+        cond: conditioning passed to the model unchanged.
+        t0, t1: start and end times (defaults model.path.t_max, model.path.t_min).
         solver: an explicit Runge-Kutta diffrax solver (default diffrax.Tsit5()).
         rtol, atol: tolerances of the PID controller (error per step, RMS norm).
         dt0: first step size (negative); None lets the controller choose it.
@@ -97,14 +97,18 @@ def solve_pf_ode(
     Returns:
         An `ODESolution` (sample, nfe, num_steps, num_rejected, trajectory).
     """
+    check_model(model)
     solver = diffrax.Tsit5() if solver is None else solver
-    per_step, first = _evals(solver)
+    if isinstance(solver, diffrax.AbstractSRK):
+        raise ValueError(f"`solver` {type(solver).__name__} is an SDE solver; use solve_reverse_sde")
+    per_step, first = diffrax_evals(solver)
     x_T = jnp.asarray(x_T)
+    path = model.path
     t0 = path.t_max if t0 is None else t0
     t1 = path.t_min if t1 is None else t1
     saveat = diffrax.SaveAt(t1=True) if save_ts is None else diffrax.SaveAt(ts=jnp.asarray(save_ts))
     sol = diffrax.diffeqsolve(
-        pf_ode_term(model, kind, path, cond),
+        pf_ode_term(model, cond=cond),
         solver,
         t0,
         t1,

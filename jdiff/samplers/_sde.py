@@ -23,15 +23,10 @@ import jax
 import jax.numpy as jnp
 import lineax as lx
 
-from jdiff import predictions
-from jdiff.paths import AbstractPath
+from jdiff._model import Model, check_model
+from jdiff.samplers._ode import diffrax_evals
 
 __all__ = ["SDESolution", "solve_reverse_sde"]
-
-_SOLVERS = {"euler": diffrax.Euler, "heun": diffrax.Heun, "sea": diffrax.SEA, "shark": diffrax.ShARK}
-_EVALS = {diffrax.Euler: 1, diffrax.Heun: 2, diffrax.SEA: 1, diffrax.ShARK: 2}
-_LEVY = {diffrax.SEA: diffrax.SpaceTimeLevyArea, diffrax.ShARK: diffrax.SpaceTimeLevyArea}
-
 
 class SDESolution(NamedTuple):
     """Result of `solve_reverse_sde`: the sample at t1 and the model evaluations (a Python int)."""
@@ -41,42 +36,40 @@ class SDESolution(NamedTuple):
 
 
 def solve_reverse_sde(
-    model,
-    kind: str,
-    path: AbstractPath,
-    x_T,
+    model: Model,
     key,
+    x_T,
     *,
+    cond=None,
     num_steps: int | None = None,
     dt=None,
     t0=None,
     t1=None,
-    solver="euler",
+    solver: diffrax.AbstractSolver | None = None,
     churn: float = 1.0,
-    cond=None,
 ) -> SDESolution:
-    """Sample the reverse-time SDE of `path` (`jdiff.predictions.reverse_sde`) from x_T at t0 to t1.
+    """Sample the reverse-time SDE of `model` (`jdiff.Model.reverse_sde`) from x_T at t0 to t1.
 
     Args:
-        model, kind, path, cond: as in `jdiff.samplers.sample`.
-        x_T: the state at t0, any shape (one Brownian motion per entry).
+        model: a `jdiff.Model` (network, path, prediction kind).
         key: PRNG key of the Brownian motion (a diffrax UnsafeBrownianPath).
+        x_T: the state at t0, any shape (one Brownian motion per entry).
+        cond: conditioning passed to the model unchanged.
         num_steps: number of equal steps; or give `dt` (a positive step in t) instead.
-        t0, t1: start and end times (defaults path.t_max, path.t_min).
-        solver: "euler" (Euler-Maruyama), "heun", "sea", "shark", or a diffrax SDE solver
-            instance (evaluations per step as for those four).
+        t0, t1: start and end times (defaults model.path.t_max, model.path.t_min).
+        solver: a diffrax SDE solver (default diffrax.Euler(), i.e. Euler-Maruyama; diffrax.Heun,
+            SEA, ShARK, SRA1, ...).
         churn: noise scale of the SDE family (1: Anderson's reverse SDE; 0: the PF-ODE).
 
     Returns:
         An `SDESolution` (sample, nfe).
     """
-    predictions.check_kind(kind)
-    if isinstance(solver, str):
-        if solver not in _SOLVERS:
-            raise ValueError(f"unknown `solver` {solver!r}; accepted: {', '.join(_SOLVERS)} or a diffrax solver")
-        solver = _SOLVERS[solver]()
-    if type(solver) not in _EVALS:
-        raise ValueError(f"`solver` must be one of {', '.join(c.__name__ for c in _EVALS)}; got {type(solver).__name__}")
+    check_model(model)
+    path = model.path
+    solver = diffrax.Euler() if solver is None else solver
+    if not isinstance(solver, diffrax.AbstractSolver):
+        raise TypeError(f"`solver` must be a diffrax solver instance (e.g. diffrax.Heun()); got {solver!r}")
+    per_step, _ = diffrax_evals(solver)
     if (num_steps is None) == (dt is None):
         raise ValueError("give exactly one of `num_steps` (an int >= 1) and `dt` (a positive step)")
     t0 = float(path.t_max if t0 is None else t0)
@@ -91,12 +84,9 @@ def solve_reverse_sde(
     x_T = jnp.asarray(x_T)
     shape, dtype = x_T.shape, x_T.dtype
 
-    def unflat(y, tau):
-        return y.reshape(shape), jnp.asarray(t0 - tau, dtype)
-
     def drift(tau, y, args):
-        x, t = unflat(y, tau)
-        b, _ = predictions.reverse_sde(model(x, t, cond), kind, x, t, path, churn)
+        x, t = y.reshape(shape), jnp.asarray(t0 - tau, dtype)
+        b, _ = model.reverse_sde(x, t, cond, churn=churn)
         return -b.reshape(-1)
 
     def diffusion(tau, y, args):
@@ -106,11 +96,10 @@ def solve_reverse_sde(
 
     y0 = x_T.reshape(-1)
     # Fixed steps query each Brownian increment once, so the cheap UnsafeBrownianPath is exact here.
-    bm = diffrax.UnsafeBrownianPath(
-        shape=jax.ShapeDtypeStruct(y0.shape, dtype), key=key, levy_area=_LEVY.get(type(solver), diffrax.BrownianIncrement)
-    )
+    levy = diffrax.SpaceTimeLevyArea if isinstance(solver, diffrax.AbstractSRK) else diffrax.BrownianIncrement
+    bm = diffrax.UnsafeBrownianPath(shape=jax.ShapeDtypeStruct(y0.shape, dtype), key=key, levy_area=levy)
     terms = diffrax.MultiTerm(diffrax.ODETerm(drift), diffrax.ControlTerm(diffusion, bm))
     sol = diffrax.diffeqsolve(
         terms, solver, 0.0, span, span / num_steps, y0, max_steps=num_steps + 1, adjoint=diffrax.ForwardMode()
     )
-    return SDESolution(sol.ys[-1].reshape(shape), _EVALS[type(solver)] * num_steps)
+    return SDESolution(sol.ys[-1].reshape(shape), per_step * num_steps)
