@@ -1,5 +1,6 @@
 """jdiff.losses and jdiff.schedules against closed forms and the analytic Gaussian-mixture oracle."""
 
+import functools
 import math
 
 import equinox as eqx
@@ -12,10 +13,16 @@ import scipy.optimize
 import scipy.stats
 from helpers import all_paths, count_compiles, mixture_2d
 
+import jdiff
 from jdiff import losses, paths, predictions, schedules
 
 KINDS = predictions.KINDS
-NAMED = ("snr", "min_snr", "likelihood", "edm")
+NAMED = {
+    "snr": losses.SNRWeighting(),
+    "min_snr": losses.MinSNRWeighting(5.0),
+    "likelihood": losses.LikelihoodWeighting(),
+    "edm": losses.EDMWeighting(0.5),
+}
 
 # One-dimensional Gaussian data N(M, C^2): every term of every bound is analytic.
 M, C = 0.3, 0.4
@@ -31,12 +38,12 @@ def gaussian_1d_model(path, kind):
 
     (What `jdiff.GaussianMixture.as_model` gives for one component, cheaper to compile.)"""
 
-    def model(x, t, cond=None):
+    def net(x, t, cond=None):
         a, s = paths.expand_to(path.alpha(t), x), paths.expand_to(path.sigma(t), x)
         x0 = M + a * C * C * (x - a * M) / (a * a * C * C + s * s)
         return predictions.convert(x0, "x0", kind, x, t, path)
 
-    return model
+    return jdiff.Model(net, path, kind)
 
 
 def mmse(snr):
@@ -55,13 +62,13 @@ def mean_close(diff, target=0.0, n_se=4.5, rel=None, scale=None):
 
 
 def recording(model, seen):
-    """A model that records the (x_t, t) it is called with (use the records inside the same trace)."""
+    """The same model, recording the (x_t, t) it is called with (use the records inside the same trace)."""
 
-    def wrapped(x, t, cond=None):
+    def net(x, t, cond=None):
         seen.append((x, t))
         return model(x, t, cond)
 
-    return wrapped
+    return jdiff.Model(net, model.path, model.kind)
 
 
 def posterior_cov_trace(gm, x, t, path):
@@ -86,8 +93,8 @@ def delta(x):
 
 
 def perturbed(model):
-    """The oracle plus the error `delta`."""
-    return lambda x, t, cond=None: model(x, t, cond) + delta(x)
+    """The oracle plus the error `delta` (in the model's own prediction space)."""
+    return jdiff.Model(lambda x, t, cond=None: model(x, t, cond) + delta(x), model.path, model.kind)
 
 
 # ---------------------------------------------------------------------------------
@@ -143,7 +150,8 @@ def test_lognormal_time_gives_edm_noise_levels(path):
 
 def test_logit_normal_time():
     path = paths.Linear()
-    t = losses.get_time_sampler("logit_normal", mean=0.5, std=0.8)(jax.random.PRNGKey(3), (20000,), path)
+    sampler = functools.partial(losses.logit_normal_time, mean=0.5, std=0.8)  # as a loss's time_sampler=
+    t = sampler(jax.random.PRNGKey(3), (20000,), path)
     u = (t - path.t_min) / (path.t_max - path.t_min)
     _quantiles_close(jnp.log(u) - jnp.log1p(-u), lambda p: scipy.stats.norm.ppf(p, 0.5, 0.8))
 
@@ -159,25 +167,26 @@ def test_weightings_agree_across_targets_and_with_closed_forms(name):
     x0 = mixture_2d().sample(jax.random.PRNGKey(4), 64)
     key = jax.random.PRNGKey(5)
 
-    def model(x, t, cond=None):  # any imperfect eps-model: the identities hold per example
+    def net(x, t, cond=None):  # any imperfect eps-model: the identities hold per example
         return 0.5 * x + 0.2 * jnp.sin(3.0 * x) + 0.1 * t[:, None]
 
+    model = jdiff.Model(net, path, "eps")
     # unweighted errors of the same predictions measured in each target space
-    mse = {k: losses.dsm_loss(model, path, key, x0, kind="eps", target=k) for k in KINDS}
+    mse = {k: losses.dsm_loss(model, key, x0, target=k) for k in KINDS}
     t = losses.uniform_time(jax.random.split(key)[0], (64,), path)
     assert float(jnp.min(mse["x0"])) > 0.0
-    # A named weighting is one objective whatever the regression space.
-    for w in NAMED:
+    # A weighting object is one objective whatever the regression space.
+    for name, w in NAMED.items():
         ref = losses.loss_weight(w, t, path, "x0") * mse["x0"]
         for k in KINDS:
-            np.testing.assert_allclose(losses.loss_weight(w, t, path, k) * mse[k], ref, rtol=1e-9, err_msg=f"{w} {k}")
+            np.testing.assert_allclose(losses.loss_weight(w, t, path, k) * mse[k], ref, rtol=1e-9,
+                                       err_msg=f"{name} {k}")
     # ... and dsm_loss applies it: eps-MSE = SNR-weighted x0-MSE (DDPM's simple loss)
-    snr_x0 = losses.dsm_loss(model, path, key, x0, kind="eps", target="x0", weighting="snr")
+    snr_x0 = losses.dsm_loss(model, key, x0, target="x0", weighting=losses.SNRWeighting())
     np.testing.assert_allclose(snr_x0, mse["eps"], rtol=1e-9)
-    np.testing.assert_allclose(losses.ddpm_loss(model, path, key, x0), mse["eps"], rtol=1e-12)
     a, s = path.alpha(t), path.sigma(t)
     snr = (a / s) ** 2
-    w = {k: losses.loss_weight(k, t, path, "x0") for k in NAMED}
+    w = {name: losses.loss_weight(wt, t, path, "x0") for name, wt in NAMED.items()}
     # likelihood weighting = g^2 (path.diffusion2) on the score-MSE (Song et al. 2021)
     np.testing.assert_allclose(w["likelihood"] * mse["x0"], path.diffusion2(t) * mse["score"], rtol=1e-9)
     # min-SNR-gamma on eps: min(SNR, gamma)/SNR (Hang et al. 2023)
@@ -186,7 +195,7 @@ def test_weightings_agree_across_targets_and_with_closed_forms(name):
     se = s / a
     np.testing.assert_allclose(w["edm"], (se**2 + 0.25) / (se * 0.5) ** 2, rtol=1e-9)
     # a callable weighting acts on the target-space error directly
-    custom = losses.dsm_loss(model, path, key, x0, kind="eps", target="v", weighting=lambda t, p: 2.0 + t)
+    custom = losses.dsm_loss(model, key, x0, target="v", weighting=lambda t, p: 2.0 + t)
     np.testing.assert_allclose(custom, (2.0 + t) * mse["v"], rtol=1e-12)
     if name == "vp_linear":  # on a VP path the v-MSE is the (1 + SNR)-weighted x0-MSE
         np.testing.assert_allclose(mse["v"], (1.0 + snr) * mse["x0"], rtol=1e-9)
@@ -195,7 +204,7 @@ def test_weightings_agree_across_targets_and_with_closed_forms(name):
 def test_float32_weights_and_losses_finite_at_the_ends_of_every_path():
     x0 = mixture_2d(jnp.float32).sample(jax.random.PRNGKey(6), 4)
 
-    def model(x, t, cond=None):
+    def net(x, t, cond=None):
         return 0.5 * x + 0.1
 
     @jax.jit
@@ -205,13 +214,13 @@ def test_float32_weights_and_losses_finite_at_the_ends_of_every_path():
             for end in ("t_min", "t_max"):
                 t = jnp.full((4,), getattr(path, end), jnp.float32)
                 for target in KINDS:
-                    out[name, end, target] = jnp.stack([losses.loss_weight(w, t, path, target) for w in NAMED])
+                    out[name, end, target] = jnp.stack([losses.loss_weight(w, t, path, target) for w in NAMED.values()])
         # and a whole loss on the path with the widest log-SNR range
-        path = paths.VPLinear()
+        model = jdiff.Model(net, paths.VPLinear(), "eps")
         for end in ("t_min", "t_max"):
-            t = jnp.full((4,), getattr(path, end), jnp.float32)
-            out["vp_linear loss", end] = losses.dsm_loss(model, path, jax.random.PRNGKey(7), x0, kind="eps", t=t,
-                                       target="score", weighting="likelihood")
+            t = jnp.full((4,), getattr(model.path, end), jnp.float32)
+            out["vp_linear loss", end] = losses.dsm_loss(model, jax.random.PRNGKey(7), x0, t=t, target="score",
+                                                         weighting=losses.LikelihoodWeighting())
         return out
 
     for k, v in everything(x0).items():
@@ -236,12 +245,12 @@ def test_dsm_minimum_is_the_posterior_variance_and_the_oracle_minimizes(name):
     @jax.jit
     def run(key, x0):
         seen = []  # the recorded x_t is a tracer of this same trace
-        best = losses.dsm_loss(recording(oracle, seen), path, key, x0, kind="x0", target="x0")
+        best = losses.dsm_loss(recording(oracle, seen), key, x0, target="x0")
         x_t, t = seen[0]
         tr = jax.vmap(lambda x, tt: posterior_cov_trace(gm, x, tt, path))(x_t, t)
-        worse = losses.dsm_loss(perturbed(oracle), path, key, x0, kind="x0", target="x0")
+        worse = losses.dsm_loss(perturbed(oracle), key, x0, target="x0")
         excess = jnp.mean(delta(x_t) ** 2, axis=1)
-        eps_loss = losses.dsm_loss(gm.as_model(path, "eps"), path, key, x0, kind="eps", target="x0")
+        eps_loss = losses.dsm_loss(gm.as_model(path, "eps"), key, x0, target="x0")
         return best, tr, worse, excess, eps_loss
 
     best, tr, worse, excess, eps_loss = run(jax.random.PRNGKey(9), x0)
@@ -249,6 +258,38 @@ def test_dsm_minimum_is_the_posterior_variance_and_the_oracle_minimizes(name):
     mean_close(worse - best - excess, rel=0.02, scale=excess.mean())
     # the eps-model measured in x0 space is the same loss, example by example
     np.testing.assert_allclose(eps_loss, best, rtol=1e-7, atol=1e-12)
+
+
+@pytest.mark.parametrize("kind", ["eps", "x0"])
+def test_ddpm_loss_of_the_exact_model_is_the_irreducible_noise_error(kind):
+    """For N(M, C^2) data the exact model's DDPM loss has the closed-form mean SNR(t) mmse(t).
+
+    eps - eps_hat = (a / s)(x0_hat - x0) and x0 - E[x0 | x_t] ~ N(0, mmse) with mmse = C^2 / (1 + SNR C^2),
+    so E[loss | t] = SNR C^2 / (1 + SNR C^2), whatever the model predicts (an x0-model is converted
+    to eps). With the default uniform times the mean is its time average (quadrature); a model
+    off the exact one pays more.
+    """
+    path = paths.VPCosine()
+    x0 = sample_1d(jax.random.PRNGKey(32), 20000)
+    model = gaussian_1d_model(path, kind)
+    ts = (0.1, 0.5, 0.9)
+
+    @jax.jit
+    def run(key, x0):
+        fixed = [losses.ddpm_loss(model, jax.random.fold_in(key, i), x0, t=t) for i, t in enumerate(ts)]
+        return fixed, losses.ddpm_loss(model, key, x0), losses.ddpm_loss(perturbed(model), key, x0)
+
+    fixed, uniform, worse = run(jax.random.PRNGKey(33), x0)
+
+    def expected(t):
+        snr = math.exp(float(path.log_snr(t)))
+        return snr * mmse(snr)
+
+    for t, v in zip(ts, fixed):
+        mean_close(v, expected(t), rel=0.02)
+    average = scipy.integrate.quad(expected, path.t_min, path.t_max, epsabs=1e-12)[0] / (path.t_max - path.t_min)
+    mean_close(uniform, average, rel=0.02)
+    assert float(jnp.mean(worse)) > 1.1 * float(jnp.mean(uniform))
 
 
 def test_cfm_minimizer_is_the_oracle_velocity():
@@ -263,11 +304,11 @@ def test_cfm_minimizer_is_the_oracle_velocity():
     @jax.jit
     def run(key, x0):
         seen = []
-        best = losses.cfm_loss(recording(oracle, seen), path, key, x0, t=t_fixed)
+        best = losses.cfm_loss(recording(oracle, seen), key, x0, t=t_fixed)
         x_t, t = seen[0]
         # irreducible: (a lambda'/2)^2 tr Cov[x0 | x_t] / D, a lambda'/2 = -1/t on the linear path
         tr = jax.vmap(lambda x, tt: posterior_cov_trace(gm, x, tt, path))(x_t, t)
-        worse = losses.cfm_loss(perturbed(oracle), path, key, x0, t=t_fixed)
+        worse = losses.cfm_loss(perturbed(oracle), key, x0, t=t_fixed)
         excess = jnp.mean(delta(x_t) ** 2, axis=1)
         return best, tr / (gm.dim * t**2), worse - best - excess, worse - best
 
@@ -276,8 +317,8 @@ def test_cfm_minimizer_is_the_oracle_velocity():
     mean_close(excess_gap, rel=0.02, scale=jnp.mean(worse_minus_best))
     # the target is u = x1 - x0: a zero model's loss is mean_d (x1 - x0)^2, independent of t
     x1 = jax.random.normal(jax.random.PRNGKey(12), x0.shape)
-    zero = lambda x, t, c=None: jnp.zeros_like(x)  # noqa: E731
-    np.testing.assert_allclose(losses.cfm_loss(zero, path, key, x0, x1=x1), jnp.mean((x1 - x0) ** 2, 1), rtol=1e-12)
+    zero = jdiff.Model(lambda x, t, c=None: jnp.zeros_like(x), path, "velocity")
+    np.testing.assert_allclose(losses.cfm_loss(zero, key, x0, x1=x1), jnp.mean((x1 - x0) ** 2, 1), rtol=1e-12)
 
 
 def _ot_problem(b=24):
@@ -291,18 +332,18 @@ def _ot_problem(b=24):
 def test_ot_coupling_inside_jit_matches_exact_assignment():
     x0, x1, cost, cols, best_cost = _ot_problem()
     key = jax.random.PRNGKey(15)
-    zero = lambda x, t, c=None: jnp.zeros_like(x)  # noqa: E731
+    zero = jdiff.Model(lambda x, t, c=None: jnp.zeros_like(x), paths.Linear(), "velocity")
 
     @jax.jit
     def run(key, x0, x1):
         # through the loss: a zero velocity model on the linear path pays mean_d |x1 - x0|^2
-        cfm = losses.cfm_loss(zero, paths.Linear(), key, x0, x1=x1, coupling="exact")
+        cfm = losses.cfm_loss(zero, key, x0, x1=x1, coupling="exact")
         return losses.ot_pairing(key, x0, x1, method="exact"), cfm
 
     j, cfm = run(key, x0, x1)
     np.testing.assert_array_equal(np.asarray(j), cols)
     np.testing.assert_allclose(float(jnp.sum(cfm)) * 2, best_cost, rtol=1e-10)
-    indep = losses.cfm_loss(zero, paths.Linear(), key, x0, x1=x1)
+    indep = losses.cfm_loss(zero, key, x0, x1=x1)
     assert float(jnp.sum(indep)) * 2 > 1.5 * best_cost
 
 
@@ -327,9 +368,9 @@ def test_edm_loss_is_unit_weight_mse_of_the_raw_network():
         seen.append(x_in)
         return x_in @ w + c_noise[:, None] * jnp.ones((1, 2))
 
-    model = predictions.edm_denoiser(net, path, sigma_data=0.5)
+    model = jdiff.edm_denoiser(net, path, sigma_data=0.5)
     t = losses.lognormal_time(jax.random.PRNGKey(17), (256,), path)
-    val = losses.edm_loss(model, path, jax.random.PRNGKey(18), x0, t=t)
+    val = losses.edm_loss(model, jax.random.PRNGKey(18), x0, t=t)
     c = predictions.edm_preconditioning(t, path, 0.5)
     x_t = seen[0] / c.c_in[:, None]
     f_target = (x0 - c.c_skip[:, None] * x_t) / c.c_out[:, None]
@@ -406,7 +447,7 @@ def test_vlb_matches_closed_form_and_tightens_with_steps():
     @jax.jit
     def run(key, x0):
         # all 10 terms summed exactly; 100 and 1000 steps with the one-term unbiased estimator
-        return [losses.vlb_terms(model, path, jax.random.fold_in(key, T), x0, kind="x0", num_steps=T, num_bins=None,
+        return [losses.vlb_terms(model, jax.random.fold_in(key, T), x0, num_steps=T, num_bins=None,
                                  sum_all_terms=T == 10) for T in steps]
 
     exact = {}
@@ -447,7 +488,7 @@ def test_vdm_elbo_with_exact_model_matches_closed_form(name):
     else:
         path = schedules.LearnedLogSNR(jax.random.PRNGKey(22 if name == "learned_a" else 23), hidden=16)
     x0 = sample_1d(jax.random.PRNGKey(23), 20000)
-    terms = jax.jit(lambda k, x: losses.vdm_terms(gaussian_1d_model(path, "v"), path, k, x, kind="v", num_bins=None))(
+    terms = jax.jit(lambda k, x: losses.vdm_terms(gaussian_1d_model(path, "v"), k, x, num_bins=None))(
         jax.random.PRNGKey(24), x0)
     prior, diffusion, rec = _vdm_closed_form(path)
     mean_close(terms.prior, prior)
@@ -463,8 +504,8 @@ def test_vdm_weight_is_the_log_snr_derivative():
     path = paths.Linear()
     x0 = sample_1d(jax.random.PRNGKey(30), 20000)
     ts = (0.05, 0.3, 0.8)
-    run = jax.jit(lambda k, x: [losses.vdm_terms(gaussian_1d_model(path, "eps"), path, jax.random.fold_in(k, i), x,
-                                                 kind="eps", num_bins=None, t=t).diffusion for i, t in enumerate(ts)])
+    run = jax.jit(lambda k, x: [losses.vdm_terms(gaussian_1d_model(path, "eps"), jax.random.fold_in(k, i), x,
+                                                 num_bins=None, t=t).diffusion for i, t in enumerate(ts)])
     for t, d in zip(ts, run(jax.random.PRNGKey(31), x0)):
         snr = ((1 - t) / t) ** 2
         ref = -0.5 * (path.t_max - path.t_min) * (-2.0 / (t * (1 - t))) * snr * mmse(snr)
@@ -490,10 +531,11 @@ def test_learned_schedule_is_monotone_and_trainable():
 
     # gradients of the bound reach every leaf (through x_t, lambda'(t) by jax.jvp, and the endpoints)
     x0 = sample_1d(jax.random.PRNGKey(27), 512)
-    model = lambda x, t, c=None: 0.5 * x  # noqa: E731  (a fixed eps-model)
+    def net(x, t, c=None):  # a fixed eps-network; the model binds it to the schedule being trained
+        return 0.5 * x
 
     def mean_loss(p):
-        return jnp.mean(losses.vdm_loss(model, p, jax.random.PRNGKey(28), x0, kind="eps", num_bins=None))
+        return jnp.mean(losses.vdm_loss(jdiff.Model(net, p, "eps"), jax.random.PRNGKey(28), x0, num_bins=None))
 
     value_and_grad = jax.jit(jax.value_and_grad(mean_loss))
     _, grads = value_and_grad(path)
@@ -518,27 +560,39 @@ def test_learned_schedule_is_monotone_and_trainable():
 # ---------------------------------------------------------------------------------
 
 
-def test_losses_are_per_example_jit_without_recompiling_and_validate_names():
+def test_losses_are_per_example_jit_without_recompiling_and_validate_arguments():
     x0 = mixture_2d().sample(jax.random.PRNGKey(29), 16)
-    model = lambda x, t, c=None: 0.5 * x + 0.1 * t[:, None]  # noqa: E731
-    fn = jax.jit(lambda p, k, x: losses.dsm_loss(model, p, k, x, weighting="min_snr"))
-    out = fn(paths.VPLinear(), jax.random.PRNGKey(0), x0)
+
+    def net(x, t, c=None):
+        return 0.5 * x + 0.1 * t[:, None]
+
+    fn = jax.jit(lambda m, w, k, x: losses.dsm_loss(m, k, x, weighting=w))
+    out = fn(jdiff.Model(net, paths.VPLinear(), "eps"), losses.MinSNRWeighting(5.0), jax.random.PRNGKey(0), x0)
     assert out.shape == (16,)
-    with count_compiles() as n:
-        fn(paths.VPLinear(beta_max=15.0), jax.random.PRNGKey(1), x0)
-    assert n() == 0
-    for fn_, kw, word in [
-        (losses.dsm_loss, {"weighting": "snrr"}, "weighting"),
-        (losses.dsm_loss, {"target": "noise"}, "target"),
-        (losses.dsm_loss, {"time_sampler": "sobol"}, "time_sampler"),
-        (losses.cfm_loss, {"coupling": "hungarian"}, "coupling"),
+    with count_compiles() as n:  # a new path parameter and a new gamma are traced leaves
+        again = fn(jdiff.Model(net, paths.VPLinear(beta_max=15.0), "eps"), losses.MinSNRWeighting(3.0),
+                   jax.random.PRNGKey(1), x0)
+    assert n() == 0 and again.shape == (16,)
+    model = jdiff.Model(net, paths.VPLinear(), "eps")
+    for fn_, kw, err, word in [
+        (losses.dsm_loss, {"weighting": "snrr"}, TypeError, "weighting"),
+        (losses.dsm_loss, {"target": "noise"}, ValueError, "target"),
+        (losses.dsm_loss, {"time_sampler": "sobol"}, TypeError, "time_sampler"),
+        (losses.cfm_loss, {"coupling": "hungarian"}, ValueError, "coupling"),
     ]:
-        with pytest.raises(ValueError, match=word):
-            fn_(model, paths.VPLinear(), jax.random.PRNGKey(0), x0, **kw)
+        with pytest.raises(err, match=word):
+            fn_(model, jax.random.PRNGKey(0), x0, **kw)
+    # the error says what to pass instead of a name
+    with pytest.raises(TypeError, match="MinSNRWeighting"):
+        losses.dsm_loss(model, jax.random.PRNGKey(0), x0, weighting="min_snr")
+    with pytest.raises(ValueError, match="gamma"):
+        losses.MinSNRWeighting(0.0)
+    # the model comes first and is a bound jdiff.Model
+    for fn_ in (losses.dsm_loss, losses.ddpm_loss, losses.edm_loss, losses.cfm_loss, losses.vdm_loss, losses.vlb):
+        with pytest.raises(TypeError, match="model"):
+            fn_(net, jax.random.PRNGKey(0), x0)
     # bfloat16 data still gets float32 times (bfloat16 resolves t only to about 1/256)
     seen = []
-    zero = recording(lambda x, t, c=None: jnp.zeros_like(x), seen)
-    v = losses.dsm_loss(zero, paths.VPLinear(), jax.random.PRNGKey(2), x0.astype(jnp.bfloat16), kind="eps")
+    zero = recording(jdiff.Model(lambda x, t, c=None: jnp.zeros_like(x), paths.VPLinear(), "eps"), seen)
+    v = losses.dsm_loss(zero, jax.random.PRNGKey(2), x0.astype(jnp.bfloat16))
     assert seen[0][1].dtype == jnp.float32 and v.shape == (16,) and bool(jnp.all(jnp.isfinite(v)))
-    with pytest.raises(ValueError, match="min_snr"):
-        losses.dsm_loss(model, paths.VPLinear(), jax.random.PRNGKey(0), x0, weighting="snrr")
