@@ -183,6 +183,16 @@ def test_bad_shapes_name_the_argument():
         metrics.sliced_wasserstein(jax.random.PRNGKey(0), jnp.zeros((4, 2)), jnp.zeros((4, 2)), p=0.5)
 
 
+def test_public_names_are_flat_reexports():
+    # jdiff.metrics is a package of private modules; every public name lives at its top level.
+    names = ["PrecisionRecall", "energy_distance", "frechet_distance", "frechet_distance_from_stats", "gaussian_stats",
+             "mmd", "precision_recall", "sliced_wasserstein", "DigitClassifier", "classifier_accuracy",
+             "frechet_digit_distance", "train_digit_classifier"]
+    for name in names:
+        obj = getattr(metrics, name)
+        assert obj.__module__.startswith("jdiff.metrics._"), (name, obj.__module__)
+
+
 # -- the digit classifier -------------------------------------------------------------
 
 
