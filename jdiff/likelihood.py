@@ -1,16 +1,20 @@
 """Log-likelihoods of data under a diffusion / flow model, and their units.
 
-    ode_log_likelihood    log p(x) under the probability-flow ODE (exact trace or Hutchinson)
+    ode_log_likelihood    log p(x) under the probability-flow ODE (exact trace or `Hutchinson`)
+    Hutchinson            the stochastic trace estimator of the divergence (number and law of probes)
     dequantize            integer data k -> x = low + (k + u) * bin_width, u ~ U[0, 1)^D
     bits_per_dim          continuous log-density of dequantized, scaled data -> discrete bits/dim
     nats_to_bits_per_dim  a bound on a discrete log-probability in nats -> bits/dim (no offset)
     vlb_bits_per_dim      the discrete DDPM bound L_T + sum L_{t-1} + L_0 in bits/dim (all T terms)
     elbo_bits_per_dim     the continuous-time (VDM) bound in bits/dim, averaged over time samples
 
+Every function takes the bound model first (`jdiff.Model`: network, path, prediction kind),
+then the PRNG key where one is required, then the data, then keyword-only options.
+
 The probability-flow ODE
 ------------------------
 Every model in jdiff defines a velocity u(x, t) = a' x0_hat + s' eps_hat
-(`jdiff.predictions.pf_ode_velocity`), whose flow dx/dt = u carries p_{t0} to p_{t1}.
+(`jdiff.Model.velocity`), whose flow dx/dt = u carries p_{t0} to p_{t1}.
 Along a trajectory the log-density obeys the instantaneous change of variables
 (Chen et al. 2018, "Neural ODEs"; Song et al. 2021, "Score-based generative modeling"):
 
@@ -28,9 +32,9 @@ add the prior's log-density at x_{t1}. Two approximations are inherent and docum
   Gaussian; pass `prior_log_prob=` to use another (the tests pass the oracle's exact
   log p_{t_max}, which makes the estimator exact up to solver tolerance).
 
-The divergence is either exact (`divergence="exact"`: the trace of the D x D Jacobian from
+The divergence is either exact (`divergence=None`: the trace of the D x D Jacobian from
 `jax.jacfwd`, D forward-mode passes; for low dimensions) or Hutchinson's estimator
-(`divergence="hutchinson"`, Hutchinson 1989; Grathwohl et al. 2018, FFJORD):
+(`divergence=Hutchinson(num_probes, probe)`, Hutchinson 1989; Grathwohl et al. 2018, FFJORD):
 div u ~ (1/M) sum_m v_m^T (du/dx) v_m with M probes v_m (Rademacher or Gaussian, E[v v^T] = I),
 each product one `jax.jvp`. The probes are drawn once per solve and held fixed along the
 trajectory, so the estimate of int div u dt is v^T (int J dt) v: unbiased, and the ODE
@@ -58,27 +62,28 @@ import math
 from typing import NamedTuple
 
 import diffrax
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 
-from jdiff import losses, predictions
-from jdiff.paths import AbstractPath
+from jdiff import losses
+from jdiff._model import Model, check_model
+from jdiff.samplers import diffrax_evals
 
 __all__ = [
-    "DIVERGENCES",
+    "BIN_WIDTH_8BIT",
     "PROBES",
+    "Hutchinson",
     "ODELikelihood",
     "bits_per_dim",
     "dequantize",
     "elbo_bits_per_dim",
-    "hutchinson_probes",
     "nats_to_bits_per_dim",
     "ode_log_likelihood",
     "ode_log_likelihood_batch",
     "vlb_bits_per_dim",
 ]
 
-DIVERGENCES = ("exact", "hutchinson")
 PROBES = ("rademacher", "gaussian")
 
 
@@ -89,58 +94,51 @@ class ODELikelihood(NamedTuple):
     nfe: jax.Array
 
 
-def _check(value, accepted, name):
-    if value not in accepted:
-        raise ValueError(f"unknown {name} {value!r}; accepted: {', '.join(accepted)}")
-    return value
+class Hutchinson(eqx.Module):
+    """Hutchinson's unbiased estimator of the divergence, tr(du/dx) ~ (1/M) sum_m v_m^T (du/dx) v_m.
 
-
-def hutchinson_probes(key, shape, num_probes: int, probe: str = "rademacher", dtype=jnp.float32):
-    """`num_probes` random vectors v of `shape` with E[v v^T] = I (stacked on a leading axis).
-
-    With S = (J + J^T)/2, Var[v^T J v] = 2 ||S||_F^2 for Gaussian probes and
-    2 (||S||_F^2 - sum_i S_ii^2) for Rademacher probes, the minimum over such probes
-    (Hutchinson 1989).
+    Args:
+        num_probes: M, the probes per solve (averaged; the variance falls as 1/M). Each costs one
+            `jax.jvp` per vector-field evaluation, against D for the exact trace.
+        probe: the law of each probe v, with E[v v^T] = I: "rademacher" (entries +-1) or
+            "gaussian" (N(0, I)). With S = (J + J^T)/2, Var[v^T J v] = 2 ||S||_F^2 for Gaussian
+            probes and 2 (||S||_F^2 - sum_i S_ii^2) for Rademacher probes, the minimum over
+            such probes (Hutchinson 1989).
     """
-    _check(probe, PROBES, "probe")
-    if num_probes < 1:
-        raise ValueError(f"`num_probes` must be a positive integer; got {num_probes}")
-    full = (num_probes,) + tuple(shape)
-    if probe == "rademacher":
-        return jax.random.rademacher(key, full, dtype)
-    return jax.random.normal(key, full, dtype)
+
+    num_probes: int = eqx.field(static=True, default=1)
+    probe: str = eqx.field(static=True, default="rademacher")
+
+    def __check_init__(self):
+        if isinstance(self.num_probes, bool) or not isinstance(self.num_probes, int) or self.num_probes < 1:
+            raise ValueError(f"`num_probes` must be a positive integer; got {self.num_probes!r}")
+        if self.probe not in PROBES:
+            raise ValueError(f"unknown probe {self.probe!r} for `probe`; accepted: {', '.join(PROBES)}")
+
+    def sample(self, key, shape, dtype=jnp.float32):
+        """`num_probes` independent probes v of `shape`, stacked on a leading axis: (M, *shape)."""
+        full = (self.num_probes, *tuple(shape))
+        if self.probe == "rademacher":
+            return jax.random.rademacher(key, full, dtype)
+        return jax.random.normal(key, full, dtype)
 
 
-def _nfe(solver, num_steps):
-    """Vector-field evaluations of an explicit Runge-Kutta solve with `num_steps` steps.
-
-    diffrax evaluates every stage of every (accepted or rejected) step; a FSAL tableau
-    reuses the last stage of a step as the first of the next, plus one evaluation at t0.
-    (Checked against a callback counter in tests/test_likelihood.py.)
-    """
-    tableau = getattr(solver, "tableau", None)
-    if tableau is None:
-        raise ValueError(
-            f"`solver` must be an explicit Runge-Kutta diffrax solver (Tsit5, Dopri5, Dopri8, Heun, "
-            f"Bosh3, ...) so that NFE can be counted; got {type(solver).__name__}"
+def _check_divergence(divergence):
+    if divergence is not None and not isinstance(divergence, Hutchinson):
+        raise TypeError(
+            "`divergence` must be None (the exact trace of the Jacobian) or a "
+            f"jdiff.likelihood.Hutchinson(num_probes, probe) estimator; got {divergence!r}"
         )
-    stages = len(tableau.c) + 1
-    if tableau.fsal:
-        return 1 + (stages - 1) * num_steps
-    return stages * num_steps
+    return divergence
 
 
 def ode_log_likelihood(
-    model,
-    kind: str,
+    model: Model,
     x,
-    path: AbstractPath,
     *,
     cond=None,
     key=None,
-    divergence: str = "exact",
-    probe: str = "rademacher",
-    num_probes: int = 1,
+    divergence: Hutchinson | None = None,
     probes=None,
     rtol: float = 1e-5,
     atol: float = 1e-5,
@@ -151,24 +149,20 @@ def ode_log_likelihood(
     max_steps: int = 4096,
     adjoint=None,
 ) -> ODELikelihood:
-    """log p_{t0}(x) of ONE example under the probability-flow ODE of `model` on `path`.
+    """log p_{t0}(x) of ONE example under the probability-flow ODE of `model`.
 
     Args:
-        model: `model(x, t, cond) -> prediction` of kind `kind`; called on a batch of one
+        model: a `jdiff.Model` (network, path, prediction kind); called on a batch of one
             (x[None], a scalar t, cond with a leading axis of one).
-        kind: what the model predicts: "eps", "x0", "v", "score" or "velocity".
         x: one example, any shape (e.g. (D,) or (H, W, C)); the data end of the ODE.
-        path: the Gaussian path the model was trained on.
         cond: this example's conditioning (any pytree, unbatched) or None.
-        key: PRNG key for the Hutchinson probes (divergence="hutchinson" without `probes`).
-        divergence: "exact" (trace of the Jacobian, D forward passes; low dimensions) or
-            "hutchinson" (unbiased estimate from `num_probes` probes).
-        probe: Hutchinson probe distribution, "rademacher" or "gaussian".
-        num_probes: Hutchinson probes per solve (averaged; the variance falls as 1/M).
-        probes: explicit Hutchinson probes (M, *x.shape) instead of drawing them from `key`
-            (common random numbers across models; the tests use basis probes).
+        key: PRNG key for the Hutchinson probes (with a `Hutchinson` divergence and no `probes`).
+        divergence: None for the exact divergence (trace of the Jacobian, D forward passes; low
+            dimensions), or `Hutchinson(num_probes, probe)` for the unbiased stochastic estimate.
+        probes: explicit Hutchinson probes of shape (num_probes, *x.shape) instead of drawing
+            them from `key` (common random numbers across models; the tests use basis probes).
         rtol, atol: the adaptive solver's relative / absolute tolerances (on x and log p).
-        t0, t1: integration range, default [path.t_min, path.t_max].
+        t0, t1: integration range, default [model.path.t_min, model.path.t_max].
         prior_log_prob: log-density of x_{t1}, `fn(x_t1) -> scalar`; default the path's
             `prior_log_prob`, N(0, sigma(t_max)^2 I) (approximate where alpha(t_max) != 0; see
             the module docstring). Pass one whenever t1 != t_max.
@@ -179,48 +173,61 @@ def ode_log_likelihood(
 
     Returns:
         ODELikelihood(log_prob, nfe): log p_{t0}(x) in nats and the number of evaluations of
-        the augmented vector field (each is one model call plus D jvps or `num_probes` jvps).
-        Vmap over examples (`ode_log_likelihood_batch`) for a batch; each example keeps its
-        own step sizes and NFE.
+        the augmented vector field (each is one model call plus D jvps, or `num_probes` jvps),
+        counted by `jdiff.samplers.diffrax_evals`. Vmap over examples
+        (`ode_log_likelihood_batch`) for a batch; each example keeps its own step sizes and NFE.
     """
-    predictions.check_kind(kind)
-    _check(divergence, DIVERGENCES, "divergence")
+    check_model(model)
+    divergence = _check_divergence(divergence)
     x = jnp.asarray(x)
     if not jnp.issubdtype(x.dtype, jnp.floating):
         raise ValueError(f"`x` must be floating point (dequantize integer data first); got {x.dtype}")
+    path = model.path
     t0 = path.t_min if t0 is None else t0
     t1 = path.t_max if t1 is None else t1
     solver = diffrax.Tsit5() if solver is None else solver
-    _nfe(solver, 0)  # rejects solvers whose evaluations cannot be counted, before solving
+    if isinstance(solver, diffrax.AbstractSRK):
+        raise TypeError(f"`solver` {type(solver).__name__} is an SDE solver; pass an explicit Runge-Kutta solver")
+    per_step, first = diffrax_evals(solver)  # rejects solvers whose evaluations cannot be counted, before solving
     adjoint = diffrax.RecursiveCheckpointAdjoint() if adjoint is None else adjoint
     prior_log_prob = path.prior_log_prob if prior_log_prob is None else prior_log_prob
     cond_b = jax.tree_util.tree_map(lambda c: jnp.asarray(c)[None], cond)
 
     def velocity(xi, t):
-        pred = model(xi[None], t, cond_b)[0]
-        return predictions.pf_ode_velocity(pred, kind, xi, t, path)
+        return model.velocity(xi[None], jnp.asarray(t, x.dtype), cond_b)[0]
 
-    if divergence == "exact":
+    if divergence is None:
+        if probes is not None:
+            raise ValueError("`probes` are Hutchinson probes: pass divergence=Hutchinson(num_probes) with them")
 
         def vector_field(t, state, args):
             xi, _ = state
-            flat = lambda z: velocity(z.reshape(x.shape), t).reshape(-1)
-            jac = jax.jacfwd(flat)(xi.reshape(-1))
-            return velocity(xi, t), jnp.trace(jac)
 
-        probes = None
+            def flat(z):  # the velocity as a map R^D -> R^D, returned twice: to differentiate, and as is
+                u = velocity(z.reshape(x.shape), t).reshape(-1)
+                return u, u
+
+            jac, u = jax.jacfwd(flat, has_aux=True)(xi.reshape(-1))
+            return u.reshape(x.shape), jnp.trace(jac)
+
     else:
         if probes is None:
             if key is None:
-                raise ValueError('`key` (or `probes`) is required for divergence="hutchinson"')
-            probes = hutchinson_probes(key, x.shape, num_probes, probe, x.dtype)
+                raise ValueError("`key` (or `probes`) is required with a Hutchinson `divergence`")
+            probes = divergence.sample(key, x.shape, x.dtype)
         else:
             probes = jnp.asarray(probes, x.dtype)
-            if probes.ndim != x.ndim + 1 or probes.shape[1:] != x.shape:
-                raise ValueError(f"`probes` must have shape (M, *x.shape) = (M, {x.shape}); got {probes.shape}")
+            if probes.shape != (divergence.num_probes, *x.shape):
+                raise ValueError(
+                    f"`probes` must have shape (num_probes, *x.shape) = {(divergence.num_probes, *x.shape)}; "
+                    f"got {probes.shape}"
+                )
 
         def vector_field(t, state, probes):
             xi, _ = state
+            # diffrax may carry the state in the time's precision (float64 times, float32 x):
+            # tangents must match the primal's dtype.
+            probes = probes.astype(xi.dtype)
             # Primal is shared across probes: vmap batches only the tangents.
             u, jv = jax.vmap(lambda v: jax.jvp(lambda z: velocity(z, t), (xi,), (v,)))(probes)
             axes = tuple(range(1, probes.ndim))
@@ -241,21 +248,23 @@ def ode_log_likelihood(
     )
     x_t1, delta = sol.ys[0][0], sol.ys[1][0]
     log_prob = (prior_log_prob(x_t1) + delta).astype(x.dtype)
-    return ODELikelihood(log_prob, _nfe(solver, sol.stats["num_steps"]))
+    return ODELikelihood(log_prob, first + per_step * sol.stats["num_steps"])
 
 
-def ode_log_likelihood_batch(model, kind: str, x, path: AbstractPath, *, cond=None, key=None, **kwargs):
+def ode_log_likelihood_batch(model: Model, x, *, cond=None, key=None, **kwargs) -> ODELikelihood:
     """`ode_log_likelihood` vmapped over the leading axis of `x` (and of `cond`).
 
-    Each example gets its own probes (`jax.random.fold_in(key, i)`) and its own step sizes.
-    Returns ODELikelihood with log_prob and nfe of shape (N,).
+    Each example gets its own probes (`jax.random.fold_in(key, i)`) and its own step sizes;
+    the other keyword options go to `ode_log_likelihood`. Returns ODELikelihood with log_prob
+    and nfe of shape (N,).
     """
+    check_model(model)
     x = jnp.asarray(x)
     n = x.shape[0]
     keys = None if key is None else jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(n))
 
     def one(xi, ci, ki):
-        return ode_log_likelihood(model, kind, xi, path, cond=ci, key=ki, **kwargs)
+        return ode_log_likelihood(model, xi, cond=ci, key=ki, **kwargs)
 
     return jax.vmap(one)(x, cond, keys)
 
@@ -332,18 +341,16 @@ def _bound_bits(terms, x0, num_bins, bin_width):
 
 
 def vlb_bits_per_dim(
-    model,
-    path: AbstractPath,
+    model: Model,
     key,
     x0,
-    cond=None,
     *,
-    kind: str = "eps",
+    cond=None,
     num_steps: int = 1000,
     grid=None,
     num_bins: int | None = 256,
     bin_width: float = BIN_WIDTH_8BIT,
-):
+) -> losses.BoundTerms:
     """The discrete-time DDPM bound -ELBO = L_T + sum_{i=1}^T L_{t_{i-1}, t_i} + L_0 in bits/dim.
 
     All T KL terms are summed (`jdiff.losses.vlb_terms(..., sum_all_terms=True)`: T model
@@ -352,46 +359,48 @@ def vlb_bits_per_dim(
     (`.total` is the bound).
 
     Args:
-        model, kind, cond: the model (batched, `model(x, t, cond)`) and what it predicts.
-        path: its Gaussian path; the chain's grid is `linspace(t_min, t_max, num_steps + 1)`
-            unless `grid` is given.
+        model: the `jdiff.Model` (batched); the chain's grid is
+            `linspace(t_min, t_max, num_steps + 1)` on `model.path` unless `grid` is given.
         key: PRNG key for the noise draws.
         x0: data (B, ...). With `num_bins` the data must lie on the decoder's bin centres
             -1 + 2k / (num_bins - 1) (DDPM's x = k / 127.5 - 1) and the bound is on the
             discrete log-probability: bits/dim = nats / (D ln 2), no offset.
             With `num_bins=None` the decoder is a density, x0 should be dequantized data and
             the scaling offset -log2(bin_width) enters through the reconstruction term.
+        cond: conditioning passed to the model unchanged (batched like x0), or None.
+        num_steps, grid, num_bins: as in `jdiff.losses.vlb_terms`.
+        bin_width: h, the width of one integer level in x units (used with `num_bins=None`).
     """
+    check_model(model)
     terms = losses.vlb_terms(
-        model, path, key, x0, cond, kind=kind, num_steps=num_steps, grid=grid, num_bins=num_bins, sum_all_terms=True
+        model, key, x0, cond=cond, num_steps=num_steps, grid=grid, num_bins=num_bins, sum_all_terms=True
     )
     return _bound_bits(terms, x0, num_bins, bin_width)
 
 
 def elbo_bits_per_dim(
-    model,
-    path: AbstractPath,
+    model: Model,
     key,
     x0,
-    cond=None,
     *,
-    kind: str = "eps",
+    cond=None,
     num_time_samples: int = 16,
     num_bins: int | None = 256,
     bin_width: float = BIN_WIDTH_8BIT,
-):
+) -> losses.BoundTerms:
     """The continuous-time (VDM; Kingma et al. 2021) bound in bits/dim, per example.
 
     `jdiff.losses.vdm_terms` is an unbiased one-time-sample estimate of the bound; this
     averages `num_time_samples` independent estimates (keys `fold_in(key, i)`, time samples
-    stratified over the batch) to reduce the variance of the diffusion term. Units as in
-    `vlb_bits_per_dim`. Returns `jdiff.losses.BoundTerms` of (B,) bits/dim.
+    stratified over the batch) to reduce the variance of the diffusion term. Arguments and
+    units as in `vlb_bits_per_dim`. Returns `jdiff.losses.BoundTerms` of (B,) bits/dim.
     """
-    if num_time_samples < 1:
-        raise ValueError(f"`num_time_samples` must be a positive integer; got {num_time_samples}")
+    check_model(model)
+    if isinstance(num_time_samples, bool) or not isinstance(num_time_samples, int) or num_time_samples < 1:
+        raise ValueError(f"`num_time_samples` must be a positive integer; got {num_time_samples!r}")
 
     def one(i):
-        return losses.vdm_terms(model, path, jax.random.fold_in(key, i), x0, cond, kind=kind, num_bins=num_bins)
+        return losses.vdm_terms(model, jax.random.fold_in(key, i), x0, cond=cond, num_bins=num_bins)
 
     terms = jax.lax.map(one, jnp.arange(num_time_samples))
     terms = jax.tree_util.tree_map(lambda v: jnp.mean(v, axis=0), terms)

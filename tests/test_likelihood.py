@@ -10,7 +10,8 @@ import pytest
 from helpers import mixture_2d
 from scipy import stats
 
-from jdiff import likelihood, paths
+from jdiff import Model, likelihood, paths
+from jdiff.likelihood import Hutchinson
 
 MIX = mixture_2d()
 X = MIX.sample(jax.random.PRNGKey(0), 3)
@@ -33,7 +34,7 @@ def test_exact_trace_matches_oracle(path, kind):
     # The batch is vmapped: each example keeps its own steps (different NFE).
     ll = jax.jit(
         lambda x: likelihood.ode_log_likelihood_batch(
-            MIX.as_model(path, kind), kind, x, path, rtol=1e-9, atol=1e-9, prior_log_prob=_exact_prior(path)
+            MIX.as_model(path, kind), x, rtol=1e-9, atol=1e-9, prior_log_prob=_exact_prior(path)
         )
     )(X)
     err = np.abs(np.asarray(ll.log_prob - _exact(path, path.t_min)))
@@ -52,13 +53,13 @@ def test_hutchinson_unbiased_with_the_closed_form_variance():
     exact = float(MIX.marginal_log_prob(x, path.t_min, path))
     n = 400
     solve = jax.jit(jax.vmap(lambda v: likelihood.ode_log_likelihood(
-        model, "score", x, path, probes=v, divergence="hutchinson", rtol=1e-8, atol=1e-8,
+        model, x, divergence=Hutchinson(), probes=v, rtol=1e-8, atol=1e-8,
         prior_log_prob=_exact_prior(path),
     ).log_prob))
     kr, kg = jax.random.split(jax.random.PRNGKey(1))
     basis = jnp.array([[[0.0, 0.0]], [[1.0, 0.0]], [[0.0, 1.0]], [[1.0, 1.0]]])
-    rad = likelihood.hutchinson_probes(kr, (n, 2), 1, "rademacher", x.dtype).reshape(n, 1, 2)
-    gau = likelihood.hutchinson_probes(kg, (n, 2), 1, "gaussian", x.dtype).reshape(n, 1, 2)
+    rad = Hutchinson(n, "rademacher").sample(kr, (1, 2), x.dtype)
+    gau = Hutchinson(n, "gaussian").sample(kg, (1, 2), x.dtype)
     out = np.asarray(solve(jnp.concatenate([basis, rad, gau])))
     log_pt, (a11, a22, a_sum) = out[0], out[1:4] - out[0]
     s12 = 0.5 * (a_sum - a11 - a22)
@@ -71,7 +72,6 @@ def test_hutchinson_unbiased_with_the_closed_form_variance():
         assert est.var(ddof=1) == pytest.approx(var[name], rel=0.4), (name, est.var(ddof=1), var[name])
 
 
-
 @pytest.mark.slow
 def test_hutchinson_num_probes_divides_the_variance():
     # num_probes = 4 drawn from keys: unbiased, variance ~ 1/4 of the single-probe one,
@@ -82,11 +82,11 @@ def test_hutchinson_num_probes_divides_the_variance():
     exact = float(MIX.marginal_log_prob(x, path.t_min, path))
     m = 200
     est4 = np.asarray(jax.jit(jax.vmap(lambda k: likelihood.ode_log_likelihood(
-        model, "score", x, path, key=k, divergence="hutchinson", probe="gaussian", num_probes=4,
+        model, x, key=k, divergence=Hutchinson(num_probes=4, probe="gaussian"),
         rtol=1e-8, atol=1e-8, prior_log_prob=_exact_prior(path),
     ).log_prob))(jax.random.split(jax.random.PRNGKey(2), m)))
     est1 = np.asarray(jax.jit(jax.vmap(lambda k: likelihood.ode_log_likelihood(
-        model, "score", x, path, key=k, divergence="hutchinson", probe="gaussian", num_probes=1,
+        model, x, key=k, divergence=Hutchinson(num_probes=1, probe="gaussian"),
         rtol=1e-8, atol=1e-8, prior_log_prob=_exact_prior(path),
     ).log_prob))(jax.random.split(jax.random.PRNGKey(3), m)))
     se4 = math.sqrt(est4.var(ddof=1) / m)
@@ -95,28 +95,37 @@ def test_hutchinson_num_probes_divides_the_variance():
 
 
 def _counting(model, calls):
+    """`model` with a host callback that counts every network call (io_callback: never merged or dropped)."""
+
     def counted(x, t, cond):
         jax.experimental.io_callback(lambda: calls.append(1), None, ordered=True)
         return model(x, t, cond)
 
-    return counted
+    return Model(counted, model.path, model.kind)
 
 
 def test_default_prior_float32_image_shaped_and_nfe():
     # The path's own N(0, sigma(t_max)^2) prior adds only the prior mismatch, negligible on
     # the linear path (alpha(t_max) = 1e-4): within 1e-3 nats of the exact log p_{t_min} in
     # float32 (measured ~1e-4). Data of shape (1, 2, 1) are reshaped for the trace; the
-    # result stays float32. NFE of the FSAL solver (Tsit5) = model calls / 2 (the exact
-    # trace calls the model in the primal and once inside jacfwd), counted by a callback.
+    # result stays float32. NFE of the FSAL solver (Tsit5), counted by
+    # samplers.diffrax_evals, equals the model calls counted by a callback: one per
+    # evaluation of the augmented field (the jacfwd of the exact trace and the jvps of
+    # Hutchinson's probes share the primal call).
     path = paths.Linear()
     base = MIX.as_model(path, "velocity")
     calls = []
-    model = _counting(lambda x, t, c: base(x.reshape(x.shape[0], 2), t, c).reshape(x.shape), calls)
+    model = _counting(Model(lambda x, t, c: base(x.reshape(x.shape[0], 2), t, c).reshape(x.shape), path, "velocity"),
+                      calls)
     x = X[0].astype(jnp.float32).reshape(1, 2, 1)
-    ll = jax.block_until_ready(likelihood.ode_log_likelihood(model, "velocity", x, path, rtol=1e-6, atol=1e-6))
+    ll = jax.block_until_ready(likelihood.ode_log_likelihood(model, x, rtol=1e-6, atol=1e-6))
     assert ll.log_prob.dtype == jnp.float32
     assert abs(float(ll.log_prob) - float(_exact(path, path.t_min, X[:1])[0])) < 1e-3
-    assert len(calls) == 2 * int(ll.nfe), (len(calls), ll.nfe)
+    assert len(calls) == int(ll.nfe), (len(calls), ll.nfe)
+    calls.clear()
+    ll = jax.block_until_ready(likelihood.ode_log_likelihood(
+        model, x, key=jax.random.PRNGKey(0), divergence=Hutchinson(3), rtol=1e-3, atol=1e-3))
+    assert len(calls) == int(ll.nfe), (len(calls), ll.nfe)
 
 
 @pytest.mark.slow
@@ -125,9 +134,9 @@ def test_nfe_counts_evaluations_non_fsal():
     calls = []
     model = _counting(MIX.as_model(path, "velocity"), calls)
     ll = jax.block_until_ready(
-        likelihood.ode_log_likelihood(model, "velocity", X[0], path, solver=diffrax.Heun(), rtol=1e-3, atol=1e-3)
+        likelihood.ode_log_likelihood(model, X[0], solver=diffrax.Heun(), rtol=1e-3, atol=1e-3)
     )
-    assert len(calls) == 2 * int(ll.nfe), (len(calls), ll.nfe)
+    assert len(calls) == int(ll.nfe), (len(calls), ll.nfe)
 
 
 def test_forward_mode_gradient_is_the_score():
@@ -135,7 +144,7 @@ def test_forward_mode_gradient_is_the_score():
     path = paths.Trigonometric()
     model = MIX.as_model(path, "v")
     f = lambda x: likelihood.ode_log_likelihood(
-        model, "v", x, path, rtol=1e-9, atol=1e-9, prior_log_prob=_exact_prior(path), adjoint=diffrax.ForwardMode()
+        model, x, rtol=1e-9, atol=1e-9, prior_log_prob=_exact_prior(path), adjoint=diffrax.ForwardMode()
     ).log_prob
     g = jax.jit(jax.jacfwd(f))(X[0])
     np.testing.assert_allclose(g, MIX.score(X[0], path.t_min, path), rtol=1e-5, atol=1e-5)
@@ -148,7 +157,7 @@ def test_reverse_mode_gradient_is_the_score():
     path = paths.Trigonometric()
     model = MIX.as_model(path, "v")
     f = lambda x: likelihood.ode_log_likelihood(
-        model, "v", x, path, rtol=1e-9, atol=1e-9, prior_log_prob=_exact_prior(path)
+        model, x, rtol=1e-9, atol=1e-9, prior_log_prob=_exact_prior(path)
     ).log_prob
     g = jax.jit(jax.vmap(jax.grad(f)))(X[:2])
     score = jax.vmap(lambda z: MIX.score(z, path.t_min, path))(X[:2])
@@ -158,14 +167,32 @@ def test_reverse_mode_gradient_is_the_score():
 def test_bad_arguments_name_themselves():
     path = paths.Linear()
     model = MIX.as_model(path, "x0")
-    with pytest.raises(ValueError, match="divergence"):
-        likelihood.ode_log_likelihood(model, "x0", X[0], path, divergence="trace")
+    net = lambda x, t, c: x
+    key = jax.random.PRNGKey(0)
+    # An unbound network where a jdiff.Model is expected.
+    for fn in (lambda m: likelihood.ode_log_likelihood(m, X[0]), lambda m: likelihood.ode_log_likelihood_batch(m, X),
+               lambda m: likelihood.vlb_bits_per_dim(m, key, X), lambda m: likelihood.elbo_bits_per_dim(m, key, X)):
+        with pytest.raises(TypeError, match="`model` must be a jdiff.Model"):
+            fn(net)
+    # The former string forms are refused with the accepted values.
+    with pytest.raises(TypeError, match="divergence.*Hutchinson"):
+        likelihood.ode_log_likelihood(model, X[0], divergence="hutchinson")
     with pytest.raises(ValueError, match="key"):
-        likelihood.ode_log_likelihood(model, "x0", X[0], path, divergence="hutchinson")
-    with pytest.raises(ValueError, match="probe"):
-        likelihood.ode_log_likelihood(model, "x0", X[0], path, key=jax.random.PRNGKey(0), divergence="hutchinson", probe="sphere")
-    with pytest.raises(ValueError, match="kind"):
-        likelihood.ode_log_likelihood(model, "noise", X[0], path)
+        likelihood.ode_log_likelihood(model, X[0], divergence=Hutchinson())
+    with pytest.raises(ValueError, match="probe.*rademacher, gaussian"):
+        Hutchinson(probe="sphere")
+    with pytest.raises(ValueError, match="num_probes"):
+        Hutchinson(num_probes=0)
+    with pytest.raises(ValueError, match="probes.*Hutchinson"):
+        likelihood.ode_log_likelihood(model, X[0], probes=jnp.ones((1, 2)))
+    with pytest.raises(ValueError, match="probes.*shape"):
+        likelihood.ode_log_likelihood(model, X[0], divergence=Hutchinson(2), probes=jnp.ones((1, 2)))
+    with pytest.raises(TypeError, match="solver.*SDE"):
+        likelihood.ode_log_likelihood(model, X[0], solver=diffrax.ShARK())
+    with pytest.raises(ValueError, match="solver"):
+        likelihood.ode_log_likelihood(model, X[0], solver=diffrax.Kvaerno5())
+    with pytest.raises(ValueError, match="num_time_samples"):
+        likelihood.elbo_bits_per_dim(model, key, X, num_time_samples=0)
     with pytest.raises(ValueError, match="bin_width"):
         likelihood.bits_per_dim(jnp.zeros(()), 3, bin_width=0.0)
 
@@ -233,8 +260,8 @@ def test_vlb_and_elbo_bound_the_exact_nll_and_tighten_with_steps():
     @jax.jit
     def bounds(key):
         k1, k2, k3 = jax.random.split(key, 3)
-        vlb = [likelihood.vlb_bits_per_dim(model, path, k, x0, num_steps=t, num_bins=None).total for k, t in ((k1, 32), (k2, 256))]
-        elbo = likelihood.elbo_bits_per_dim(model, path, k3, x0, num_time_samples=32, num_bins=None).total
+        vlb = [likelihood.vlb_bits_per_dim(model, k, x0, num_steps=t, num_bins=None).total for k, t in ((k1, 32), (k2, 256))]
+        elbo = likelihood.elbo_bits_per_dim(model, k3, x0, num_time_samples=32, num_bins=None).total
         return vlb + [elbo]
 
     gaps = [to_nats(b) - nll for b in bounds(jax.random.PRNGKey(1))]
