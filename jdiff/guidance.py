@@ -1,11 +1,17 @@
-"""Guidance as model combinators: functions from models to a model.
+"""Guidance as model combinators: functions from `jdiff.Model`s to a `jdiff.Model`.
 
-Every function here takes one or more models `model(x, t, cond) -> prediction` (see
-`jdiff.predictions`) and returns a new model of the same kind and the same signature, so a
-guided model goes through every sampler in `jdiff.samplers` (fixed-step and diffrax)
-unchanged. Nothing here branches on traced values: the guidance interval is a `jnp.where`
-on t, and the guidance weight may be a traced scalar or one weight per example (a new
-weight does not recompile).
+    guided = guidance.classifier_free(model, 2.0, null_cond=num_classes)
+    x = samplers.sample(samplers.Heun(), guided, x_T, grid, cond=labels)
+
+Every combinator here takes one or more bound models (`jdiff.Model`: network, path and
+prediction kind) and returns a new `jdiff.Model` on the same path and of the same kind, so a
+guided model goes through every sampler in `jdiff.samplers` (fixed-step and diffrax), every
+likelihood and every further combinator unchanged. The guided network is a small immutable
+pytree (an `equinox.Module`) holding the inner model(s) and the guidance parameters, so a
+guided model is itself a valid `jax.jit` argument: a new weight, interval or rescale of the
+same structure does not recompile. Nothing here branches on traced values: the guidance
+interval is a `jnp.where` on t, and the guidance weight may be a traced scalar or one weight
+per example.
 
 Convention (one for all combinators). With a "positive" prediction D_pos (the conditional
 model, or the main model) and a "negative" one D_neg (the unconditional model, or the weak
@@ -30,22 +36,24 @@ Time convention: t = 0 is data, t = 1 is noise (see `jdiff.paths`).
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 
 from jdiff import predictions
+from jdiff._model import Model, _as_pytree_net, check_model
 from jdiff.paths import AbstractPath, expand_to
 
 __all__ = [
-    "classifier_free",
     "autoguidance",
+    "classifier_free",
     "classifier_guidance",
     "classifier_log_prob",
-    "noisy_classifier_loss",
     "drop_labels",
+    "noisy_classifier_loss",
     "with_label_dropout",
-    "label_dropout_loss",
 ]
 
 
@@ -53,13 +61,26 @@ __all__ = [
 
 
 def _check_interval(interval):
+    """None, or a pair (t_lo, t_hi); checked for 0 <= t_lo <= t_hi <= 1 where it is concrete."""
     if interval is None:
         return None
     if not isinstance(interval, Sequence) or len(interval) != 2:
         raise ValueError(
             f"`interval` must be None or a pair (t_lo, t_hi) with 0 <= t_lo <= t_hi <= 1; got {interval!r}"
         )
-    return interval
+    lo, hi = interval
+    if isinstance(lo, (int, float)) and isinstance(hi, (int, float)) and not 0 <= lo <= hi <= 1:
+        raise ValueError(f"`interval` must be a pair (t_lo, t_hi) with 0 <= t_lo <= t_hi <= 1; got {interval!r}")
+    return tuple(interval)
+
+
+def _check_space(space):
+    return None if space is None else predictions.check_kind(space, "space")
+
+
+def _is_zero(value) -> bool:
+    """True for a concrete Python 0 (a traced or array value counts as nonzero)."""
+    return isinstance(value, (int, float)) and value == 0
 
 
 def _gate(value, off_value, t, interval):
@@ -82,16 +103,17 @@ def _check_batched(x, name):
         raise ValueError(f"`{name}` needs a batched `x` of shape (batch, ...); got shape {jnp.shape(x)}")
 
 
-def _combine(pos, neg, w, kind, x, t, path, rescale, space):
+def _combine(pos, neg, w, kind, x, t, path, rescale, rescaled, space):
     """neg + w (pos - neg) in prediction space `space`, with optional CFG rescale; returns `kind`.
 
-    `w` is a scalar or has shape x.shape[:1]; `rescale` is phi of Lin et al. (2024).
+    `w` is a scalar or has shape x.shape[:1]; `rescale` is phi of Lin et al. (2024), applied
+    when `rescaled` (a static flag: False for a concrete phi = 0).
     """
     to = kind if space is None else space
     pos_s = predictions.convert(pos, kind, to, x, t, path)
     neg_s = predictions.convert(neg, kind, to, x, t, path)
     guided = neg_s + expand_to(w, x, "w") * (pos_s - neg_s)
-    if not (isinstance(rescale, (int, float)) and rescale == 0):
+    if rescaled:
         guided = _rescale(guided, pos_s, rescale)
     return predictions.convert(guided, to, kind, x, t, path)
 
@@ -127,30 +149,54 @@ def _concat_cond(cond, null_cond):
 # -- classifier-free guidance -------------------------------------------------------------
 
 
+class _ClassifierFreeNet(eqx.Module):
+    """The network of `classifier_free`: D(null) + w(t) [D(cond) - D(null)] in `model.kind`."""
+
+    model: Model
+    w: Any
+    null_cond: Any
+    interval: Any
+    rescale: Any
+    space: str | None = eqx.field(static=True)
+    rescaled: bool = eqx.field(static=True)
+
+    def __call__(self, x, t, cond=None):
+        _check_batched(x, "classifier_free")
+        if cond is None:
+            raise ValueError("the classifier_free-guided model needs `cond` (the condition to guide towards)")
+        model = self.model
+        n = jnp.shape(x)[0]
+        if self.null_cond is None:
+            pos, neg = model(x, t, cond), model(x, t, None)
+        else:
+            t_arr = jnp.asarray(t)
+            t2 = jnp.concatenate([t_arr, t_arr], axis=0) if t_arr.ndim else t_arr
+            both = model(jnp.concatenate([x, x], axis=0), t2, _concat_cond(cond, self.null_cond))
+            pos, neg = both[:n], both[n:]
+        w_t = _gate(self.w, 1.0, t, self.interval)
+        return _combine(pos, neg, w_t, model.kind, x, t, model.path, self.rescale, self.rescaled, self.space)
+
+
 def classifier_free(
-    model: Callable,
-    kind: str,
-    path: AbstractPath,
+    model: Model,
     w,
     *,
     null_cond,
     interval: tuple[float, float] | None = None,
     rescale=0.0,
     space: str | None = None,
-) -> Callable:
+) -> Model:
     """Classifier-free guidance (Ho & Salimans 2022) as a model combinator.
 
-    Returns `guided(x, t, cond)` predicting `kind`:
+    Returns the `jdiff.Model` (same path, same kind as `model`) whose prediction is
 
         D_w(x, t, c) = D(x, t, null) + w(t) [D(x, t, c) - D(x, t, null)],
 
     w(t) = w for t in the interval (t_lo, t_hi] and 1 (the conditional model) outside it.
 
     Args:
-        model: `model(x, t, cond)`, a conditional model trained with label dropout (see
-            `drop_labels`) so that `null_cond` selects its unconditional branch.
-        kind: the prediction kind of `model` (and of the guided model).
-        path: the Gaussian path the model was trained on (used to change spaces).
+        model: a conditional `jdiff.Model` trained with label dropout (see `drop_labels`,
+            `with_label_dropout`) so that `null_cond` selects its unconditional branch.
         w: guidance weight; 1 = conditional model, 0 = unconditional, > 1 = stronger
             guidance. A scalar or one weight per example (shape x.shape[:1]); may be traced.
         null_cond: the "no condition" input, a tree prefix of `cond` broadcast to it (for
@@ -158,55 +204,59 @@ def classifier_free(
             then run as one model call on the doubled batch [x; x] with [cond; null_cond].
             `None` means the model is called a second time with `cond=None` (the
             convention of `GaussianMixture.as_model`).
-        interval: `None` (guide at every t) or (t_lo, t_hi): guide only for t_lo < t <= t_hi
-            (Kynkaenniemi et al. 2024, "Applying guidance in a limited interval improves
-            sample and distribution quality"); (0, 0) is no guidance.
-        rescale: phi of CFG rescale (Lin et al. 2024); 0 disables it.
+        interval: `None` (guide at every t) or (t_lo, t_hi) with 0 <= t_lo <= t_hi <= 1:
+            guide only for t_lo < t <= t_hi (Kynkaenniemi et al. 2024, "Applying guidance in
+            a limited interval improves sample and distribution quality"); (0, 0) is no
+            guidance.
+        rescale: phi of CFG rescale (Lin et al. 2024), in [0, 1]; 0 disables it.
         space: prediction kind in which the branches are combined and rescaled; `None`
             means the model's own output, as in Lin et al. Without rescale every space
             gives the same model (see the module docstring).
+
+    The guided model needs `cond` at every call (the condition to guide towards).
     """
-    predictions.check_kind(kind)
-    if space is not None:
-        predictions.check_kind(space, "space")
-    interval = _check_interval(interval)
-
-    def guided(x, t, cond=None):
-        _check_batched(x, "classifier_free")
-        if cond is None:
-            raise ValueError("the classifier_free-guided model needs `cond` (the condition to guide towards)")
-        n = jnp.shape(x)[0]
-        if null_cond is None:
-            pos, neg = model(x, t, cond), model(x, t, None)
-        else:
-            t_arr = jnp.asarray(t)
-            t2 = jnp.concatenate([t_arr, t_arr], axis=0) if t_arr.ndim else t_arr
-            both = model(jnp.concatenate([x, x], axis=0), t2, _concat_cond(cond, null_cond))
-            pos, neg = both[:n], both[n:]
-        w_t = _gate(w, 1.0, t, interval)
-        return _combine(pos, neg, w_t, kind, x, t, path, rescale, space)
-
-    return guided
+    check_model(model, "model")
+    net = _ClassifierFreeNet(
+        model, w, null_cond, _check_interval(interval), rescale, _check_space(space), not _is_zero(rescale)
+    )
+    return Model(net, model.path, model.kind)
 
 
 # -- autoguidance ---------------------------------------------------------------------------
 
 
+class _AutoguidedNet(eqx.Module):
+    """The network of `autoguidance`: D_weak + w(t) (D_main - D_weak) in `model.kind`."""
+
+    model: Model
+    weak_model: Model
+    w: Any
+    interval: Any
+    rescale: Any
+    space: str | None = eqx.field(static=True)
+    rescaled: bool = eqx.field(static=True)
+
+    def __call__(self, x, t, cond=None):
+        _check_batched(x, "autoguidance")
+        model = self.model
+        pos = model(x, t, cond)
+        neg = self.weak_model.predict(x, t, cond, kind=model.kind)
+        w_t = _gate(self.w, 1.0, t, self.interval)
+        return _combine(pos, neg, w_t, model.kind, x, t, model.path, self.rescale, self.rescaled, self.space)
+
+
 def autoguidance(
-    model: Callable,
-    weak_model: Callable,
-    kind: str,
-    path: AbstractPath,
+    model: Model,
+    weak_model: Model,
     w,
     *,
-    weak_kind: str | None = None,
     interval: tuple[float, float] | None = None,
     rescale=0.0,
     space: str | None = None,
-) -> Callable:
+) -> Model:
     """Autoguidance (Karras et al. 2024, "Guiding a diffusion model with a bad version of itself").
 
-    Returns `guided(x, t, cond)` predicting `kind`:
+    Returns the `jdiff.Model` (same path, same kind as `model`) whose prediction is
 
         D_w = D_weak + w(t) (D_main - D_weak),
 
@@ -215,42 +265,59 @@ def autoguidance(
     guides conditional and unconditional models alike.
 
     Args:
-        model: the main model, predicting `kind`.
-        weak_model: the weak model, predicting `weak_kind` (default `kind`); it is converted
-            to `kind` before combining.
-        kind, path, w, interval, rescale, space: as in `classifier_free`.
+        model: the main `jdiff.Model`.
+        weak_model: the weak `jdiff.Model`, of any kind, on the same kind of path (same class
+            as `model.path`); its prediction is converted to `model.kind` before combining.
+        w, interval, rescale, space: as in `classifier_free`.
     """
-    predictions.check_kind(kind)
-    weak_kind = kind if weak_kind is None else predictions.check_kind(weak_kind, "weak_kind")
-    if space is not None:
-        predictions.check_kind(space, "space")
-    interval = _check_interval(interval)
-
-    def guided(x, t, cond=None):
-        _check_batched(x, "autoguidance")
-        pos = model(x, t, cond)
-        neg = predictions.convert(weak_model(x, t, cond), weak_kind, kind, x, t, path)
-        w_t = _gate(w, 1.0, t, interval)
-        return _combine(pos, neg, w_t, kind, x, t, path, rescale, space)
-
-    return guided
+    check_model(model, "model")
+    check_model(weak_model, "weak_model")
+    if type(weak_model.path) is not type(model.path):
+        raise TypeError(
+            f"`weak_model` must be on the path of `model` ({type(model.path).__name__}); got a "
+            f"{type(weak_model.path).__name__} model"
+        )
+    net = _AutoguidedNet(
+        model, weak_model, w, _check_interval(interval), rescale, _check_space(space), not _is_zero(rescale)
+    )
+    return Model(net, model.path, model.kind)
 
 
 # -- classifier guidance --------------------------------------------------------------------
 
 
+class _ClassifierGuidedNet(eqx.Module):
+    """The network of `classifier_guidance`: score + scale(t) grad_x log p_t(cond | x), in `model.kind`."""
+
+    model: Model
+    log_prob_fn: Any
+    scale: Any
+    interval: Any
+
+    def __call__(self, x, t, cond=None):
+        _check_batched(x, "classifier_guidance")
+        model, path, kind = self.model, self.model.path, self.model.kind
+        pred = model(x, t, cond)
+        grad = jax.grad(lambda x_: jnp.sum(self.log_prob_fn(x_, t, cond)))(x)
+        score = predictions.convert(pred, kind, "score", x, t, path)
+        scale_t = expand_to(_gate(self.scale, 0.0, t, self.interval), x, "scale")
+        guided = predictions.convert(score + scale_t * grad, "score", kind, x, t, path)
+        # A score shift d moves x0_hat by sigma^2 / alpha * d: infinite where alpha = 0 (pure
+        # noise, e.g. t = 1 on the rectified-flow path). Where the scale is 0 (outside the
+        # interval) return the model's own prediction, so that case stays finite.
+        return jnp.where(scale_t == 0, pred, guided)
+
+
 def classifier_guidance(
-    model: Callable,
-    kind: str,
-    path: AbstractPath,
+    model: Model,
     log_prob_fn: Callable,
     scale,
     *,
     interval: tuple[float, float] | None = None,
-) -> Callable:
+) -> Model:
     """Classifier guidance (Sohl-Dickstein et al. 2015; Dhariwal & Nichol 2021).
 
-    Returns `guided(x, t, cond)` predicting `kind` whose score is
+    Returns the `jdiff.Model` (same path, same kind as `model`) whose score is
 
         score(x, t) + scale(t) * grad_x log p_t(cond | x),
 
@@ -259,48 +326,48 @@ def classifier_guidance(
     grad log p_t(x | c), so sampling draws from p_0(x | c).
 
     Args:
-        model: `model(x, t, cond)` predicting `kind`; it receives `cond` unchanged (wrap an
-            unconditional network as `lambda x, t, c: net(x, t, None)`).
-        kind: the prediction kind of `model` (and of the guided model).
-        path: the Gaussian path (the score is reached through `jdiff.predictions`).
+        model: a `jdiff.Model`; its network receives `cond` unchanged (bind an
+            unconditional network as `jdiff.Model(lambda x, t, c: net(x, t, None), path, kind)`).
         log_prob_fn: `log_prob_fn(x, t, cond) -> (batch,)`, log p_t(cond | x) of each
             example under a classifier trained on noisy data (`noisy_classifier_loss`,
             `classifier_log_prob`). Examples must be independent: the gradient is taken of
             the batch sum.
         scale: guidance scale (a scalar or one per example; may be traced). 0 = no guidance.
-        interval: as in `classifier_free`; outside it the scale is 0.
+        interval: as in `classifier_free`; outside it the scale is 0 (and the guided model is
+            `model` exactly, finite even where alpha = 0).
     """
-    predictions.check_kind(kind)
-    interval = _check_interval(interval)
+    check_model(model, "model")
+    if not callable(log_prob_fn):
+        raise TypeError(
+            f"`log_prob_fn` must be a callable log_prob_fn(x, t, cond) -> (batch,) log p_t(cond | x); "
+            f"got {type(log_prob_fn).__name__}"
+        )
+    net = _ClassifierGuidedNet(model, _as_pytree_net(log_prob_fn), scale, _check_interval(interval))
+    return Model(net, model.path, model.kind)
 
-    def guided(x, t, cond=None):
-        _check_batched(x, "classifier_guidance")
-        pred = model(x, t, cond)
-        grad = jax.grad(lambda x_: jnp.sum(log_prob_fn(x_, t, cond)))(x)
-        score = predictions.convert(pred, kind, "score", x, t, path)
-        scale_t = expand_to(_gate(scale, 0.0, t, interval), x, "scale")
-        guided = predictions.convert(score + scale_t * grad, "score", kind, x, t, path)
-        # A score shift d moves x0_hat by sigma^2 / alpha * d: infinite where alpha = 0 (pure
-        # noise, e.g. t = 1 on the rectified-flow path). Where the scale is 0 (outside the
-        # interval) return the model's own prediction, so that case stays finite.
-        return jnp.where(scale_t == 0, pred, guided)
 
-    return guided
+class _ClassifierLogProb(eqx.Module):
+    """log softmax(logits_fn(x, t))[cond], the `log_prob_fn` of `classifier_log_prob`."""
+
+    logits_fn: Any
+
+    def __call__(self, x, t, cond):
+        logp = jax.nn.log_softmax(self.logits_fn(x, t), axis=-1)
+        return jnp.take_along_axis(logp, jnp.asarray(cond)[:, None], axis=-1)[:, 0]
 
 
 def classifier_log_prob(logits_fn: Callable) -> Callable:
     """Turn a noisy classifier `logits_fn(x, t) -> (batch, num_classes)` into the
     `log_prob_fn(x, t, cond) -> (batch,)` = log softmax(logits)[cond] that
-    `classifier_guidance` expects; `cond` is an int array of shape (batch,)."""
+    `classifier_guidance` expects; `cond` is an int array of shape (batch,).
+    (A pytree: an nnx or equinox classifier stays a pytree child.)"""
+    if not callable(logits_fn):
+        raise TypeError(f"`logits_fn` must be a callable logits_fn(x, t) -> (batch, num_classes); "
+                        f"got {type(logits_fn).__name__}")
+    return _ClassifierLogProb(_as_pytree_net(logits_fn))
 
-    def log_prob_fn(x, t, cond):
-        logp = jax.nn.log_softmax(logits_fn(x, t), axis=-1)
-        return jnp.take_along_axis(logp, jnp.asarray(cond)[:, None], axis=-1)[:, 0]
 
-    return log_prob_fn
-
-
-def noisy_classifier_loss(logits_fn: Callable, path: AbstractPath, key, x0, labels, t=None):
+def noisy_classifier_loss(logits_fn: Callable, path: AbstractPath, key, x0, *, cond, t=None):
     """Per-example cross-entropy of a time-dependent classifier on noisy data.
 
     The classifier sees x_t ~ p(x_t | x0) = N(alpha(t) x0, sigma(t)^2 I) with t uniform on
@@ -312,19 +379,23 @@ def noisy_classifier_loss(logits_fn: Callable, path: AbstractPath, key, x0, labe
         path: the Gaussian path.
         key: PRNG key (split for t and the noise).
         x0: clean data (batch, ...).
-        labels: int class labels (batch,).
+        cond: int class labels (batch,) of x0.
         t: optional times (batch,); sampled uniformly when None.
 
     Returns:
         (batch,) unreduced cross-entropy -log softmax(logits)[label].
     """
+    if not isinstance(path, AbstractPath):
+        raise TypeError(f"`path` must be a jdiff path (an AbstractPath); got {type(path).__name__}")
+    if cond is None:
+        raise ValueError("noisy_classifier_loss needs the class labels `cond` (int array (batch,))")
     k_t, k_x = jax.random.split(key)
     n = jnp.shape(x0)[0]
     if t is None:
         t = jax.random.uniform(k_t, (n,), jnp.result_type(x0), path.t_min, path.t_max)
     x_t, _ = path.marginal(k_x, x0, t)
     logp = jax.nn.log_softmax(logits_fn(x_t, t), axis=-1)
-    return -jnp.take_along_axis(logp, jnp.asarray(labels)[:, None], axis=-1)[:, 0]
+    return -jnp.take_along_axis(logp, jnp.asarray(cond)[:, None], axis=-1)[:, 0]
 
 
 # -- conditional training -------------------------------------------------------------------
@@ -344,33 +415,28 @@ def drop_labels(key, labels, p, null_class):
 
 
 def with_label_dropout(loss: Callable, p, null_class) -> Callable:
-    """Wrap a jdiff loss `loss(model, path, key, x0, cond, **kw) -> (batch,)` so that each
-    call first applies `drop_labels(.., p, null_class)` to `cond` (with its own key, split
-    from `key`): conditional training for classifier-free guidance with any loss.
-    """
+    """Conditional training for classifier-free guidance with any jdiff loss.
 
-    def wrapped(model, path, key, x0, cond=None, **kwargs):
+    Wraps `loss(model, key, x0, *, cond, **kw) -> (batch,)` (e.g. `jdiff.losses.cfm_loss`,
+    `dsm_loss`, `edm_loss`) into `wrapped(model, key, x0, *, cond, **kw)`, which first replaces
+    each label of `cond` by `null_class` with probability `p` (`drop_labels`, with its own key
+    split from `key`) and then calls `loss` with the other key; keyword options go to `loss`.
+
+    Args:
+        loss: the per-example loss to train with.
+        p: the dropout probability, in [0, 1] (Ho & Salimans use 0.1 or 0.2).
+        null_class: the label of the unconditional branch (e.g. `num_classes`), the
+            `null_cond` of `classifier_free` at sampling time.
+    """
+    if not callable(loss):
+        raise TypeError(f"`loss` must be a jdiff loss loss(model, key, x0, *, cond, ...); got {type(loss).__name__}")
+    if isinstance(p, (int, float)) and not 0 <= p <= 1:
+        raise ValueError(f"`p` must be a probability in [0, 1]; got {p}")
+
+    def wrapped(model, key, x0, *, cond, **kwargs):
         if cond is None:
             raise ValueError("with_label_dropout needs the class labels `cond` (int array (batch,))")
         k_drop, k_loss = jax.random.split(key)
-        return loss(model, path, k_loss, x0, drop_labels(k_drop, cond, p, null_class), **kwargs)
+        return loss(model, k_loss, x0, cond=drop_labels(k_drop, cond, p, null_class), **kwargs)
 
     return wrapped
-
-
-def label_dropout_loss(
-    model, path: AbstractPath, key, x0, cond=None, *, p, null_class, loss: str = "cfm_loss", **kwargs
-):
-    """`with_label_dropout` for configs, which name losses rather than build them:
-    the loss `loss` of `jdiff.losses` (e.g. "cfm_loss", "dsm_loss") trained on labels dropped
-    to `null_class` with probability `p`. Extra keyword arguments go to that loss.
-
-    experiments: loss.name = "guidance.label_dropout_loss",
-                 loss.kwargs = dict(loss="cfm_loss", p=0.1, null_class=num_classes).
-    """
-    from jdiff import losses  # here, so that guidance does not import the losses otherwise
-
-    if loss not in losses.__all__ or not loss.endswith("_loss"):
-        accepted = ", ".join(n for n in losses.__all__ if n.endswith("_loss"))
-        raise ValueError(f"unknown loss {loss!r} for `loss`; accepted: {accepted}")
-    return with_label_dropout(getattr(losses, loss), p, null_class)(model, path, key, x0, cond, **kwargs)
