@@ -207,16 +207,18 @@ def test_float32_weights_and_losses_finite_at_the_ends_of_every_path():
     def net(x, t, cond=None):
         return 0.5 * x + 0.1
 
+    every_path = all_paths()
+    model = jdiff.Model(net, every_path["vp_linear"], "eps")
+
     @jax.jit
     def everything(x0):
         out = {}
-        for name, path in all_paths().items():
+        for name, path in every_path.items():
             for end in ("t_min", "t_max"):
                 t = jnp.full((4,), getattr(path, end), jnp.float32)
                 for target in KINDS:
                     out[name, end, target] = jnp.stack([losses.loss_weight(w, t, path, target) for w in NAMED.values()])
         # and a whole loss on the path with the widest log-SNR range
-        model = jdiff.Model(net, paths.VPLinear(), "eps")
         for end in ("t_min", "t_max"):
             t = jnp.full((4,), getattr(model.path, end), jnp.float32)
             out["vp_linear loss", end] = losses.dsm_loss(model, jax.random.PRNGKey(7), x0, t=t, target="score",

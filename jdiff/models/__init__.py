@@ -3,6 +3,7 @@
     MLP    residual MLP with time/class embedding for low-dimensional data (x: (B, D))
     UNet   DDPM++-style U-Net for images (x: (B, H, W, C), NHWC)
     DiT    Diffusion Transformer with adaLN-Zero conditioning (Peebles & Xie 2023)
+    FlowMapMLP  residual MLP of two times, net(x, t, s, cond), for jdiff.flowmaps.FlowMap
 
 Every network takes the path time t in [0, 1] (a scalar or (B,)), cond = None or int
 class labels (B,) with a null class `num_classes` for classifier-free guidance, and a
@@ -15,5 +16,6 @@ from jdiff.models.embeddings import FourierFeatures as FourierFeatures
 from jdiff.models.embeddings import FourierFrequencies as FourierFrequencies
 from jdiff.models.embeddings import TimeEmbedding as TimeEmbedding
 from jdiff.models.embeddings import sinusoidal_embedding as sinusoidal_embedding
+from jdiff.models.flowmap_mlp import FlowMapMLP as FlowMapMLP
 from jdiff.models.mlp import MLP as MLP
 from jdiff.models.unet import UNet as UNet
