@@ -7,6 +7,7 @@ solve serves a batch of jumps.
 """
 
 import functools
+import itertools
 import math
 
 import diffrax
@@ -230,7 +231,7 @@ def test_meanflow_loss_jvp_equals_finite_differences(monkeypatch, guided):
     cond = None
     if guided:
         cond = jax.random.randint(jax.random.key(2), (256,), 0, 2)
-        kw = dict(guidance_scale=2.0, guidance_kappa=0.5, null_cond=jnp.asarray(2), cond_drop_prob=0.1)
+        kw = {"guidance_scale": 2.0, "guidance_kappa": 0.5, "null_cond": jnp.asarray(2), "cond_drop_prob": 0.1}
     key = jax.random.key(3)
     # p = 0: the raw squared error ||u - u_tgt||^2 (the adaptive weight would squash it to ~1).
     def loss():
@@ -252,8 +253,7 @@ def test_meanflow_loss_adaptive_weight():
 
     @jax.jit
     def run():
-        kw = dict(adaptive_c=1e-3)
-        return [flowmaps.meanflow_loss(flow, jax.random.key(2), x0, adaptive_p=p, **kw) for p in (0.0, 1.0, 0.5)]
+        return [flowmaps.meanflow_loss(flow, jax.random.key(2), x0, adaptive_p=p, adaptive_c=1e-3) for p in (0.0, 1.0, 0.5)]
 
     plain, adapt, half = run()
     np.testing.assert_allclose(adapt, plain / (plain + 1e-3), rtol=1e-10)
@@ -338,7 +338,7 @@ def test_sample_multistep_and_renoising_marginals(path):
                                rtol=1e-10, atol=1e-10)
     for gamma in (0.5, 1.0):
         factor = 1.0
-        for i, (t, t_next) in enumerate(zip(grid[:-1], grid[1:])):
+        for i, (t, t_next) in enumerate(itertools.pairwise(grid)):
             x_i = marginal(jax.random.key(10 + i), t)
             x_next = run(x_i, jnp.stack([t, t_next]), jax.random.key(20 + i), gamma)
             var_next, noise = float(gaussian_var(path, t_next)), gamma**2 * float(path.sigma(t_next)) ** 2

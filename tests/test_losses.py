@@ -176,17 +176,17 @@ def test_weightings_agree_across_targets_and_with_closed_forms(name):
     t = losses.uniform_time(jax.random.split(key)[0], (64,), path)
     assert float(jnp.min(mse["x0"])) > 0.0
     # A weighting object is one objective whatever the regression space.
-    for name, w in NAMED.items():
+    for wname, w in NAMED.items():
         ref = losses.loss_weight(w, t, path, "x0") * mse["x0"]
         for k in KINDS:
             np.testing.assert_allclose(losses.loss_weight(w, t, path, k) * mse[k], ref, rtol=1e-9,
-                                       err_msg=f"{name} {k}")
+                                       err_msg=f"{wname} {k}")
     # ... and dsm_loss applies it: eps-MSE = SNR-weighted x0-MSE (DDPM's simple loss)
     snr_x0 = losses.dsm_loss(model, key, x0, target="x0", weighting=losses.SNRWeighting())
     np.testing.assert_allclose(snr_x0, mse["eps"], rtol=1e-9)
     a, s = path.alpha(t), path.sigma(t)
     snr = (a / s) ** 2
-    w = {name: losses.loss_weight(wt, t, path, "x0") for name, wt in NAMED.items()}
+    w = {wname: losses.loss_weight(wt, t, path, "x0") for wname, wt in NAMED.items()}
     # likelihood weighting = g^2 (path.diffusion2) on the score-MSE (Song et al. 2021)
     np.testing.assert_allclose(w["likelihood"] * mse["x0"], path.diffusion2(t) * mse["score"], rtol=1e-9)
     # min-SNR-gamma on eps: min(SNR, gamma)/SNR (Hang et al. 2023)
@@ -332,7 +332,7 @@ def _ot_problem(b=24):
 
 
 def test_ot_coupling_inside_jit_matches_exact_assignment():
-    x0, x1, cost, cols, best_cost = _ot_problem()
+    x0, x1, _, cols, best_cost = _ot_problem()
     key = jax.random.PRNGKey(15)
     zero = jdiff.Model(lambda x, t, c=None: jnp.zeros_like(x), paths.Linear(), "velocity")
 
@@ -388,7 +388,7 @@ def test_normal_kl_and_discretized_gaussian_against_scipy():
     for m1, v1, m2, v2 in [(0.3, 0.5, -0.2, 2.0), (1.0, 1e-3, 1.01, 2e-3)]:
         p, q = scipy.stats.norm(m1, math.sqrt(v1)), scipy.stats.norm(m2, math.sqrt(v2))
         lo, hi = m1 - 12 * math.sqrt(v1), m1 + 12 * math.sqrt(v1)
-        ref = scipy.integrate.quad(lambda x: p.pdf(x) * (p.logpdf(x) - q.logpdf(x)), lo, hi, epsabs=1e-13)[0]
+        ref = scipy.integrate.quad(lambda x, p=p, q=q: p.pdf(x) * (p.logpdf(x) - q.logpdf(x)), lo, hi, epsabs=1e-13)[0]
         got = losses.normal_kl(m1, math.log(v1), m2, math.log(v2))
         np.testing.assert_allclose(got, ref, rtol=1e-7)
 
@@ -546,8 +546,8 @@ def test_learned_schedule_is_monotone_and_trainable():
     # ... and agree with central finite differences of the same (common-random-number) objective
     for name in ("gamma_0", "raw_gamma_range", "raw_w1"):
         h = 1e-5
-        plus = eqx.tree_at(lambda p: getattr(p, name), path, getattr(path, name) + h)
-        minus = eqx.tree_at(lambda p: getattr(p, name), path, getattr(path, name) - h)
+        plus = eqx.tree_at(lambda p, name=name: getattr(p, name), path, getattr(path, name) + h)
+        minus = eqx.tree_at(lambda p, name=name: getattr(p, name), path, getattr(path, name) - h)
         fd = (value_and_grad(plus)[0] - value_and_grad(minus)[0]) / (2 * h)
         np.testing.assert_allclose(getattr(grads, name), fd, rtol=1e-5)
     i = 3

@@ -39,14 +39,20 @@ gamma-sampling). `solver_step(solver, model)` turns a jdiff.samplers solver and 
 `jdiff.Model` into the teacher step of the distillation losses.
 """
 
-from jdiff.flowmaps._consistency import consistency_distillation_loss as consistency_distillation_loss
-from jdiff.flowmaps._consistency import consistency_training_loss as consistency_training_loss
+from jdiff.flowmaps._consistency import (
+    consistency_distillation_loss as consistency_distillation_loss,
+)
+from jdiff.flowmaps._consistency import (
+    consistency_training_loss as consistency_training_loss,
+)
 from jdiff.flowmaps._consistency import ict_noise_level_probs as ict_noise_level_probs
 from jdiff.flowmaps._consistency import ict_num_scales as ict_num_scales
 from jdiff.flowmaps._consistency import karras_sigmas as karras_sigmas
 from jdiff.flowmaps._consistency import pseudo_huber as pseudo_huber
 from jdiff.flowmaps._distillation import ddim_target as ddim_target
-from jdiff.flowmaps._distillation import progressive_distillation_loss as progressive_distillation_loss
+from jdiff.flowmaps._distillation import (
+    progressive_distillation_loss as progressive_distillation_loss,
+)
 from jdiff.flowmaps._distillation import solver_step as solver_step
 from jdiff.flowmaps._flowmap import AbstractFlowMapParam as AbstractFlowMapParam
 from jdiff.flowmaps._flowmap import AverageVelocity as AverageVelocity

@@ -66,6 +66,9 @@ class DDIMDenoiser(AbstractFlowMapParam):
         return ratio + b * pre.c_skip, b * pre.c_out, pre.c_in
 
 
+_AVERAGE_VELOCITY = AverageVelocity()
+
+
 class FlowMap(eqx.Module):
     """A flow map f(x, t, s, cond) = x_s: a raw two-time network bound to its path and parameterization.
 
@@ -90,7 +93,7 @@ class FlowMap(eqx.Module):
     path: AbstractPath
     param: AbstractFlowMapParam
 
-    def __init__(self, net, path: AbstractPath, param: AbstractFlowMapParam = AverageVelocity()):
+    def __init__(self, net, path: AbstractPath, param: AbstractFlowMapParam = _AVERAGE_VELOCITY):
         if isinstance(net, FlowMap):
             raise TypeError("`net` is already a FlowMap; pass its raw network `flow.net`")
         if not isinstance(path, AbstractPath):

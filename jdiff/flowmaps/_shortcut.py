@@ -43,12 +43,12 @@ def shortcut_loss(
     """
     u = average_velocity_net(flow)
     path = flow.path
-    levels = int(round(math.log2(max_steps)))
+    levels = round(math.log2(max_steps))
     if 2**levels != max_steps or levels < 1:
         raise ValueError(f"`max_steps` must be a power of two >= 2; got {max_steps}")
     dtype = jnp.result_type(x0)
     n = jnp.shape(x0)[0]
-    n_sc = int(round(consistency_fraction * n))
+    n_sc = round(consistency_fraction * n)
     k_t, k_j, k_m, k_eps = jax.random.split(key, 4)
     eps = jax.random.normal(k_eps, jnp.shape(x0), dtype)
     span = path.t_max - path.t_min

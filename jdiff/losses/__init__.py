@@ -43,7 +43,9 @@ Time samplers map (key, shape, path, dtype) to times in [path.t_min, path.t_max]
 """
 
 from jdiff.losses._bounds import BoundTerms as BoundTerms
-from jdiff.losses._bounds import discretized_gaussian_log_likelihood as discretized_gaussian_log_likelihood
+from jdiff.losses._bounds import (
+    discretized_gaussian_log_likelihood as discretized_gaussian_log_likelihood,
+)
 from jdiff.losses._bounds import normal_kl as normal_kl
 from jdiff.losses._bounds import q_posterior as q_posterior
 from jdiff.losses._bounds import vdm_loss as vdm_loss

@@ -14,7 +14,6 @@ from jdiff.losses._regression import target_sq_error
 from jdiff.losses._time import sample_times, stratified_time, time_dtype, uniform_time
 from jdiff.paths import AbstractPath, expand_to
 
-
 # -----------------------------------------------------------------------------------
 # Discrete-time variational bound (Sohl-Dickstein et al. 2015; Ho et al. 2020), in nats
 # -----------------------------------------------------------------------------------

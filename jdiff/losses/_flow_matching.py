@@ -29,7 +29,8 @@ def ot_pairing(key, x0, x1, *, method: str = "exact", epsilon=1e-3, max_iteratio
         epsilon: Sinkhorn regularization as a fraction of the mean pairwise cost.
         max_iterations: Sinkhorn iteration cap.
     """
-    from ott.geometry import pointcloud  # imported here: ott-jax is only needed for OT-CFM
+    # imported here: ott-jax is only needed for OT-CFM
+    from ott.geometry import pointcloud
 
     if method not in ("exact", "sinkhorn"):
         raise ValueError(f"unknown OT method {method!r} for `method`; accepted: exact, sinkhorn")

@@ -7,7 +7,12 @@ import math
 import jax.numpy as jnp
 from flax import nnx
 
-from jdiff.models.embeddings import TimeEmbedding, batch_times, check_unconditional, class_embedding_or_none
+from jdiff.models.embeddings import (
+    TimeEmbedding,
+    batch_times,
+    check_unconditional,
+    class_embedding_or_none,
+)
 
 __all__ = ["FlowMapMLP"]
 
