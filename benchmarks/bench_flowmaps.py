@@ -1,11 +1,11 @@
 """Few-step flow-map samplers against their multistep teacher on a 2-D toy set.
 
-    python benchmarks/bench_flowmaps.py [--steps 3000] [--dataset moons]
+    python benchmarks/bench_flowmaps.py [--steps 3000] [--dataset moons] [--samples 10000] [--only shortcut,cd]
 
 Trains, in one run and with the same tiny budget each (adam, cosine decay, batch 512):
   teacher      jdiff.models.MLP velocity model, conditional flow matching on the Linear path,
                sampled with Euler and Heun (jdiff.samplers) at 10, 20 and 50 NFE;
-  shortcut     FlowMapMLP trained from scratch with `shortcut_loss`;
+  shortcut     jdiff.models.FlowMapMLP trained from scratch with `shortcut_loss`;
   meanflow     FlowMapMLP trained from scratch with `meanflow_loss` (adaptive p = 1 and p = 0);
   cd           FlowMapMLP (DDIMDenoiser parameterization) distilled from the teacher with
                `consistency_distillation_loss` (teacher step: Heun; EMA target network, decay
@@ -19,15 +19,20 @@ Timings are not measured. Only ratios within this run are meaningful.
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 import jax
 import jax.numpy as jnp
 import optax
 from flax import nnx
 
+import jdiff
+from experiments._names import TOY_SETS
 from jdiff import flowmaps, losses, metrics, models, paths, samplers
-from jdiff.data import toy
 
 
 def train(model, loss_fn, data_fn, steps, key, lr=2e-3, batch=512):
@@ -80,12 +85,12 @@ def train_with_ema_target(model, loss_fn, data_fn, steps, key, decay, lr=2e-3, b
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=3000)
-    ap.add_argument("--dataset", default="moons", choices=sorted(toy.TOY_SETS))
+    ap.add_argument("--dataset", default="moons", choices=sorted(TOY_SETS))
     ap.add_argument("--samples", type=int, default=10_000)
     ap.add_argument("--only", default="", help="comma-separated subset of shortcut,meanflow,cd (teacher always)")
     args = ap.parse_args()
 
-    data_fn = toy.TOY_SETS[args.dataset]
+    data_fn = TOY_SETS[args.dataset]
     path = paths.Linear()
     key = jax.random.key(0)
     data = data_fn(jax.random.key(1), args.samples)
@@ -96,55 +101,57 @@ def main():
 
     # Teacher: flow matching.
     teacher = models.MLP(2, hidden=128, depth=3, kind="velocity", rngs=nnx.Rngs(0))
-    secs = train(teacher, lambda m, k, x: losses.cfm_loss(m, path, k, x), data_fn, args.steps, jax.random.fold_in(key, 0))
+    secs = train(teacher, lambda m, k, x: losses.cfm_loss(jdiff.Model(m, path, "velocity"), k, x), data_fn, args.steps,
+                 jax.random.fold_in(key, 0))
+    teacher_model = jdiff.Model(teacher, path, "velocity")
     print(f"trained teacher in {secs:.0f}s", flush=True)
     for name, solver in (("Euler", samplers.Euler()), ("Heun", samplers.Heun())):
         for nfe in (10, 20, 50):
             n = nfe // solver.evals_per_step
             grid = samplers.uniform_grid(path, n)
-            x = jax.jit(lambda xt, g, solver=solver: samplers.sample(solver, teacher, "velocity", path, xt, g))(x_T, grid)
+            x = jax.jit(lambda xt, g, solver=solver: samplers.sample(solver, teacher_model, xt, g))(x_T, grid)
             rows.append((f"teacher {name}", solver.nfe(n), float(sw(x))))
     ref = rows[-1][2]  # Heun at 50 NFE
 
     def few_step(name, flow, gamma=0.0):
         for steps in (1, 2, 4):
             grid = samplers.uniform_grid(path, steps)
-            x = jax.jit(lambda xt, g: flowmaps.sample(flow, path, xt, g, key=jax.random.key(5), gamma=gamma))(x_T, grid)
+            x = jax.jit(lambda xt, g: flowmaps.sample(flow, xt, g, key=jax.random.key(5), gamma=gamma))(x_T, grid)
             rows.append((name, steps, float(sw(x))))
 
     def new_net(seed):
-        return flowmaps.FlowMapMLP(2, hidden=128, depth=3, rngs=nnx.Rngs(seed))
+        return models.FlowMapMLP(2, hidden=128, depth=3, rngs=nnx.Rngs(seed))
 
     only = set(args.only.split(",")) if args.only else {"shortcut", "meanflow", "cd"}
     if "shortcut" in only:
         net = new_net(1)
-        secs = train(net, lambda m, k, x: flowmaps.shortcut_loss(m, path, k, x), data_fn, args.steps,
+        secs = train(net, lambda m, k, x: flowmaps.shortcut_loss(flowmaps.FlowMap(m, path), k, x), data_fn, args.steps,
                      jax.random.fold_in(key, 1))
         print(f"trained shortcut in {secs:.0f}s", flush=True)
-        few_step("shortcut", flowmaps.flow_map(net, path))
+        few_step("shortcut", flowmaps.FlowMap(net, path))
 
     for p in (1.0, 0.0) if "meanflow" in only else ():
         net = new_net(2)
-        secs = train(net, lambda m, k, x, p=p: flowmaps.meanflow_loss(m, path, k, x, adaptive_p=p), data_fn,
-                     args.steps, jax.random.fold_in(key, 2))
+        secs = train(net, lambda m, k, x, p=p: flowmaps.meanflow_loss(flowmaps.FlowMap(m, path), k, x, adaptive_p=p),
+                     data_fn, args.steps, jax.random.fold_in(key, 2))
         print(f"trained meanflow p={p:g} in {secs:.0f}s", flush=True)
-        few_step(f"meanflow p={p:g}", flowmaps.flow_map(net, path))
+        few_step(f"meanflow p={p:g}", flowmaps.FlowMap(net, path))
 
     if "cd" in only:
         # Song et al. (2023): EMA target network (decay 0.95 for CD), 18 levels on EDM's range.
         param = flowmaps.DDIMDenoiser(sigma_data=1.0)
-        teacher_step = flowmaps.solver_step(samplers.Heun(), teacher, "velocity", path)
+        teacher_step = flowmaps.solver_step(samplers.Heun(), teacher_model)
         net = new_net(3)
 
         def cd(m, target, k, x):
             return flowmaps.consistency_distillation_loss(
-                flowmaps.flow_map(m, path, param), path, k, x, teacher_step=teacher_step,
-                target_flow=flowmaps.flow_map(target, path, param))
+                flowmaps.FlowMap(m, path, param), k, x, teacher_step=teacher_step,
+                target_flow=flowmaps.FlowMap(target, path, param))
 
         secs = train_with_ema_target(net, cd, data_fn, args.steps, jax.random.fold_in(key, 3), decay=0.95)
         print(f"trained cd in {secs:.0f}s", flush=True)
-        few_step("cd (gamma=1)", flowmaps.flow_map(net, path, param), gamma=1.0)
-        few_step("cd (gamma=0)", flowmaps.flow_map(net, path, param), gamma=0.0)
+        few_step("cd (gamma=1)", flowmaps.FlowMap(net, path, param), gamma=1.0)
+        few_step("cd (gamma=0)", flowmaps.FlowMap(net, path, param), gamma=0.0)
 
     print(f"\n{args.dataset}, {args.steps} train steps per model, {args.samples} samples; "
           f"SW1 floor (data vs data) {floor:.4f}")

@@ -1,6 +1,6 @@
 """Few-step shortcut flow map against its multistep teacher on the 8x8 digits (FDD).
 
-    python benchmarks/bench_flowmaps_digits.py [--steps 3000] [--samples 1000]
+    python benchmarks/bench_flowmaps_digits.py [--steps 3000] [--samples 1000] [--holdout 500]
 
 The digits row of the flow-map benchmark (benchmarks/bench_flowmaps.py is the 2-D one).
 scikit-learn's 1,797 8x8 digits (jdiff.data.load_digits, [-1, 1]) are split by a seeded
@@ -9,7 +9,7 @@ same budget each (adam, cosine decay, batch 256, from scratch on the training pa
   teacher   jdiff.models.MLP (64 flattened pixels, hidden 256, depth 3, as
             experiments/configs/digits_mlp.py) with cfm_loss on the Linear path, sampled with
             Euler and Heun (jdiff.samplers) at 10, 20 and 50 NFE;
-  shortcut  flowmaps.FlowMapMLP (64 pixels, hidden 256, depth 3) with `shortcut_loss`,
+  shortcut  jdiff.models.FlowMapMLP (64 pixels, hidden 256, depth 3) with `shortcut_loss`,
             sampled with 1, 2 and 4 flow-map steps (one NFE each).
 Reports the Frechet digit distance (jdiff.metrics.frechet_digit_distance, penultimate features
 of jdiff.metrics.train_digit_classifier(0)) of `--samples` samples (clipped to [-1, 1]) to the
@@ -26,12 +26,12 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+from bench_flowmaps import train  # benchmarks/ is the script's directory
 from flax import nnx
 
+import jdiff
 from jdiff import flowmaps, losses, metrics, models, paths, samplers
 from jdiff.data import load_digits
-
-from bench_flowmaps import train  # noqa: E402  (benchmarks/ is the script's directory)
 
 
 def minibatches(x_train):
@@ -68,25 +68,26 @@ def main():
     rows = []
 
     teacher = models.MLP(64, hidden=args.hidden, depth=3, kind="velocity", rngs=nnx.Rngs(0))
-    secs = train(teacher, lambda m, k, x0: losses.cfm_loss(m, path, k, x0), minibatches(x_train), args.steps,
-                 jax.random.fold_in(key, 0), batch=256)
+    secs = train(teacher, lambda m, k, x0: losses.cfm_loss(jdiff.Model(m, path, "velocity"), k, x0),
+                 minibatches(x_train), args.steps, jax.random.fold_in(key, 0), batch=256)
+    teacher_model = jdiff.Model(teacher, path, "velocity")
     print(f"trained teacher in {secs:.0f}s", flush=True)
     for name, solver in (("Euler", samplers.Euler()), ("Heun", samplers.Heun())):
         for nfe in (10, 20, 50):
             n = nfe // solver.evals_per_step
             grid = samplers.uniform_grid(path, n)
-            s = jax.jit(lambda xt, g, solver=solver: samplers.sample(solver, teacher, "velocity", path, xt, g))(x_T, grid)
+            s = jax.jit(lambda xt, g, solver=solver: samplers.sample(solver, teacher_model, xt, g))(x_T, grid)
             rows.append((f"teacher {name}", solver.nfe(n), fdd(s)))
     ref = rows[-1][2]  # Heun at 50 NFE
 
-    net = flowmaps.FlowMapMLP(64, hidden=args.hidden, depth=3, rngs=nnx.Rngs(1))
-    secs = train(net, lambda m, k, x0: flowmaps.shortcut_loss(m, path, k, x0), minibatches(x_train), args.steps,
-                 jax.random.fold_in(key, 1), batch=256)
+    net = models.FlowMapMLP(64, hidden=args.hidden, depth=3, rngs=nnx.Rngs(1))
+    secs = train(net, lambda m, k, x0: flowmaps.shortcut_loss(flowmaps.FlowMap(m, path), k, x0), minibatches(x_train),
+                 args.steps, jax.random.fold_in(key, 1), batch=256)
     print(f"trained shortcut in {secs:.0f}s", flush=True)
-    flow = flowmaps.flow_map(net, path)
+    flow = flowmaps.FlowMap(net, path)
     for steps in (1, 2, 4):
         grid = samplers.uniform_grid(path, steps)
-        s = jax.jit(lambda xt, g: flowmaps.sample(flow, path, xt, g))(x_T, grid)
+        s = jax.jit(lambda xt, g: flowmaps.sample(flow, xt, g))(x_T, grid)
         rows.append(("shortcut", steps, fdd(s)))
 
     print(f"\ndigits 8x8, {args.steps} train steps per model (batch 256, hidden {args.hidden}), "

@@ -5,9 +5,10 @@
 2. Minibatch OT pairing: transport cost of the pairing relative to the exact assignment, and
    wall-time of a jitted call relative to the exact (Hungarian) pairing, per batch size.
 
-    python benchmarks/losses_variance.py
+    python benchmarks/losses_variance.py [--batch 128] [--repeats 100] [--ot-sizes 32,128]
 """
 
+import argparse
 import time
 
 import jax
@@ -39,9 +40,9 @@ def vdm_variance_table(batch=128, repeats=100):
     for name, path in candidates.items():
         model = gm.as_model(path, "eps")
 
-        def means(antithetic):
+        def means(antithetic, model=model):
             fn = jax.jit(jax.vmap(lambda k: jnp.mean(
-                losses.vdm_loss(model, path, k, x0, kind="eps", antithetic=antithetic, num_bins=None))))
+                losses.vdm_loss(model, k, x0, antithetic=antithetic, num_bins=None))))
             return np.asarray(fn(jax.random.split(jax.random.PRNGKey(2), repeats)))
 
         iid, strat = means(False), means(True)
@@ -77,7 +78,12 @@ def ot_table(sizes=(32, 128), repeats=3):
 
 
 if __name__ == "__main__":
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--batch", type=int, default=128, help="batch size B of the VDM bound's batch mean")
+    ap.add_argument("--repeats", type=int, default=100, help="number of batch means per variance")
+    ap.add_argument("--ot-sizes", default="32,128", help="comma-separated batch sizes of the OT table")
+    args = ap.parse_args()
     jax.config.update("jax_enable_x64", True)
     print(f"jax {jax.__version__}, backend {jax.default_backend()}")
-    vdm_variance_table()
-    ot_table()
+    vdm_variance_table(batch=args.batch, repeats=args.repeats)
+    ot_table(sizes=tuple(int(b) for b in args.ot_sizes.split(",")))
