@@ -7,6 +7,10 @@
     get_weighting("min_snr", gamma=5.0)   -> jdiff.losses.MinSNR(5.0)
     get_model("unet", **kwargs)           -> jdiff.models.UNet(**kwargs)
     get_dataset("digits")                 -> jdiff.data.load_digits()
+    get_loss("dsm_loss")                  -> jdiff.losses.dsm_loss
+    get_flowmap_loss("flowmaps.meanflow_loss")  -> jdiff.flowmaps.meanflow_loss
+    get_flowmap_param("ddim_denoiser", sigma_data=0.5)  -> jdiff.flowmaps.DDIMDenoiser(0.5)
+    get_divergence("hutchinson", num_probes=4)  -> jdiff.likelihood.Hutchinson(num_probes=4)
 
 Each `get_*` raises a ValueError that names the argument and lists the accepted names; the
 config layer (`experiments._config`) turns it into a one-line error naming the config key.
@@ -19,12 +23,16 @@ import functools
 import jax
 import numpy as np
 
-from jdiff import data, losses, models, paths, samplers
+from jdiff import data, flowmaps, likelihood, losses, models, paths, samplers
 from jdiff.data import images, sources, toy
 
 __all__ = [
     "DATASETS",
+    "DIVERGENCES",
+    "FLOWMAP_LOSSES",
+    "FLOWMAP_PARAMS",
     "GRIDS",
+    "LOSSES",
     "MODELS",
     "PATHS",
     "SOLVERS",
@@ -32,7 +40,11 @@ __all__ = [
     "TOY_SETS",
     "WEIGHTINGS",
     "get_dataset",
+    "get_divergence",
+    "get_flowmap_loss",
+    "get_flowmap_param",
     "get_grid",
+    "get_loss",
     "get_model",
     "get_path",
     "get_solver",
@@ -53,6 +65,7 @@ PATHS = {
     "vp_cosine": paths.VPCosine,
     "subvp": paths.SubVP,
     "ve": paths.VEGeometric,
+    "edm": paths.EDM,
     "linear": paths.Linear,
     "rectified_flow": paths.Linear,
     "trig": paths.Trigonometric,
@@ -187,3 +200,53 @@ def get_dataset(name: str, **kwargs) -> data.Dataset:
     if not isinstance(name, str) or name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; accepted: {', '.join(DATASETS)}, tfds/<name>")
     return DATASETS[name](**kwargs)
+
+
+LOSSES = {
+    "dsm_loss": losses.dsm_loss,
+    "ddpm_loss": losses.ddpm_loss,
+    "edm_loss": losses.edm_loss,
+    "cfm_loss": losses.cfm_loss,
+    "vdm_loss": losses.vdm_loss,
+    "vlb": losses.vlb,
+}
+
+
+def get_loss(name: str):
+    """A diffusion loss `loss(model, key, x0, *, cond, **options) -> (B,)` by name."""
+    return _lookup(LOSSES, name, "loss")
+
+
+FLOWMAP_LOSSES = {
+    "flowmaps.consistency_training_loss": flowmaps.consistency_training_loss,
+    "flowmaps.consistency_distillation_loss": flowmaps.consistency_distillation_loss,
+    "flowmaps.meanflow_loss": flowmaps.meanflow_loss,
+    "flowmaps.shortcut_loss": flowmaps.shortcut_loss,
+}
+
+
+def get_flowmap_loss(name: str):
+    """A flow-map loss `loss(flow, key, x0, *, cond, **options) -> (B,)` by name."""
+    return _lookup(FLOWMAP_LOSSES, name, "flow-map loss")
+
+
+FLOWMAP_PARAMS = {"average_velocity": flowmaps.AverageVelocity, "ddim_denoiser": flowmaps.DDIMDenoiser}
+
+
+def get_flowmap_param(name: str, **kwargs) -> flowmaps.AbstractFlowMapParam:
+    """A flow-map parameterization by name with its keyword arguments (DDIMDenoiser: sigma_data)."""
+    return _lookup(FLOWMAP_PARAMS, name, "flow-map parameterization")(**kwargs)
+
+
+DIVERGENCES = {"exact": None, "hutchinson": likelihood.Hutchinson}
+
+
+def get_divergence(name: str, **kwargs):
+    """The divergence estimator of `jdiff.likelihood.ode_log_likelihood` by name: "exact" is
+    None (the exact trace), "hutchinson" a `Hutchinson(num_probes=..., probe=...)`."""
+    cls = _lookup(DIVERGENCES, name, "divergence")
+    if cls is None:
+        if kwargs:
+            raise ValueError(f"the exact divergence takes no options; got {', '.join(kwargs)}")
+        return None
+    return cls(**kwargs)
