@@ -5,7 +5,8 @@
     python -m experiments.evaluate --workdir=/tmp/digits_vp --divergence=hutchinson --num_probes=4
 
 Writes <workdir>/eval/step_<step>.json (or --out) and prints it as a table. Everything is
-computed with the EMA weights of the latest checkpoint.
+computed with the EMA weights of the latest checkpoint. The likelihoods need a diffusion
+model (a jdiff.Model); a flow-map workdir gets the sample metrics only.
 
 Held-out data. Toy 2-D sets are sampled afresh (a seed the training set never used), so
 they are truly held out. Image sets use the split training left out: config.data.holdout > 0
@@ -42,7 +43,7 @@ import numpy as np
 from absl import app, flags, logging
 from flax import nnx
 
-from experiments import _lib
+from experiments import _lib, _names
 from jdiff import data, likelihood, metrics
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A directory written by experiments.train.")
@@ -51,7 +52,7 @@ _NUM_SAMPLES = flags.DEFINE_integer("num_samples", 1000, "Generated samples for 
 _HOLDOUT = flags.DEFINE_float("holdout", None, "Fraction of an image set to score (jdiff.data.holdout_split; default: "
                                "config.data.holdout, the split training left out, or 0.1 if that is 0).")
 _BATCH = flags.DEFINE_integer("batch_size", 64, "Examples per likelihood batch.")
-_DIVERGENCE = flags.DEFINE_enum("divergence", None, likelihood.DIVERGENCES,
+_DIVERGENCE = flags.DEFINE_enum("divergence", None, list(_names.DIVERGENCES),
                                 "ODE divergence estimator (default: exact up to 100 dimensions, else hutchinson).")
 _NUM_PROBES = flags.DEFINE_integer("num_probes", 1, "Hutchinson probes per solve.")
 _RTOL = flags.DEFINE_float("rtol", 1e-5, "ODE relative (and absolute) tolerance.")
@@ -72,17 +73,17 @@ def heldout_data(config, num_examples: int, holdout: float | None = None):
     training left out (config.data.holdout, when `holdout` is None or equal to it); otherwise
     `holdout_split(holdout or 0.1, config.seed)` of the whole set, which training saw."""
     name = config.data.name
-    if name in data.TOY_SETS:
+    if name in _names.TOY_SETS:
         n = max(num_examples, 2)
-        ds = data.get_dataset(name, n=n, seed=config.seed + 10_007)  # a seed training never uses
+        ds = _names.get_dataset(name, n=n, seed=config.seed + 10_007)  # a seed training never uses
         return np.asarray(ds.x), np.asarray(ds.label), "fresh toy samples", True
     trained_without = _lib.holdout_fraction(config)
     if trained_without > 0 and holdout in (None, trained_without):
         held = _lib.load_heldout(config)
         return held.x, held.label, f"config.data.holdout={trained_without}, seed={config.seed}", True
     frac = holdout or DEFAULT_HOLDOUT
-    ds = _lib._load_all(config)
-    _, held = data.holdout_split(ds._asdict() if ds.label is not None else {"x": ds.x}, frac, seed=config.seed)
+    ds = _lib.load_all(config)
+    _, held = data.holdout_split(ds, frac, seed=config.seed)
     return held["x"], held.get("label"), f"holdout_split({frac}, seed={config.seed}) of the training data", False
 
 
@@ -99,12 +100,13 @@ def _batches(n, size):
     return [(i, min(i + size, n)) for i in range(0, n, size)]
 
 
-def nll_bits_per_dim(make_model, params, path, x, label, key, *, bin_width, divergence, num_probes, rtol, vlb_steps,
-                     elbo_time_samples, batch_size):
+def nll_bits_per_dim(make_model, params, x, label, key, *, bin_width, divergence, rtol, vlb_steps, elbo_time_samples,
+                     batch_size):
     """Per-example bits/dim of the ODE likelihood, the DDPM bound and the VDM ELBO.
 
-    make_model(params) -> (model, kind) rebuilds the model inside the jitted functions, so the
+    make_model(params) -> jdiff.Model rebuilds the model inside the jitted functions, so the
     weights are arguments of the compiled programs rather than baked-in constants.
+    divergence: None (the exact trace) or a `jdiff.likelihood.Hutchinson` estimator.
     """
     dim = x.shape[1:]
     out = {"ode": [], "ode_nfe": [], "vlb": [], "elbo": []}
@@ -112,23 +114,23 @@ def nll_bits_per_dim(make_model, params, path, x, label, key, *, bin_width, dive
 
     @jax.jit
     def ode(params, xb, cb, k):
-        model, kind = make_model(params)
+        model = make_model(params)
         if bin_width is not None:  # centred uniform dequantization of the grey levels
             levels = jnp.round((xb + 1.0) / bin_width)
             xb = likelihood.dequantize(k, levels, bin_width=bin_width, low=-1.0 - 0.5 * bin_width, dtype=xb.dtype)
-        ll = likelihood.ode_log_likelihood_batch(model, kind, xb, path, cond=cb, key=jax.random.fold_in(k, 1),
-                                                 divergence=divergence, num_probes=num_probes, rtol=rtol, atol=rtol)
+        ll = likelihood.ode_log_likelihood_batch(model, xb, cond=cb, key=jax.random.fold_in(k, 1),
+                                                 divergence=divergence, rtol=rtol, atol=rtol)
         bits = (likelihood.nats_to_bits_per_dim(-ll.log_prob, dim) if bin_width is None
                 else likelihood.bits_per_dim(ll.log_prob, dim, bin_width=bin_width))
         return bits, ll.nfe
 
     @jax.jit
     def bounds(params, xb, cb, k):
-        model, kind = make_model(params)
+        model = make_model(params)
         k1, k2 = jax.random.split(k)
-        vlb = (likelihood.vlb_bits_per_dim(model, path, k1, xb, cb, kind=kind, num_steps=vlb_steps, num_bins=num_bins,
+        vlb = (likelihood.vlb_bits_per_dim(model, k1, xb, cond=cb, num_steps=vlb_steps, num_bins=num_bins,
                                            bin_width=bin_width or 1.0).total if vlb_steps else jnp.zeros(xb.shape[0]))
-        elbo = (likelihood.elbo_bits_per_dim(model, path, k2, xb, cb, kind=kind, num_time_samples=elbo_time_samples,
+        elbo = (likelihood.elbo_bits_per_dim(model, k2, xb, cond=cb, num_time_samples=elbo_time_samples,
                                              num_bins=num_bins, bin_width=bin_width or 1.0).total
                 if elbo_time_samples else jnp.zeros(xb.shape[0]))
         return vlb, elbo  # continuous data: bin_width 1 makes the density offset log2(1) = 0
@@ -173,47 +175,56 @@ def sample_metrics(config, samples, heldout, key, labels=None):
 
 def evaluate(workdir: str, *, num_examples=256, num_samples=1000, holdout=None, batch_size=64, divergence=None,
              num_probes=1, rtol=1e-5, vlb_steps=1000, elbo_time_samples=16, seed=0, out=None) -> dict:
-    """Evaluate the latest checkpoint of `workdir`; writes and returns the results dict."""
-    config = _lib.load_config(workdir)
-    path = _lib.build_path(config)
-    graphdef, ema_params, rest, step = _lib.restore_ema(config, workdir)
+    """Evaluate the latest checkpoint of `workdir`; writes and returns the results dict.
+
+    divergence: "exact" or "hutchinson" (experiments._names.DIVERGENCES; default exact up to
+    100 dimensions, else Hutchinson with `num_probes` probes).
+    """
+    config, recipe, ema = _lib.restore(workdir)
 
     def make_model(params):
-        net = nnx.merge(graphdef, *params, copy=True)
+        net = nnx.merge(ema.graphdef, *params, copy=True)
         net.eval()  # dropout off
-        return _lib.wrap_network(net, config, path)
+        return recipe.bind(net)
 
     x, label, heldout, from_training = heldout_data(config, num_examples, holdout)
     x, label = x[:num_examples], (None if label is None or not config.data.cond else label[:num_examples])
     key = jax.random.PRNGKey(seed)
     h = grey_level(x)
-    t0 = time.perf_counter()
     if divergence is None:  # exact trace up to 100 dimensions (D jvps per evaluation), else Hutchinson
         divergence = "exact" if math.prod(x.shape[1:]) <= 100 else "hutchinson"
-    nll = nll_bits_per_dim(make_model, (ema_params, rest), path, x, label, jax.random.fold_in(key, 0), bin_width=h,
-                           divergence=divergence, num_probes=num_probes, rtol=rtol, vlb_steps=vlb_steps,
-                           elbo_time_samples=elbo_time_samples, batch_size=batch_size)
     res = {
-        "workdir": os.path.abspath(workdir), "step": step, "data": config.data.name, "path": config.path.name,
+        "workdir": os.path.abspath(workdir), "step": ema.step, "data": config.data.name, "path": config.path.name,
         "heldout": heldout, "heldout_from_training": from_training,
-        "num_examples": int(x.shape[0]), "grey_level": h, "continuous_data": h is None,
-        "divergence": divergence, "num_probes": num_probes if divergence == "hutchinson" else None, "rtol": rtol,
-        "vlb_steps": vlb_steps, "elbo_time_samples": elbo_time_samples,
     }
-    for name, v in nll.items():
-        res[f"{name}_bpd" if name != "ode_nfe" else "ode_nfe"] = float(np.mean(v))
-        if name != "ode_nfe":
-            res[f"{name}_bpd_se"] = float(np.std(v, ddof=1) / math.sqrt(v.size)) if v.size > 1 else None
-    res["likelihood_seconds"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    if not isinstance(recipe, _lib.DiffusionRecipe):  # a flow map has no PF-ODE density or diffusion bound
+        res["likelihood"] = "none: a flow map defines no density"
+    else:
+        res.update({
+            "num_examples": int(x.shape[0]), "grey_level": h, "continuous_data": h is None,
+            "divergence": divergence, "num_probes": num_probes if divergence == "hutchinson" else None,
+            "rtol": rtol, "vlb_steps": vlb_steps, "elbo_time_samples": elbo_time_samples,
+        })
+        estimator = _names.get_divergence(divergence, **({"num_probes": num_probes} if divergence == "hutchinson"
+                                                          else {}))
+        nll = nll_bits_per_dim(make_model, (ema.params, ema.rest), x, label, jax.random.fold_in(key, 0), bin_width=h,
+                               divergence=estimator, rtol=rtol, vlb_steps=vlb_steps,
+                               elbo_time_samples=elbo_time_samples, batch_size=batch_size)
+        for name, v in nll.items():
+            res[f"{name}_bpd" if name != "ode_nfe" else "ode_nfe"] = float(np.mean(v))
+            if name != "ode_nfe":
+                res[f"{name}_bpd_se"] = float(np.std(v, ddof=1) / math.sqrt(v.size)) if v.size > 1 else None
+        res["likelihood_seconds"] = time.perf_counter() - t0
     if num_samples:
         x_all, _, _, _ = heldout_data(config, num_samples, holdout)
-        fn = _lib.make_sampler(config, graphdef, path, (num_samples, *config.data.shape))
-        samples = np.asarray(jax.device_get(fn(ema_params, rest, jax.random.fold_in(key, 1))))
-        num_classes = config.model.kwargs.get("num_classes", None)
-        labels = np.arange(num_samples) % num_classes if (config.data.cond and num_classes) else None
+        sampler = recipe.make_sampler(ema.graphdef, (num_samples, *config.data.shape))
+        samples = np.asarray(jax.device_get(sampler(ema.params, ema.rest, jax.random.fold_in(key, 1))))
+        labels = recipe.labels(num_samples)
+        labels = None if labels is None else np.asarray(labels)
         res.update(sample_metrics(config, samples, x_all, jax.random.fold_in(key, 2), labels))
         res["num_samples"] = num_samples
-    out = out or os.path.join(os.path.abspath(workdir), "eval", f"step_{step:07d}.json")
+    out = out or os.path.join(os.path.abspath(workdir), "eval", f"step_{ema.step:07d}.json")
     os.makedirs(os.path.dirname(out), exist_ok=True)
     with open(out, "w") as f:
         json.dump(res, f, indent=2)

@@ -4,8 +4,9 @@
     python -m experiments.sample --workdir=/tmp/digits --solver=ddim --solver_kwargs=eta=1.0
 
 Writes <out>.png (a grid) and <out>.npz (samples, step, labels for conditional models);
-<out> defaults to <workdir>/samples/<solver>_<num_steps>. The config is read from the
-workdir unless --config is given.
+<out> defaults to <workdir>/samples/<solver>_<num_steps> (flowmap_<num_steps> for a flow-map
+workdir, which takes --num_steps and --grid only). The config is read from the workdir unless
+--config is given.
 
 Class-conditional models with classifier-free guidance (configs with a `guidance` section,
 e.g. digits_cfg.py, or any --guidance_weight) write one row per class instead, and on the
@@ -29,7 +30,8 @@ from jdiff import metrics, training
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (default: <workdir>/config.json).",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "A directory written by experiments.train.")
-_SOLVER = flags.DEFINE_string("solver", None, "jdiff.samplers solver name (default: the config's).")
+_SOLVER = flags.DEFINE_string("solver", None, "Solver name, one of experiments._names.SOLVERS (default: the "
+                              "config's; flow-map workdirs take none).")
 _SOLVER_KWARGS = flags.DEFINE_list("solver_kwargs", [], "Solver options name=value (floats), e.g. eta=1.0.")
 _NUM_STEPS = flags.DEFINE_integer("num_steps", None, "Number of solver steps (default: the config's).")
 _GRID = flags.DEFINE_string("grid", None, "Time grid name (default: the config's).")
@@ -56,26 +58,22 @@ def sample_class_rows(workdir, config=None, *, weight=None, per_class=None, solv
     digits data, also trains jdiff.metrics' digit classifier (seed 0) and returns the
     fraction of samples it assigns to their class. Returns (samples, labels, png, npz, accuracy).
     """
-    config = _lib.load_config(workdir) if config is None else config
-    num_classes = int(config.model.kwargs.get("num_classes", 0) or 0)
-    if not (config.data.cond and num_classes):
+    config, recipe, ema = _lib.restore(workdir, config)
+    if recipe.num_classes is None:
         raise _lib.ConfigError("config.model.kwargs.num_classes: class rows need a class-conditional model "
                                "(data.cond = 'label' and num_classes set)")
     weight = _lib.guidance_weight(config, weight)
     weight = 1.0 if weight is None else weight  # no guidance section: the conditional model
-    per_class = int(per_class or max(int(num_samples or config.sample.num_samples) // num_classes, 1))
-    solver_name, steps = solver or config.sample.solver, int(num_steps or config.sample.num_steps)
-    path = _lib.build_path(config)
-    graphdef, ema_params, rest, step = _lib.restore_ema(config, workdir)
-    labels = jnp.repeat(jnp.arange(num_classes), per_class)  # row c of the grid is class c
-    # The training loop's sample grids go through the same guided sampler (_lib.make_sampler).
-    fn = _lib.make_sampler(config, graphdef, path, (labels.shape[0], *config.data.shape), solver=solver,
-                           num_steps=num_steps, grid=grid, solver_kwargs=solver_kwargs, cond=labels, weight=weight)
-    x = np.asarray(jax.device_get(fn(ema_params, rest, jax.random.PRNGKey(seed))))
-    name = f"cfg{weight:g}_{solver_name}_{steps}"
-    out = out or os.path.join(os.path.abspath(workdir), "samples", name)
+    per_class = int(per_class or max(int(num_samples or config.sample.num_samples) // recipe.num_classes, 1))
+    labels = jnp.repeat(jnp.arange(recipe.num_classes), per_class)  # row c of the grid is class c
+    # The training loop's sample grids go through the same guided sampler (recipe.make_sampler).
+    sampler = recipe.make_sampler(ema.graphdef, (labels.shape[0], *config.data.shape), solver=solver,
+                                  num_steps=num_steps, grid=grid, solver_kwargs=solver_kwargs, cond=labels,
+                                  weight=weight)
+    x = np.asarray(jax.device_get(sampler(ema.params, ema.rest, jax.random.PRNGKey(seed))))
+    out = out or os.path.join(os.path.abspath(workdir), "samples", f"cfg{weight:g}_{sampler.name}")
     training.save_image_grid(out + ".png", x, ncol=per_class, scale=max(1, 128 // x.shape[1]))
-    np.savez(out + ".npz", samples=x, labels=np.asarray(labels), step=step, guidance_weight=weight)
+    np.savez(out + ".npz", samples=x, labels=np.asarray(labels), step=ema.step, guidance_weight=weight)
     acc = None
     if accuracy and config.data.name == "digits":
         clf, _ = metrics.train_digit_classifier(0)
@@ -102,7 +100,7 @@ def main(argv):
             _WORKDIR.value, _CONFIG.value, solver=_SOLVER.value, num_steps=_NUM_STEPS.value, grid=_GRID.value,
             num_samples=_NUM_SAMPLES.value, seed=_SEED.value, out=_OUT.value,
             solver_kwargs={k: float(v) for k, v in kwargs.items()})
-    except (_lib.ConfigError, FileNotFoundError) as e:
+    except (ValueError, FileNotFoundError) as e:  # ConfigError is a ValueError
         sys.exit(f"error: {e}")
     print(f"wrote {png} and {npz}")
 

@@ -9,11 +9,14 @@ import subprocess
 import sys
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 
+import jdiff
 from experiments import _lib
-from jdiff import training
+from jdiff import guidance, losses, training
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # U-Net configs compile for one to two minutes each on a busy 2-core CPU, so their end-to-end
@@ -87,8 +90,9 @@ def test_every_unet_config_checks():
     its data shape to the same shape (abstractly: shapes only, nothing compiled)."""
     for name in ["digits_vp", "digits_edm", "mnist5k", "cifar10"]:
         config = get_config(name, None)
-        path, net = _lib.check_config(config)
-        assert config.model.name == "unet" and path.t_max <= 1.0
+        recipe, net = _lib.check_config(config)
+        assert isinstance(recipe, _lib.DiffusionRecipe) and recipe.path.t_max <= 1.0
+        assert config.model.name == "unet"
         x = jax.ShapeDtypeStruct((2, *config.data.shape), np.float32)
         cond = np.zeros((2,), np.int32) if config.data.cond else None
         out = jax.eval_shape(lambda n, x, c=cond: n(x, np.full((2,), 0.5, np.float32), c), net, x)
@@ -167,6 +171,51 @@ def _mlp_variant(variant):
     return c
 
 
+def test_consistency_distillation_starts_from_the_teachers_ddim_step(tmp_path):
+    """Consistency distillation from a teacher workdir (flowmap.teacher_workdir): an EDM teacher
+    (toy MLP, VE path) trains in one workdir; the student with the teacher's network, the DDIM-
+    denoiser parameterization, EDM time input and init_from_teacher is at initialisation exactly
+    one DDIM step of the teacher (ground truth: jdiff.samplers.DDIM on the grid [t, s]); it then
+    trains with the Heun teacher step and the EMA target, and its workdir samples."""
+    from jdiff import samplers
+
+    teacher = get_config("toy2d_fm")
+    teacher.model.kwargs.kind = "x0"
+    teacher.model.preconditioning = "edm"
+    teacher.model.sigma_data = 1.0
+    teacher.path.name = "ve"
+    teacher.loss.name = "edm_loss"
+    teacher.optimizer.learning_rate = 0.05  # weights far from the zero-initialised output layer
+    teacher.optimizer.warmup_steps = 0
+    teacher.ema_decay = 0.0  # the EMA is the last parameters
+    teacher.total_steps, teacher.sample_every = 4, 0
+    _lib.train_and_evaluate(teacher, str(tmp_path / "teacher"))
+
+    c = get_config("toy_ct")
+    c.model = teacher.model.copy_and_resolve_references()
+    c.model.preconditioning = "none"
+    c.path = teacher.path.copy_and_resolve_references()
+    c.loss.name = "flowmaps.consistency_distillation_loss"
+    c.loss.kwargs = {"num_scales": 18}
+    c.flowmap.update(param="ddim_denoiser", sigma_data=1.0, time_input="edm", teacher_solver="heun",
+                     teacher_workdir=str(tmp_path / "teacher"), init_from_teacher=True, target="ema", num_steps=2)
+    c.total_steps, c.sample_every = 4, 0
+    recipe = _lib.recipe_for(c)
+    assert isinstance(recipe, _lib.FlowMapRecipe) and isinstance(recipe.teacher, _lib.DiffusionRecipe)
+    flow, model = recipe.bind(recipe.build_model()), recipe.teacher_model()
+    x = jnp.asarray(np.random.default_rng(0).normal(0, 1.5, (8, 2)), jnp.float32)
+    t, s = 0.6, 0.2
+    ddim = samplers.sample(samplers.DDIM(), model, x, jnp.array([t, s], jnp.float32))
+    c_skip = jdiff.predictions.edm_preconditioning(jnp.float32(t), model.path, 1.0).c_skip
+    assert np.max(np.abs(np.asarray(model.x0(x, t) - c_skip * x))) > 1e-2  # the teacher's network is not 0
+    np.testing.assert_allclose(flow(x, t, s), ddim, rtol=1e-5, atol=1e-5)
+
+    r = _lib.train_and_evaluate(c, str(tmp_path / "student"))
+    assert r["step"] == 4 and np.isfinite(r["final_loss"])
+    x, png, _ = _lib.sample_workdir(str(tmp_path / "student"), num_samples=4)
+    assert x.shape == (4, 2) and np.all(np.isfinite(x)) and png.endswith("flowmap_2.png")
+
+
 @pytest.mark.parametrize("variant", ["edm", "conditional_synthetic"])
 def test_config_features_on_the_mlp(variant, tmp_path):
     config = _mlp_variant(variant)
@@ -179,12 +228,17 @@ def test_config_features_on_the_mlp(variant, tmp_path):
         ({"model.name": "resnet"}, "config.model.name", "mlp"),
         ({"path.name": "brownian"}, "config.path.name", "vp_cosine"),
         ({"loss.name": "l1_loss"}, "config.loss.name", "cfm_loss"),
-        ({"loss.name": "nothere.x_loss"}, "config.loss.name", "jdiff.nothere"),
+        ({"loss.name": "flowmaps.meanflow_loss"}, "config.loss.name", "config.flowmap"),
+        ({"loss.kwargs": {"min_snr_gamma": 5.0}}, "config.loss.kwargs", "coupling"),
+        ({"loss.time_sampler": "beta"}, "config.loss.time_sampler", "lognormal"),
+        ({"loss.weighting": "min_snr"}, "config.loss.weighting", "cfm_loss takes no weighting"),
+        ({"loss.label_dropout": 0.1}, "config.loss.label_dropout", "class-conditional"),
         ({"sample.solver": "rk4"}, "config.sample.solver", "dpmpp_2m"),
         ({"data.name": "imagenet"}, "config.data.name", "digits"),
         ({"data.name": "cifar10"}, "config.data.name", "tensorflow-datasets"),
         ({"data.shape": (8, 8, 3)}, "config.data.shape", "(8, 8, 1)"),
         ({"model.preconditioning": "vp"}, "config.model.preconditioning", "edm"),
+        ({"model.name": "flowmap_mlp"}, "config.model.name", "config.flowmap"),
     ],
 )
 def test_bad_config_fails_in_one_line_before_writing(override, key, accepted, tmp_path):
@@ -200,6 +254,74 @@ def test_bad_config_fails_in_one_line_before_writing(override, key, accepted, tm
     msg = str(e.value)
     assert "\n" not in msg and msg.startswith(key) and accepted in msg
     assert not workdir.exists()
+
+
+@pytest.mark.parametrize(
+    "override, key, accepted",
+    [
+        ({"flowmap.param": "ddim_denoiser"}, "config.flowmap.param", "average_velocity"),
+        ({"flowmap.param": "euler"}, "config.flowmap.param", "ddim_denoiser"),
+        ({"flowmap.time_input": "sigma"}, "config.flowmap.time_input", "edm"),
+        ({"loss.name": "cfm_loss"}, "config.loss.name", "flowmaps.shortcut_loss"),
+        ({"sample.grid": "cosine"}, "config.sample.grid", "karras"),
+        ({"model.preconditioning": "edm"}, "config.model.preconditioning", "flowmap.param"),
+    ],
+)
+def test_bad_flowmap_config_fails_in_one_line_before_writing(override, key, accepted, tmp_path):
+    config = get_config("toy_shortcut")
+    for k, v in override.items():
+        section, field = k.split(".")
+        config[section][field] = v
+    workdir = tmp_path / "run"
+    with pytest.raises(_lib.ConfigError) as e:
+        _lib.train_and_evaluate(config, str(workdir))
+    msg = str(e.value)
+    assert "\n" not in msg and msg.startswith(key) and accepted in msg
+    assert not workdir.exists()
+
+
+def _random_params(net, seed=1, scale=0.3):
+    """(graphdef, params, rest) of `net` with N(0, scale^2) added to every parameter (the MLPs
+    zero-initialise their output layer, which would make every input predict the same thing)."""
+    graphdef, params, rest = nnx.split(net, nnx.Param, ...)
+    leaves, treedef = jax.tree.flatten(params)
+    keys = jax.random.split(jax.random.PRNGKey(seed), len(leaves))
+    params = treedef.unflatten([p + scale * jax.random.normal(k, p.shape, p.dtype) for p, k in zip(leaves, keys)])
+    return graphdef, params, rest
+
+
+def test_recipe_loss_is_the_library_loss_with_the_configs_objects():
+    """The diffusion recipe's loss_fn(net, batch, key) equals the library call it stands for:
+    dsm_loss on jdiff.Model(net, path, "v") with the weighting and time sampler the config names
+    (MinSNRWeighting(gamma=2), stratified_time), wrapped in with_label_dropout(p, null class 3);
+    and the EDM recipe trains jdiff.edm_denoiser(net, path, sigma_data) with edm_loss."""
+    config = _mlp_variant("conditional_synthetic")
+    config.loss.weighting = "min_snr"
+    config.loss.weighting_kwargs = {"gamma": 2.0}
+    config.loss.time_sampler = "stratified"
+    config.loss.label_dropout = 0.25
+    recipe = _lib.recipe_for(config)
+    graphdef, params, rest = _random_params(recipe.build_model())
+    net = nnx.merge(graphdef, params, rest)
+    x = jnp.asarray(np.random.default_rng(0).uniform(-1, 1, (6, 8, 8, 1)), jnp.float32)
+    labels = jnp.array([0, 1, 2, 0, 1, 2])
+    key = jax.random.PRNGKey(5)
+    got = recipe.build_loss()(net, {"x": x, "label": labels}, key)
+    expected = guidance.with_label_dropout(losses.dsm_loss, 0.25, 3)(
+        jdiff.Model(net, recipe.path, "v"), key, x, cond=labels, weighting=losses.MinSNRWeighting(gamma=2.0),
+        time_sampler=losses.stratified_time)
+    assert got.shape == (6,) and np.all(np.isfinite(got))
+    np.testing.assert_array_equal(got, expected)
+    unweighted = guidance.with_label_dropout(losses.dsm_loss, 0.25, 3)(
+        jdiff.Model(net, recipe.path, "v"), key, x, cond=labels, time_sampler=losses.stratified_time)
+    assert np.max(np.abs(np.asarray(got) - np.asarray(unweighted))) > 1e-4  # the weighting reached the loss
+
+    config = _mlp_variant("edm")
+    recipe = _lib.recipe_for(config)
+    net = nnx.merge(*_random_params(recipe.build_model()))
+    got = recipe.build_loss()(net, {"x": x}, key)
+    model = jdiff.edm_denoiser(net, jdiff.VEGeometric(), config.model.sigma_data)
+    np.testing.assert_array_equal(got, losses.edm_loss(model, key, x, sigma_data=config.model.sigma_data))
 
 
 def _cli(*args):
@@ -251,7 +373,7 @@ def test_data_holdout_is_left_out_of_training_and_is_what_evaluate_scores():
     def rows(x):
         return sorted(r.tobytes() for r in x.reshape(x.shape[0], -1))
 
-    assert rows(np.concatenate([train.x, held.x])) == rows(_lib._load_all(config).x)  # a partition of the set
+    assert rows(np.concatenate([train.x, held.x])) == rows(_lib.load_all(config).x)  # a partition of the set
     train_rows = set(rows(train.x))
     assert sum(r in train_rows for r in rows(held.x)) == 0  # no held-out image is trained on
     x, _, desc, from_training = evaluate.heldout_data(config, 256, None)
@@ -273,22 +395,15 @@ def test_guidance_configs_sample_with_classifier_free_guidance():
     """make_sampler (the training loop's sample grids, sample_workdir, experiments.sample's class
     rows) applies classifier-free guidance with config.guidance.weight: the default equals an
     explicit weight of 1.5, differs from weight 1, and weight 1 is the unguided conditional model."""
-    from flax import nnx
-
     config = get_config("digits_cfg")
-    path = _lib.build_path(config)
-    net = _lib.build_model(config)
-    graphdef, params, rest = nnx.split(net, nnx.Param, ...)
-    # Random weights everywhere (the MLP zero-initialises its output layer, which would make
-    # every class, the null one included, predict the same thing).
-    leaves, treedef = jax.tree.flatten(params)
-    keys = jax.random.split(jax.random.PRNGKey(1), len(leaves))
-    params = treedef.unflatten([p + 0.3 * jax.random.normal(k, p.shape, p.dtype) for p, k in zip(leaves, keys)])
+    recipe = _lib.recipe_for(config)
+    # Random weights everywhere: every class, the null one included, predicts something different.
+    graphdef, params, rest = _random_params(recipe.build_model())
     shape, key = (10, *config.data.shape), jax.random.PRNGKey(3)
 
     def draw(c, **kw):
-        fn = _lib.make_sampler(c, graphdef, path, shape, solver="euler", num_steps=2, **kw)  # cheap to compile
-        return np.asarray(fn(params, rest, key))
+        sampler = _lib.recipe_for(c).make_sampler(graphdef, shape, solver="euler", num_steps=2, **kw)  # cheap
+        return np.asarray(sampler(params, rest, key))
 
     default, w15, w1 = draw(config), draw(config, weight=1.5), draw(config, weight=1.0)
     unguided = config.copy_and_resolve_references()

@@ -1,1 +1,1 @@
-"""Experiment configs: each module defines get_config(arg=None); see experiments/_lib.py for the keys."""
+"""Experiment configs: each module defines get_config(arg=None); see experiments/_config.py for the keys."""

@@ -1,6 +1,7 @@
 """The keys every config has, with neutral defaults; configs override what they change.
 
-Not a config itself (it has no get_config). See experiments/_lib.py for what each key means.
+Not a config itself (it has no get_config). See experiments/_config.py for what each key means
+(and experiments/_recipes.py for the optional `flowmap` section).
 """
 
 import ml_collections
@@ -36,7 +37,12 @@ def base_config() -> ml_collections.ConfigDict:
 
     c.loss = ml_collections.ConfigDict()
     c.loss.name = "cfm_loss"
-    c.loss.kwargs = ml_collections.ConfigDict()
+    c.loss.kwargs = ml_collections.ConfigDict()  # the loss's plain options (numbers, strings of the loss)
+    c.loss.time_sampler = config_dict.placeholder(str)  # experiments._names.TIME_SAMPLERS; None: the loss's default
+    c.loss.time_sampler_kwargs = ml_collections.ConfigDict()
+    c.loss.weighting = config_dict.placeholder(str)  # experiments._names.WEIGHTINGS; None: the loss's default
+    c.loss.weighting_kwargs = ml_collections.ConfigDict()
+    c.loss.label_dropout = 0.0  # p of jdiff.guidance.with_label_dropout (null class: model.kwargs.num_classes)
 
     c.optimizer = ml_collections.ConfigDict()
     c.optimizer.learning_rate = 1e-3

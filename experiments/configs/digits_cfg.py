@@ -34,10 +34,8 @@ def get_config(arg=None):
     c.model.kwargs.kind = "velocity"
     c.model.kwargs.num_classes = NUM_CLASSES  # embedding rows 0..9 and the null class 10
     c.path.name = "linear"
-    c.loss.name = "guidance.label_dropout_loss"
-    c.loss.kwargs.loss = "cfm_loss"
-    c.loss.kwargs.p = 0.1
-    c.loss.kwargs.null_class = NUM_CLASSES
+    c.loss.name = "cfm_loss"
+    c.loss.label_dropout = 0.1  # jdiff.guidance.with_label_dropout(cfm_loss, 0.1, null_class=NUM_CLASSES)
     c.batch_size = 256
     c.total_steps = 3000
     c.optimizer.learning_rate = 2e-3

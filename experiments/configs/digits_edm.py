@@ -4,7 +4,7 @@ python -m experiments.train --config=experiments/configs/digits_edm.py --workdir
 python -m experiments.train --config=experiments/configs/digits_edm.py:runlocal --workdir=/tmp/digits_edm
 
 The path is VE with EDM's sigma range [0.002, 80]; the network F sees c_in x and
-c_noise = log(sigma) / 4 and the model is the denoiser c_skip x + c_out F (jdiff.predictions).
+c_noise = log(sigma) / 4 and the model is the denoiser c_skip x + c_out F (jdiff.edm_denoiser).
 arg: "runlocal" shrinks the run to a few seconds.
 """
 

@@ -26,7 +26,7 @@ def get_config(arg=None):
     c.model.kwargs.kind = "v"  # Salimans & Ho 2022
     c.path.name = "vp_cosine"
     c.loss.name = "dsm_loss"
-    c.loss.kwargs.weighting = "none"  # plain v-MSE = (1 + SNR)-weighted x0-MSE on a VP path
+    c.loss.weighting = "none"  # plain v-MSE = (1 + SNR)-weighted x0-MSE on a VP path
     c.batch_size = 128
     c.total_steps = 50_000
     c.optimizer.learning_rate = 2e-4

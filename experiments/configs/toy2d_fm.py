@@ -11,7 +11,7 @@ from experiments.configs import common
 
 def get_config(arg=None):
     c = common.base_config()
-    c.data.name = "moons"  # jdiff.data.TOY_SETS
+    c.data.name = "moons"  # experiments._names.TOY_SETS
     c.data.kwargs.n = 20_000
     c.data.shape = (2,)
     c.model.name = "mlp"

@@ -1,0 +1,452 @@
+"""Recipes: how a config becomes a network, a training loss and a sampler.
+
+    recipe = recipe_for(config)            # FlowMapRecipe for a config with a `flowmap` section,
+                                           # else DiffusionRecipe; every name is checked here
+    net = recipe.build_model()             # the nnx network, initialised from PRNGKey(config.seed)
+    loss_fn = recipe.build_loss()          # loss_fn(net, batch, key) -> (B,) for jdiff.training.make_train_step
+    draw = recipe.make_sampler(graphdef, (16, 8, 8, 1), num_steps=10)
+    x = draw(params, rest, key)            # jitted; draw.name ("heun_10") names its output files
+
+Both go through `recipe.bind(net)`, the library object a network stands for:
+
+    DiffusionRecipe   jdiff.Model(net, path, net.kind), or jdiff.edm_denoiser(net, path, sigma_data)
+                      for model.preconditioning = "edm"; trained with a jdiff.losses loss
+                      (loss(model, key, x0, *, cond, **options)), sampled with
+                      jdiff.samplers.sample(solver, model, x_T, grid) under classifier-free
+                      guidance when the config has a `guidance` section.
+    FlowMapRecipe     jdiff.flowmaps.FlowMap(net, path, param); trained with a jdiff.flowmaps loss
+                      (consistency training / distillation from a jdiff.Model teacher, MeanFlow,
+                      shortcut), sampled with jdiff.flowmaps.sample on config.flowmap.num_steps steps.
+
+Names in the config become objects here, through experiments._names: the loss's time sampler
+and weighting (config.loss.time_sampler / weighting), label dropout
+(`jdiff.guidance.with_label_dropout`, config.loss.label_dropout), solvers, grids, the flow-map
+parameterization. Building a recipe compiles nothing.
+
+The `flowmap` section:
+
+    param             "average_velocity" (MeanFlow, shortcut) | "ddim_denoiser" (consistency models)
+    sigma_data        data std of the ddim_denoiser's EDM preconditioning
+    time_input        how a one-time network (a jdiff.models U-Net / MLP / DiT, which ignores s) sees
+                      t: "t" (path time) or "edm" (c_noise = -lambda / 8, as jdiff.edm_denoiser feeds
+                      an EDM network); two-time networks ("flowmap_mlp") see (t, s) as they are
+    num_steps, gamma  sampling: steps of jdiff.flowmaps.sample and its re-noising (1: consistency multistep)
+    teacher_workdir   consistency distillation: the teacher's workdir (its config.json and EMA weights);
+                      "" uses a freshly initialised teacher of teacher_config (smoke runs)
+    teacher_config    the teacher's config file ("path.py[:arg]"), used when teacher_workdir is ""
+    teacher_solver    the jdiff.samplers solver of the teacher's step (flowmaps.solver_step)
+    init_from_teacher start the student from the teacher's EMA weights (same network)
+    target            the consistency losses' target f^-: "online" (the student under stop_gradient;
+                      iCT) | "ema" (the train state's EMA weights, through jdiff.training.ContextLoss)
+"""
+
+from __future__ import annotations
+
+import abc
+import functools
+import inspect
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+import jdiff
+from experiments import _names, _state
+from experiments._config import (
+    ConfigError,
+    build_path,
+    guidance_weight,
+    keyed,
+    kwargs_of,
+    load_config,
+    load_config_file,
+    num_classes,
+)
+from jdiff import flowmaps, guidance, samplers, training
+from jdiff.paths import AbstractPath
+
+__all__ = ["DiffusionRecipe", "FlowMapRecipe", "Recipe", "Sampler", "recipe_for"]
+
+PRECONDITIONINGS = ("none", "edm")
+TWO_TIME_MODELS = ("flowmap_mlp",)  # networks net(x, t, s, cond): flow maps only
+TIME_INPUTS = ("t", "edm")
+TARGETS = ("online", "ema")
+CONSISTENCY_TRAINING = "flowmaps.consistency_training_loss"
+CONSISTENCY_DISTILLATION = "flowmaps.consistency_distillation_loss"
+AVERAGE_VELOCITY_LOSSES = ("flowmaps.meanflow_loss", "flowmaps.shortcut_loss")
+NAMED_OPTIONS = {"time_sampler": _names.get_time_sampler, "weighting": _names.get_weighting}
+
+
+class Sampler(NamedTuple):
+    """A jitted `draw(params, rest, key) -> samples` and the stem of its output files."""
+
+    draw: Callable
+    name: str
+
+    def __call__(self, params, rest, key):
+        return self.draw(params, rest, key)
+
+
+def _loss_options(config, loss, supplied=()) -> dict:
+    """config.loss.kwargs and the loss's named objects (time sampler, weighting), checked against
+    the keyword options `loss` accepts; `supplied` are the options the recipe passes itself."""
+    name = config.loss.name
+    params = inspect.signature(loss).parameters
+    any_options = any(p.kind is p.VAR_KEYWORD for p in params.values())
+    accepted = [n for n, p in params.items()
+                if p.kind is p.KEYWORD_ONLY and n not in ("cond", *supplied, *NAMED_OPTIONS)]
+    options = kwargs_of(config.loss.kwargs)
+    for key in options:
+        if key in NAMED_OPTIONS:
+            raise ConfigError(f"config.loss.kwargs.{key}: name the {key} in config.loss.{key} (and its options in "
+                              f"config.loss.{key}_kwargs)")
+        if key in supplied or not (any_options or key in accepted):
+            raise ConfigError(f"config.loss.kwargs: {name} has no option {key!r}; accepted: {', '.join(accepted)}")
+    for key, get in NAMED_OPTIONS.items():
+        value = config.loss.get(key, None)
+        if value is None:
+            continue
+        if key not in params and not any_options:
+            raise ConfigError(f"config.loss.{key}: {name} takes no {key}; accepted options: {', '.join(accepted)}")
+        options[key] = keyed(f"loss.{key}", get, value, **kwargs_of(config.loss.get(f"{key}_kwargs", None)))
+    return options
+
+
+class Recipe(abc.ABC):
+    """What a config trains and how it samples.
+
+    Subclasses implement the three library-facing steps, `bind`, `build_loss` and
+    `make_sampler`; the network (config.model through experiments._names.get_model), its
+    initialisation, the EMA restore and the class labels are shared.
+
+    Attributes:
+        config: the ml-collections config.
+        path: its jdiff path (config.path).
+        num_classes: the class count of a class-conditional model (also its null class), or None.
+    """
+
+    def __init__(self, config):
+        self.config = config
+        self.path: AbstractPath = build_path(config)
+        self.num_classes = num_classes(config)
+        if config.model.name not in _names.MODELS:
+            raise ConfigError(f"config.model.name: unknown model {config.model.name!r}; accepted: "
+                              f"{', '.join(_names.MODELS)}")
+        p = config.loss.get("label_dropout", 0.0) or 0.0
+        if not (isinstance(p, (int, float)) and 0.0 <= p < 1.0):
+            raise ConfigError(f"config.loss.label_dropout: {p!r} is not a probability; accepted: a float in [0, 1)")
+        if p and self.num_classes is None:
+            raise ConfigError("config.loss.label_dropout: label dropout needs a class-conditional model "
+                              "(data.cond = 'label' and model.kwargs.num_classes set)")
+        self.label_dropout = float(p)
+
+    # -- the interface ------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def bind(self, net) -> Any:
+        """The library object the network stands for (a jdiff.Model, a jdiff.flowmaps.FlowMap)."""
+
+    @abc.abstractmethod
+    def build_loss(self) -> Callable:
+        """`loss_fn(net, batch, key) -> (B,)` (or a `jdiff.training.ContextLoss`) for
+        `jdiff.training.make_train_step`."""
+
+    @abc.abstractmethod
+    def make_sampler(self, graphdef, shape, *, num_steps=None, grid=None, cond=None, solver=None, solver_kwargs=None,
+                     weight=None) -> Sampler:
+        """A jitted sampler of `shape` samples from the weights (params, rest) of `graphdef`.
+
+        num_steps, grid: steps and time-grid name (defaults: the config's).
+        cond: the labels of a class-conditional model (default 0, 1, 2, ... cycling over the classes).
+        solver, solver_kwargs: a jdiff.samplers solver name and options (diffusion only).
+        weight: classifier-free guidance weight (diffusion only; default config.guidance.weight).
+        """
+
+    # -- shared -------------------------------------------------------------------------
+
+    def _create(self, key) -> nnx.Module:
+        # Parameters are drawn with XLA's RngBitGenerator ("rbg"), whose initialization program
+        # compiles several times faster on CPU than threefry's (40 s -> 10 s for a small U-Net on
+        # a busy 2-core machine); every other stream (dropout) stays threefry.
+        params_key = jax.random.key(jax.random.randint(key, (), 0, 2**31 - 1), impl="rbg")
+        return _names.get_model(self.config.model.name, rngs=nnx.Rngs(key, params=params_key),
+                                **kwargs_of(self.config.model.kwargs))
+
+    def abstract_model(self) -> nnx.Module:
+        """The network of config.model built abstractly (shapes only): bad kwargs fail here."""
+        return keyed("model.kwargs", nnx.eval_shape, self._create, jax.random.PRNGKey(0))
+
+    def build_model(self, key=None) -> nnx.Module:
+        """The network of config.model initialised from `key` (default PRNGKey(config.seed)).
+
+        Initialized inside one jitted program: eager initialization would compile every
+        distinct op of a U-Net separately (a minute on a busy 2-core CPU).
+        """
+        key = jax.random.PRNGKey(self.config.seed) if key is None else key
+        self.abstract_model()
+        return nnx.jit(self._create)(key)
+
+    def restore_ema(self, workdir: str) -> _state.EMAWeights:
+        """(graphdef, params, rest, step): the EMA weights of the latest checkpoint in `workdir`."""
+        return _state.restore_ema(self.config, nnx.jit(self._create)(jax.random.PRNGKey(0)), workdir)
+
+    def labels(self, n: int):
+        """Labels 0, 1, 2, ... cycling over the classes for n samples (None if unconditional)."""
+        return None if self.num_classes is None else jnp.arange(n) % self.num_classes
+
+    def _cond(self, batch):
+        return batch[self.config.data.cond] if self.config.data.cond else None
+
+    def _with_label_dropout(self, loss):
+        if not self.label_dropout:
+            return loss
+        return guidance.with_label_dropout(loss, self.label_dropout, self.num_classes)
+
+    def _sampler(self, graphdef, shape, cond, draw, name: str) -> Sampler:
+        """The jitted sampler around draw(bound, x_T, cond, key) -> samples."""
+        cond = self.labels(shape[0]) if cond is None else cond
+        path = self.path
+
+        @jax.jit
+        def fn(params, rest, key):
+            net = nnx.merge(graphdef, params, rest, copy=True)
+            net.eval()  # dropout off
+            k_prior, k_draw = jax.random.split(key)
+            x_T = path.prior_sample(k_prior, shape, jnp.float32)
+            return draw(self.bind(net), x_T, cond, k_draw)
+
+        return Sampler(fn, name)
+
+
+class DiffusionRecipe(Recipe):
+    """A diffusion / flow-matching model: the network bound to its path as a `jdiff.Model`,
+    trained with a jdiff.losses loss, sampled by a jdiff.samplers solver on a time grid."""
+
+    def __init__(self, config):
+        super().__init__(config)
+        if config.model.name in TWO_TIME_MODELS:
+            raise ConfigError(f"config.model.name: {config.model.name!r} is a flow-map network net(x, t, s, cond) "
+                              f"and needs a config.flowmap section; accepted here: "
+                              f"{', '.join(n for n in _names.MODELS if n not in TWO_TIME_MODELS)}")
+        if config.model.preconditioning not in PRECONDITIONINGS:
+            raise ConfigError(f"config.model.preconditioning: unknown value {config.model.preconditioning!r}; "
+                              f"accepted: {', '.join(PRECONDITIONINGS)}")
+        name = config.loss.name
+        if name in _names.FLOWMAP_LOSSES:
+            raise ConfigError(f"config.loss.name: {name!r} trains a flow map and needs a config.flowmap section; "
+                              f"accepted here: {', '.join(_names.LOSSES)}")
+        loss = keyed("loss.name", _names.get_loss, name)
+        options = _loss_options(config, loss)
+        if config.model.preconditioning == "edm" and "sigma_data" in inspect.signature(loss).parameters:
+            options.setdefault("sigma_data", config.model.sigma_data)
+        self.loss = functools.partial(loss, **options)
+        if config.get("guidance", None) is not None:
+            self._guide(guidance_weight(config))
+        self._sampling()  # the sample section's names, checked
+
+    def bind(self, net) -> jdiff.Model:
+        """The `jdiff.Model` of `net`: EDM-preconditioned (kind "x0") for model.preconditioning
+        "edm", else the network itself with its prediction kind `net.kind`."""
+        if self.config.model.preconditioning == "edm":
+            return jdiff.edm_denoiser(net, self.path, self.config.model.sigma_data)
+        return jdiff.Model(net, self.path, net.kind)
+
+    def build_loss(self):
+        loss = self._with_label_dropout(self.loss)
+
+        def loss_fn(net, batch, key):
+            return loss(self.bind(net), key, batch["x"], cond=self._cond(batch))
+
+        return loss_fn
+
+    def _guide(self, weight) -> Callable:
+        """model -> the classifier-free guided model of `weight` (config.guidance's interval and
+        rescale; the null class is num_classes), or the identity for weight None."""
+        if weight is None:
+            return lambda model: model
+        if self.num_classes is None:
+            raise ConfigError("config.model.kwargs.num_classes: classifier-free guidance needs a class-conditional "
+                              "model (data.cond = 'label' and num_classes set)")
+        g = self.config.get("guidance", None)
+        interval = tuple(g.interval) if g is not None and g.get("interval", None) else None
+        rescale = float(g.get("rescale", 0.0)) if g is not None else 0.0
+        return functools.partial(guidance.classifier_free, w=weight, null_cond=self.num_classes, interval=interval,
+                                 rescale=rescale)
+
+    def _sampling(self, solver=None, solver_kwargs=None, grid=None, num_steps=None):
+        """(solver object, time grid, output name) from the arguments, else config.sample."""
+        s = self.config.sample
+        name = solver or s.solver
+        kwargs = kwargs_of(s.solver_kwargs) if solver is None else dict(solver_kwargs or {})
+        steps = int(num_steps or s.num_steps)
+        return (keyed("sample.solver", _names.get_solver, name, **kwargs),
+                keyed("sample.grid", _names.get_grid, grid or s.grid, self.path, steps), f"{name}_{steps}")
+
+    def make_sampler(self, graphdef, shape, *, num_steps=None, grid=None, cond=None, solver=None, solver_kwargs=None,
+                     weight=None) -> Sampler:
+        solver, ts, name = self._sampling(solver, solver_kwargs, grid, num_steps)
+        guide = self._guide(guidance_weight(self.config, weight))
+
+        def draw(model, x_T, cond, key):
+            return samplers.sample(solver, guide(model), x_T, ts, cond=cond, key=key)
+
+        return self._sampler(graphdef, shape, cond, draw, name)
+
+
+class _OneTimeNet(eqx.Module):
+    """A one-time network net(x, c, cond) as the raw flow-map network F(x, t, s, cond): it ignores s
+    (a consistency model only ever jumps to the data end) and sees t or EDM's c_noise = -lambda / 8."""
+
+    net: Any
+    path: AbstractPath
+    edm_time: bool = eqx.field(static=True)
+
+    def __call__(self, x, t, s, cond=None):
+        return self.net(x, -self.path.log_snr(t) / 8.0 if self.edm_time else t, cond)
+
+
+class FlowMapRecipe(Recipe):
+    """A flow map f(x, t, s): the network under config.flowmap.param as a `jdiff.flowmaps.FlowMap`,
+    trained with a jdiff.flowmaps loss and sampled with `jdiff.flowmaps.sample`."""
+
+    def __init__(self, config):
+        super().__init__(config)
+        f = config.flowmap
+        if config.get("guidance", None) is not None:
+            raise ConfigError("config.guidance: classifier-free guidance is for diffusion configs; a flow-map config "
+                              "samples with jdiff.flowmaps.sample")
+        if config.model.preconditioning != "none":
+            raise ConfigError(f"config.model.preconditioning: {config.model.preconditioning!r}: a flow map is "
+                              "preconditioned by config.flowmap.param; accepted: none")
+        self.target = f.get("target", "online")  # workdirs written before the key trained with "online"
+        for key, value, accepted in (("flowmap.time_input", f.time_input, TIME_INPUTS),
+                                     ("flowmap.target", self.target, TARGETS)):
+            if value not in accepted:
+                raise ConfigError(f"config.{key}: unknown value {value!r}; accepted: {', '.join(accepted)}")
+        param_kwargs = {"sigma_data": f.sigma_data} if f.param == "ddim_denoiser" else {}
+        self.param = keyed("flowmap.param", _names.get_flowmap_param, f.param, **param_kwargs)
+
+        name = config.loss.name
+        if name in _names.LOSSES:
+            raise ConfigError(f"config.loss.name: {name!r} trains a diffusion model, not a flow map (this config has "
+                              f"a flowmap section); accepted: {', '.join(_names.FLOWMAP_LOSSES)}")
+        loss = keyed("loss.name", _names.get_flowmap_loss, name)
+        if name in AVERAGE_VELOCITY_LOSSES and not isinstance(self.param, flowmaps.AverageVelocity):
+            raise ConfigError(f"config.flowmap.param: {name} trains an average velocity; accepted: average_velocity")
+        self.loss = functools.partial(
+            loss, **_loss_options(config, loss, supplied=("step", "total_steps", "target_flow", "teacher_step")))
+
+        self._sampling()  # the sampling names, checked
+
+        self.teacher_workdir = self.teacher = self.teacher_solver = None
+        if name == CONSISTENCY_DISTILLATION:
+            self.teacher_workdir = f.get("teacher_workdir", "") or None
+            self.teacher = self._teacher_recipe()
+            self.teacher_solver = keyed("flowmap.teacher_solver", _names.get_solver, f.teacher_solver)
+            if self.teacher_solver.stochastic:
+                raise ConfigError(f"config.flowmap.teacher_solver: {f.teacher_solver!r} draws noise; distillation "
+                                  "needs a deterministic solver (e.g. heun, euler, ddim)")
+
+    def _teacher_recipe(self) -> DiffusionRecipe:
+        """The DiffusionRecipe of the teacher (its workdir's config, else flowmap.teacher_config)."""
+        f = self.config.flowmap
+        key = "flowmap.teacher_workdir" if self.teacher_workdir else "flowmap.teacher_config"
+        if not (self.teacher_workdir or f.get("teacher_config", "")):
+            raise ConfigError("config.flowmap.teacher_config: consistency distillation needs a teacher: set "
+                              "flowmap.teacher_workdir (a trained run) or flowmap.teacher_config (a config file)")
+        try:
+            tconfig = load_config(self.teacher_workdir) if self.teacher_workdir else load_config_file(f.teacher_config)
+            teacher = recipe_for(tconfig)
+        except (FileNotFoundError, ValueError) as e:
+            raise ConfigError(f"config.{key}: {str(e).splitlines()[0]}") from e
+        if not isinstance(teacher, DiffusionRecipe):
+            raise ConfigError(f"config.{key}: the teacher must be a diffusion model (its config has a flowmap section)")
+        if type(teacher.path) is not type(self.path):
+            raise ConfigError(f"config.path.name: the student's path must be the teacher's "
+                              f"({type(teacher.path).__name__})")
+        return teacher
+
+    @functools.cached_property
+    def _teacher_ema(self) -> _state.EMAWeights:
+        return self.teacher.restore_ema(self.teacher_workdir)
+
+    def teacher_model(self) -> jdiff.Model:
+        """The teacher as a jdiff.Model: its workdir's EMA weights, or a freshly initialised network."""
+        if self.teacher_workdir:
+            w = self._teacher_ema
+            net = nnx.merge(w.graphdef, w.params, w.rest)
+        else:
+            net = self.teacher.build_model()
+        net.eval()
+        return self.teacher.bind(net)
+
+    def build_model(self, key=None) -> nnx.Module:
+        """The student network; with flowmap.init_from_teacher, the teacher's EMA weights."""
+        net = super().build_model(key)
+        if self.config.flowmap.get("init_from_teacher", False) and self.teacher_workdir:
+            nnx.update(net, self._teacher_ema.params)
+        return net
+
+    def bind(self, net) -> flowmaps.FlowMap:
+        """The flow map of `net` under config.flowmap.param (a one-time network ignores s)."""
+        if self.config.model.name not in TWO_TIME_MODELS:
+            net = _OneTimeNet(net, self.path, self.config.flowmap.time_input == "edm")
+        return flowmaps.FlowMap(net, self.path, self.param)
+
+    def build_loss(self):
+        """The flow-map loss; consistency losses are a `training.ContextLoss`, given the train
+        step's index (the iCT curriculum) and the EMA network (flowmap.target = "ema")."""
+        name = self.config.loss.name
+        fixed = {}
+        if name == CONSISTENCY_DISTILLATION:
+            fixed["teacher_step"] = flowmaps.solver_step(self.teacher_solver, self.teacher_model())
+        if name == CONSISTENCY_TRAINING:
+            fixed["total_steps"] = int(self.config.total_steps)
+        loss = self._with_label_dropout(functools.partial(self.loss, **fixed))
+
+        if name not in (CONSISTENCY_TRAINING, CONSISTENCY_DISTILLATION):
+            def loss_fn(net, batch, key):
+                return loss(self.bind(net), key, batch["x"], cond=self._cond(batch))
+
+            return loss_fn
+
+        use_ema = self.target == "ema"
+
+        def context_loss_fn(net, batch, key, *, step, target):
+            extra = {"step": step} if name == CONSISTENCY_TRAINING else {}
+            # target_flow None: the loss uses the online flow map under stop_gradient (iCT's choice).
+            target_flow = self.bind(target) if use_ema else None
+            return loss(self.bind(net), key, batch["x"], cond=self._cond(batch), target_flow=target_flow, **extra)
+
+        return training.ContextLoss(context_loss_fn)
+
+    def make_sampler(self, graphdef, shape, *, num_steps=None, grid=None, cond=None, solver=None, solver_kwargs=None,
+                     weight=None) -> Sampler:
+        if solver is not None or solver_kwargs:
+            raise ValueError("`solver` does not apply to a flow-map config: it samples with jdiff.flowmaps.sample, "
+                             "the flow map's own jumps (choose num_steps)")
+        if weight is not None:
+            raise ValueError("`weight`: classifier-free guidance is for diffusion configs, not flow maps")
+        ts, name = self._sampling(grid, num_steps)
+        gamma = float(self.config.flowmap.gamma)
+
+        def draw(flow, x_T, cond, key):
+            return flowmaps.sample(flow, x_T, ts, cond=cond, key=key, gamma=gamma)
+
+        return self._sampler(graphdef, shape, cond, draw, name)
+
+    def _sampling(self, grid=None, num_steps=None):
+        """(time grid, output name) from the arguments, else sample.grid and flowmap.num_steps."""
+        steps = int(num_steps or self.config.flowmap.num_steps)
+        ts = keyed("sample.grid", _names.get_grid, grid or self.config.sample.grid, self.path, steps)
+        return ts, f"flowmap_{steps}"
+
+
+def recipe_for(config) -> Recipe:
+    """The recipe of `config`: FlowMapRecipe when it has a `flowmap` section, else DiffusionRecipe."""
+    if config.get("flowmap", None) is not None:
+        return FlowMapRecipe(config)
+    return DiffusionRecipe(config)
