@@ -93,18 +93,41 @@ def test_step_compiles_once():
     assert int(state.step) == 4 and int(state.data_position) == 4
 
 
-def test_ema_follows_warmup_recursion():
-    tx = optax.sgd(0.1)
+def _ramp_run(num_steps, **kw):
+    """Train with loss = -(sum of all parameters) under SGD(1), no clipping: the gradient is -1
+    for every parameter, so after k steps every parameter is exactly p_0 + k (a known ramp)."""
+    tx = optax.sgd(1.0)
+
+    def ramp_loss(model, batch, key):
+        total = sum(jnp.sum(p) for p in jax.tree.leaves(nnx.state(model, nnx.Param)))
+        return -total * jnp.ones(batch["x"].shape[:1], total.dtype)
+
     graphdef, state = training.init_train_state(TinyMLP(nnx.Rngs(0)), tx, jax.random.PRNGKey(0))
-    step = training.make_train_step(fm_loss, graphdef, tx, ema=0.9, donate=False)
-    ema = [np.asarray(x) for x in jax.tree.leaves(state.params)]
-    for i in range(6):
+    p0 = [np.asarray(x, np.float64) for x in jax.tree.leaves(state.params)]
+    step = training.make_train_step(ramp_loss, graphdef, tx, grad_clip_norm=None, donate=False, **kw)
+    for i in range(num_steps):
         state, _ = step(state, _data(seed=i))
-        d = min(0.9, (1 + i) / (10 + i))  # decay with warmup at step i
-        ema = [d * e + (1 - d) * np.asarray(p) for e, p in zip(ema, jax.tree.leaves(state.params))]
-    for e, got in zip(ema, jax.tree.leaves(state.ema_params)):
-        np.testing.assert_allclose(got, e, rtol=1e-6, atol=1e-7)
-    np.testing.assert_allclose(training.ema_decay(jnp.arange(3), 0.999), [0.1, 2 / 11, 3 / 12], rtol=1e-6)
+    return graphdef, state, p0
+
+
+def test_ema_of_a_ramp_matches_its_closed_forms():
+    """The EMA e_k = d e_{k-1} + (1 - d) p_k of the ramp p_k = p_0 + k (e_0 = p_0) has closed forms:
+    constant decay d: e_k = p_0 + k - d (1 - d^k) / (1 - d) (the sum of (1 - d) d^(k-j) j);
+    warmup decay d_i = (1 + i) / (10 + i) at step i: e_k = p_0 + 0.9 k (by induction:
+    [0.9 i (1 + i) + 9 (i + 1)] / (10 + i) = 0.9 (i + 1))."""
+    k, d = 6, 0.9
+    _, state, p0 = _ramp_run(k, ema=d, ema_warmup=False)
+    for p, start in zip(jax.tree.leaves(state.params), p0):
+        np.testing.assert_allclose(p, start + k, rtol=0, atol=1e-5)  # the ramp itself
+    for e, start in zip(jax.tree.leaves(state.ema_params), p0):
+        np.testing.assert_allclose(e, start + k - d * (1 - d**k) / (1 - d), rtol=0, atol=1e-5)
+
+    graphdef, state, p0 = _ramp_run(k, ema=0.999)  # warmup: (1 + i) / (10 + i) < 0.999 for these steps
+    for e, start in zip(jax.tree.leaves(state.ema_params), p0):
+        np.testing.assert_allclose(e, start + 0.9 * k, rtol=0, atol=1e-5)
+    # the warmup rule's values at steps 0, 1, 2 and where the cap takes over (1 + s) / (10 + s) >= 0.9 at s = 80
+    np.testing.assert_allclose(training.ema_decay(jnp.array([0, 1, 2, 79, 80, 1000]), 0.9),
+                               [0.1, 2 / 11, 3 / 12, 80 / 89, 0.9, 0.9], rtol=1e-6)
     # the sampling model carries the EMA weights
     m = training.ema_model(graphdef, state)
     np.testing.assert_array_equal(m.l1.kernel[...], state.ema_params["l1"]["kernel"][...])
