@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from experiments import _names
 from jdiff import data
 
 KEY = jax.random.PRNGKey(0)
@@ -25,7 +26,7 @@ NOISE = {"moons": 0.1, "swiss_roll": 1.0}
 
 def _toy(name, key=KEY, **kw):
     kw = ({"noise": NOISE[name]} if name in NOISE else {}) | kw
-    return tuple(map(np.asarray, data.TOY_SETS[name](key, N_TOY[name], with_labels=True, **kw)))
+    return tuple(map(np.asarray, _names.TOY_SETS[name](key, N_TOY[name], with_labels=True, **kw)))
 
 
 @pytest.mark.parametrize("name", sorted(N_TOY))
@@ -132,7 +133,7 @@ def test_missing_optional_package_one_line_error(monkeypatch, module, package, l
 def test_tfds_missing_names_the_package(monkeypatch):
     monkeypatch.setitem(sys.modules, "tensorflow_datasets", None)
     with pytest.raises(ImportError, match="tensorflow-datasets") as e:
-        data.get_dataset("cifar10")
+        _names.get_dataset("cifar10")
     assert "\n" not in str(e.value)
 
 
@@ -145,7 +146,7 @@ def test_npz_roundtrip(tmp_path):
     np.testing.assert_allclose(x, imgs / 127.5 - 1, atol=1e-6)
     np.testing.assert_array_equal(label, np.arange(10))
     np.save(tmp_path / "g.npy", imgs[..., 0])  # greyscale .npy: channel axis added, no labels
-    x, label = data.get_dataset("npz", path=str(tmp_path / "g.npy"))
+    x, label = _names.get_dataset("npz", path=str(tmp_path / "g.npy"))
     assert x.shape == (10, 4, 5, 1) and label is None
     with pytest.raises(KeyError, match="images"):
         data.load_npz(str(tmp_path / "d.npz"), key="images")
@@ -178,8 +179,8 @@ def test_image_folder_classes(tmp_path):
 
 def test_get_dataset_unknown_name_lists_names():
     with pytest.raises(ValueError, match="digits.*mnist5k"):
-        data.get_dataset("imagenet")
-    x, label = data.get_dataset("eight_gaussians", n=N_TOY["eight_gaussians"], seed=0)
+        _names.get_dataset("imagenet")
+    x, label = _names.get_dataset("eight_gaussians", n=N_TOY["eight_gaussians"], seed=0)
     assert isinstance(x, np.ndarray) and isinstance(label, np.ndarray)
     np.testing.assert_array_equal(x, _toy("eight_gaussians")[0])  # seed s means PRNGKey(s)
 
@@ -248,7 +249,7 @@ def test_iterator_accepts_dataset_without_labels():
 def test_holdout_split_deterministic_disjoint():
     arrays = _arrays(100)
     train, held = data.holdout_split(arrays, 0.2, seed=3)
-    train2, held2 = data.holdout_split(arrays, 0.2, seed=3)
+    _, held2 = data.holdout_split(arrays, 0.2, seed=3)
     np.testing.assert_array_equal(held["label"], held2["label"])
     assert len(held["label"]) == 20 and len(train["label"]) == 80
     np.testing.assert_array_equal(np.sort(np.concatenate([train["label"], held["label"]])), np.arange(100))

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from experiments import _names
 from jdiff import models
 from jdiff.predictions import KINDS
 
@@ -75,17 +76,17 @@ def _inputs(name, seed, t=0.5, labels=(0, 3, 4)):
 
 @pytest.mark.parametrize("name", sorted(BUILDERS))
 def test_shapes_dtypes_every_kind(name):
-    build, shape = BUILDERS[name]
+    build, _ = BUILDERS[name]
     x, t, c = _inputs(name, 1)
     for kind in KINDS:  # abstract evaluation: the shapes and dtypes without compiling
-        model = nnx.eval_shape(lambda: build(kind=kind, num_classes=4))
+        model = nnx.eval_shape(lambda k=kind: build(kind=k, num_classes=4))
         assert model.kind == kind and model.num_classes == 4
         y = nnx.eval_shape(lambda m: m(x, t, c), model)
         assert y.shape == x.shape and y.dtype == jnp.float32
     # A scalar time (samplers) and cond None (the null class) give the same signature.
     assert nnx.eval_shape(lambda m: m(x, 0.5, None), model) == y
     for dtype in (jnp.float64, jnp.bfloat16):  # the output has the input's dtype
-        assert nnx.eval_shape(lambda m: m(x.astype(dtype), t, c), model).dtype == dtype
+        assert nnx.eval_shape(lambda m, d=dtype: m(x.astype(d), t, c), model).dtype == dtype
     y = _apply(_random(name), x, t, c)  # 4 = the null class
     assert y.shape == x.shape and y.dtype == jnp.float32 and jnp.all(jnp.isfinite(y))
     with pytest.raises(ValueError, match="kind"):
@@ -131,8 +132,8 @@ def test_jit_does_not_recompile_for_new_batch(name):
 
 def test_get_model_lists_names():
     with pytest.raises(ValueError, match="mlp, unet, dit"):
-        models.get_model("resnet")
-    m = nnx.eval_shape(lambda: models.get_model("mlp", in_features=2, hidden=8, depth=1, rngs=nnx.Rngs(0)))
+        _names.get_model("resnet")
+    m = nnx.eval_shape(lambda: _names.get_model("mlp", in_features=2, hidden=8, depth=1, rngs=nnx.Rngs(0)))
     assert m.kind == "velocity"
 
 
