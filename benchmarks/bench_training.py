@@ -44,10 +44,10 @@ def _config(name):
 
 
 def bare(config, steps):
-    path, dataset, net = _lib.validate(config)
+    recipe, dataset, net = _lib.validate(config)
     mesh = parallel.make_mesh(config.get("num_devices", None))
-    tx, graphdef, state = _lib._setup(config, path, net, mesh)
-    step = training.make_train_step(_lib.build_loss(config, path), graphdef, tx, mesh=mesh, ema=config.ema_decay,
+    tx, graphdef, state = _lib.init_train_state(config, net, mesh)
+    step = training.make_train_step(recipe.build_loss(), graphdef, tx, mesh=mesh, ema=config.ema_decay,
                                     grad_clip_norm=config.optimizer.grad_clip_norm)
     batch = parallel.global_batch({"x": next(data.DataIterator(dataset, config.batch_size))["x"]}, mesh)
     for _ in range(3):  # compile and warm up
@@ -84,7 +84,7 @@ def main():
     for name in args.models.split(","):
         steps = args.steps or (300 if name == "mlp" else 50)
         config = _config(name)
-        n_params = sum(x.size for x in jax.tree.leaves(nnx.state(_lib.build_model(config), nnx.Param)))
+        n_params = sum(x.size for x in jax.tree.leaves(nnx.state(_lib.recipe_for(config).abstract_model(), nnx.Param)))
         b, lp = [], []
         for _ in range(args.repeats):
             b.append(bare(_config(name), steps))

@@ -42,12 +42,12 @@ def timed(make):
 def main():
     print("| data | global batch | plain numpy (us / batch) | DataIterator / plain | 1 of 4 processes / plain |")
     print("|---|---:|---:|---:|---:|")
-    for name in ("digits", "mnist5k"):
-        arrays = data.get_dataset(name)._asdict()
+    for name, load in (("digits", data.load_digits), ("mnist5k", data.load_mnist5k)):
+        arrays = load()._asdict()
         for bs in (128, 512):
-            base = timed(lambda: plain(arrays, bs))
-            one = timed(lambda: data.DataIterator(arrays, bs, seed=0))
-            quarter = timed(lambda: data.DataIterator(arrays, bs, seed=0, process_index=0, process_count=4))
+            base = timed(lambda a=arrays, b=bs: plain(a, b))
+            one = timed(lambda a=arrays, b=bs: data.DataIterator(a, b, seed=0))
+            quarter = timed(lambda a=arrays, b=bs: data.DataIterator(a, b, seed=0, process_index=0, process_count=4))
             print(f"| {name} | {bs} | {base / STEPS * 1e6:.1f} | {one / base:.2f} | {quarter / base:.2f} |")
 
 
