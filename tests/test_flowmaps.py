@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import all_paths, mixture_2d
+from helpers import all_paths, count_compiles, mixture_2d
 
 import jdiff
 from jdiff import flowmaps, models, paths, samplers
@@ -165,6 +165,31 @@ def test_ddim_denoiser_with_exact_denoiser_is_ddim_step():
     errs = [float(err(h)) for h in hs]
     order = np.polyfit(np.log(hs), np.log(errs), 1)[0]
     assert abs(order - 2.0) < 0.2, (order, errs)  # DDIM's local error is O(h^2)
+
+
+def test_flow_map_is_a_pytree_argument_and_validates():
+    """FlowMap passes through jax.jit as an argument: new nnx weights or a new sigma_data do not recompile;
+    its constructor and call name the bad argument."""
+    from flax import nnx
+
+    path = paths.VEGeometric()
+    x = jax.random.normal(jax.random.key(0), (8, 2), jnp.float32)
+    jump = jax.jit(lambda flow, x: flow(x, 0.8, 0.2))
+    out = jump(flowmaps.FlowMap(models.FlowMapMLP(2, hidden=16, depth=1, rngs=nnx.Rngs(0)), path,
+                                flowmaps.DDIMDenoiser(0.5)), x)
+    assert out.shape == x.shape and out.dtype == x.dtype
+    with count_compiles() as n:
+        other = jump(flowmaps.FlowMap(models.FlowMapMLP(2, hidden=16, depth=1, rngs=nnx.Rngs(1)), path,
+                                      flowmaps.DDIMDenoiser(0.7)), x)
+    assert n() == 0 and float(jnp.max(jnp.abs(other - out))) > 0
+    net = tiny_net(jax.random.key(0), 2)
+    flow = flowmaps.FlowMap(net, path)
+    assert isinstance(flow.param, flowmaps.AverageVelocity) and flow.path is path
+    for args, word in [((flow, path), "net"), ((net, "ve"), "path"), ((net, path, "ddim"), "param")]:
+        with pytest.raises(TypeError, match=word):
+            flowmaps.FlowMap(*args)
+    with pytest.raises(ValueError, match="shape"):
+        flowmaps.FlowMap(lambda x, t, s, c: x[:, :1], path)(x, 0.8, 0.2)
 
 
 # -----------------------------------------------------------------------------------
