@@ -2,6 +2,8 @@
 
     python benchmarks/bench_samplers.py            # all three tables
     python benchmarks/bench_samplers.py --quick    # fewer repeats
+    python benchmarks/bench_samplers.py --only overhead --baseline f4ad08a
+        # the overhead table of this tree beside that of an older commit, measured in this run
 
 Every number is a ratio or an error measured in this one run (no stored baselines).
 1. Accuracy: RMS distance to the exact PF-ODE endpoint (diffrax Dopri8, rtol = atol = 1e-10,
@@ -10,13 +12,20 @@ Every number is a ratio or an error measured in this one run (no stored baseline
 2. Overhead: time of an N-step sample divided by (NFE x time of one model call), for a
    small MLP and for the analytic mixture model, N = 10 and 100 (target <= 1.1).
 3. Compile: compile time of the N = 1000 sampler over that of N = 10 (target <= 1.5).
+With --baseline REV the overhead table of commit REV (its own benchmarks/bench_samplers.py,
+run from a temporary git worktree in a subprocess just before this tree's) is printed beside
+this tree's, with the ratio new / old per cell.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import pathlib
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 
 import diffrax
@@ -87,9 +96,7 @@ def accuracy():
     ):
         model = gm.as_model(path, kind)
         x = path.prior_sample(jax.random.PRNGKey(0), (256, 2), jnp.float64)
-        ref = jax.jit(
-            lambda x: S.solve_pf_ode(model, kind, path, x, solver=diffrax.Dopri8(), rtol=1e-10, atol=1e-10).sample
-        )(x)
+        ref = jax.jit(lambda x: S.solve_pf_ode(model, x, solver=diffrax.Dopri8(), rtol=1e-10, atol=1e-10).sample)(x)
         rows = []
         for sname, solver in DETERMINISTIC.items():
             row = [sname]
@@ -98,14 +105,14 @@ def accuracy():
                 if n == 0:
                     row.append("-")
                     continue
-                y = jax.jit(lambda x, g: S.sample(solver, model, kind, path, x, g))(x, grid_fn(path, n))
+                y = jax.jit(lambda x, g: S.sample(solver, model, x, g))(x, grid_fn(path, n))
                 row.append(f"{float(jnp.sqrt(jnp.mean((y - ref) ** 2))):.1e}")
             rows.append(row)
         table(f"Accuracy: RMS error vs the exact PF-ODE endpoint, {name}", ["solver"] + [f"NFE {b}" for b in budgets], rows)
 
 
-def mlp_model(key, width=256, depth=3):
-    """A small time-conditioned MLP eps-model, params closed over (float32)."""
+def mlp_model(key, path, width=256, depth=3):
+    """A small time-conditioned MLP eps-model on `path`, params closed over (float32)."""
     keys = jax.random.split(key, depth + 1)
     dims = [2 + 16] + [width] * depth + [2]
     params = [
@@ -123,7 +130,7 @@ def mlp_model(key, width=256, depth=3):
                 h = jax.nn.silu(h)
         return h
 
-    return model
+    return jdiff.Model(model, path, "eps")
 
 
 def timeit(f, *args, repeats):
@@ -140,7 +147,7 @@ def overhead(repeats):
     path = jdiff.VPLinear()
     gm = mixture(jnp.float32)
     models = {
-        "MLP 3x256, batch 4096": (mlp_model(jax.random.PRNGKey(0)), 4096),
+        "MLP 3x256, batch 4096": (mlp_model(jax.random.PRNGKey(0), path), 4096),
         "analytic mixture, batch 1024": (gm.as_model(path, "eps"), 1024),
     }
     rows = []
@@ -151,23 +158,59 @@ def overhead(repeats):
             one = jax.jit(lambda x, t: model(x, t, None))
             t_model = timeit(one, x, jnp.float32(0.5), repeats=repeats * 5)
             for n in (10, 100):
-                run = jax.jit(lambda x, g, k: S.sample(solver, model, "eps", path, x, g, key=k))
+                run = jax.jit(lambda x, g, k: S.sample(solver, model, x, g, key=k))
                 t = timeit(run, x, S.log_snr_grid(path, n), jax.random.PRNGKey(2), repeats=repeats)
                 row.append(f"{t / (solver.nfe(n) * t_model):.2f}")
         rows.append(row)
     header = ["solver"] + [f"{m.split(',')[0]}, N={n}" for m in models for n in (10, 100)]
     table("Overhead: sampler time / (NFE x one model call), float32", header, rows)
+    return header, rows
+
+
+def baseline_overhead(rev, quick):
+    """The overhead rows of commit `rev`: its own benchmark script, run from a temporary git
+    worktree (its jdiff first on PYTHONPATH) in a subprocess. Returns {solver: [cells]}."""
+    root = pathlib.Path(__file__).resolve().parent.parent
+    with tempfile.TemporaryDirectory() as tmp:
+        wt = os.path.join(tmp, "baseline")
+        subprocess.run(["git", "-C", str(root), "worktree", "add", "--detach", "-q", wt, rev], check=True)
+        try:
+            cmd = [sys.executable, os.path.join(wt, "benchmarks", "bench_samplers.py"), "--only", "overhead"]
+            env = {**os.environ, "PYTHONPATH": wt}
+            out = subprocess.run(cmd + (["--quick"] if quick else []), cwd=wt, env=env, check=True,
+                                 capture_output=True, text=True).stdout
+        finally:
+            subprocess.run(["git", "-C", str(root), "worktree", "remove", "--force", wt], check=True)
+    rows = {}
+    for line in out.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if line.startswith("| ") and cells[0] not in ("solver",) and len(cells) > 1:
+            rows[cells[0]] = cells[1:]
+    return rows
+
+
+def compare(rev, header, rows, old):
+    """This tree's overhead beside `rev`'s, cell by cell, with new / old."""
+    out = []
+    for r in rows:
+        name, new = r[0], r[1:]
+        base = old.get(name)
+        if base is None:
+            out.append([name] + [f"{v} (new solver)" for v in new])
+            continue
+        out.append([name] + [f"{b} / {v} ({float(v) / float(b):.2f})" for b, v in zip(base, new)])
+    table(f"Overhead, {rev} / this tree (new / old), measured in one run", header, out)
 
 
 def compile_ratio():
     path = jdiff.VPLinear()
-    model = mlp_model(jax.random.PRNGKey(0))
+    model = mlp_model(jax.random.PRNGKey(0), path)
     x = path.prior_sample(jax.random.PRNGKey(1), (256, 2), jnp.float32)
     rows = []
     for sname, solver in ALL.items():
         ts = []
         for n in (10, 1000):
-            run = jax.jit(lambda x, g, k: S.sample(solver, model, "eps", path, x, g, key=k))
+            run = jax.jit(lambda x, g, k: S.sample(solver, model, x, g, key=k))
             lowered = run.lower(x, S.log_snr_grid(path, n), jax.random.PRNGKey(2))
             t0 = time.perf_counter()
             lowered.compile()
@@ -180,13 +223,18 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="fewer timing repeats")
     p.add_argument("--only", choices=["accuracy", "overhead", "compile"], default=None)
+    p.add_argument("--baseline", default=None, metavar="REV",
+                   help="also measure the overhead table of git commit REV, in this run, and compare")
     args = p.parse_args(argv)
     jax.config.update("jax_enable_x64", True)  # float64 reference; timed runs use float32 arrays
     print(f"jax {jax.__version__} on {jax.devices()[0].device_kind}", file=sys.stderr)
     if args.only in (None, "accuracy"):
         accuracy()
     if args.only in (None, "overhead"):
-        overhead(repeats=5 if args.quick else 20)
+        old = baseline_overhead(args.baseline, args.quick) if args.baseline else None
+        header, rows = overhead(repeats=5 if args.quick else 20)
+        if old is not None:
+            compare(args.baseline, header, rows, old)
     if args.only in (None, "compile"):
         compile_ratio()
 

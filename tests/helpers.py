@@ -16,6 +16,7 @@ def all_paths():
         "vp_cosine": paths.VPCosine(),
         "subvp": paths.SubVP(),
         "ve": paths.VEGeometric(),
+        "edm": paths.EDM(),
         "linear": paths.Linear(),
         "trig": paths.Trigonometric(),
         "logsnr": paths.LogSNRPath(lambda t: -2.0 * jnp.log(jnp.tan(0.5 * jnp.pi * t)) + 1.0),
@@ -55,3 +56,35 @@ def count_compiles():
         yield lambda: counter[0]
     finally:
         jax.monitoring.unregister_event_duration_listener(listener)
+
+
+def callback_oracle(path, kind, gm=None, counter=None):
+    """The exact batched model of `gm` (default `mixture_2d()`) on `path` as a `jdiff.Model`
+    whose network runs on the host through a callback.
+
+    One compiled oracle per (path, kind, shape) is then shared by every solver program, which
+    keeps compile times down; the values are the oracle's own, bit for bit. `cond` (None or
+    one class per example) goes to the class-conditional oracle. With a `counter` (a
+    one-element list) every evaluation is counted; the callback is then an `io_callback`,
+    which XLA never merges or drops, so the count is the true NFE.
+    """
+    import jax.experimental
+    import numpy as np
+
+    gm = mixture_2d() if gm is None else gm
+    exact = gm.as_model(path, kind)
+    f = jax.jit(lambda x, t, *cond: exact(x, t, *cond))
+
+    def host(x, t, *cond):
+        if counter is not None:
+            counter[0] += 1
+        return np.asarray(f(x, t, *cond))
+
+    def net(x, t, cond=None):
+        args = (x, t) if cond is None else (x, t, cond)
+        out = jax.ShapeDtypeStruct(x.shape, x.dtype)
+        if counter is not None:
+            return jax.experimental.io_callback(host, out, *args)
+        return jax.pure_callback(host, out, *args)
+
+    return jdiff.Model(net, path, kind)

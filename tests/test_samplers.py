@@ -9,7 +9,6 @@ the oracle's own, bit for bit.
 
 import diffrax
 import jax
-import jax.experimental
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -18,33 +17,14 @@ import jdiff
 from jdiff import samplers as S
 from jdiff.predictions import KINDS
 
-from helpers import all_paths, count_compiles, mixture_2d
+from experiments import _names
+from helpers import all_paths, callback_oracle, count_compiles, mixture_2d
 
 GM = mixture_2d()
 
 
 def _oracle(path, kind, gm=GM, counter=None):
-    """The exact batched model of `gm` on `path`, evaluated on the host through a callback.
-
-    `cond` (None or one class per example) goes to the oracle's class-conditional model.
-    With a `counter` (a one-element list) every evaluation is counted; the callback is then
-    an `io_callback`, which XLA never merges or drops, so the count is the true NFE.
-    """
-    f = jax.jit(gm.as_model(path, kind))
-
-    def host(x, t, *cond):
-        if counter is not None:
-            counter[0] += 1
-        return np.asarray(f(x, t, *cond))
-
-    def model(x, t, cond=None):
-        args = (x, t) if cond is None else (x, t, cond)
-        out = jax.ShapeDtypeStruct(x.shape, x.dtype)
-        if counter is not None:
-            return jax.experimental.io_callback(host, out, *args)
-        return jax.pure_callback(host, out, *args)
-
-    return model
+    return callback_oracle(path, kind, gm, counter)
 
 
 def _log_component(x, gm=GM):
@@ -61,8 +41,8 @@ def _log_component(x, gm=GM):
 @pytest.mark.parametrize("name", ["vp_cosine", "ve", "linear", "subvp"])
 def test_grids_are_decreasing_and_span_the_path(name):
     path = all_paths()[name]
-    for grid_name in S.GRIDS:
-        g = np.asarray(S.get_grid(grid_name, path, 12))
+    for grid_name in _names.GRIDS:
+        g = np.asarray(_names.get_grid(grid_name, path, 12))
         assert g.shape == (13,)
         assert g[0] == pytest.approx(path.t_max, abs=1e-15) and g[-1] == pytest.approx(path.t_min, abs=1e-15)
         assert np.all(np.diff(g) < 0), grid_name
@@ -87,9 +67,9 @@ def test_bad_arguments_name_the_argument_and_the_choices():
     with pytest.raises(ValueError, match="num_steps"):
         S.uniform_grid(path, 0)
     with pytest.raises(ValueError, match="karras"):
-        S.get_grid("cosine", path, 3)
+        _names.get_grid("cosine", path, 3)
     with pytest.raises(ValueError, match="dpmpp_2m"):
-        S.get_solver("dpm++")
+        _names.get_solver("dpm++")
     with pytest.raises(ValueError, match="order"):
         S.DPMSolver(order=4)
     with pytest.raises(ValueError, match="variant"):
@@ -99,13 +79,26 @@ def test_bad_arguments_name_the_argument_and_the_choices():
     x = jnp.zeros((2, 2))
     model = GM.as_model(path, "eps")
     with pytest.raises(ValueError, match="velocity"):
-        S.sample(S.DDIM(), model, "noise", path, x, S.uniform_grid(path, 2))
+        jdiff.Model(model.net, path, "noise")
+    with pytest.raises(TypeError, match="jdiff.Model"):
+        S.sample(S.DDIM(), model.net, x, S.uniform_grid(path, 2))
+    with pytest.raises(TypeError, match="path"):
+        jdiff.Model(model.net, "vp", "eps")
     with pytest.raises(ValueError, match="key"):
-        S.sample(S.DDPM(), model, "eps", path, x, S.uniform_grid(path, 2))
+        S.sample(S.DDPM(), model, x, S.uniform_grid(path, 2))
     with pytest.raises(ValueError, match="grid"):
-        S.sample(S.DDIM(), model, "eps", path, x, jnp.zeros((2, 3)))
-    assert isinstance(S.get_solver("pc", predictor="ddpm", snr=0.1).predictor, S.DDPM)
-    assert S.get_solver("unipc", predictor_order=1, variant="bh1").order == 2
+        S.sample(S.DDIM(), model, x, jnp.zeros((2, 3)))
+    # An increasing (or non-monotone) concrete grid is refused, naming the offending entries.
+    with pytest.raises(ValueError, match=r"strictly decreasing.*grid\[0\]"):
+        S.sample(S.DDIM(), model, x, jnp.linspace(0.1, 0.9, 5))
+    with pytest.raises(ValueError, match=r"grid\[2\]"):
+        S.sample(S.DDIM(), model, x, jnp.array([0.9, 0.5, 0.3, 0.4]))
+    # A network whose output does not have x's shape is refused (it would broadcast silently).
+    bad = jdiff.Model(lambda x, t, c: x[:, :1], path, "eps")
+    with pytest.raises(ValueError, match="shape"):
+        S.sample(S.DDIM(), bad, x, S.uniform_grid(path, 2))
+    assert isinstance(_names.get_solver("pc", predictor="ddpm", snr=0.1).predictor, S.DDPM)
+    assert _names.get_solver("unipc", predictor_order=1, variant="bh1").order == 2
 
 
 # ---------------------------------------------------------------------------------
@@ -127,12 +120,16 @@ _VP_SOLVERS = {
     "unipc_p2_bh1": S.UniPC(predictor_order=2, variant="bh1"),
     "unipc_p2_bh2": S.UniPC(predictor_order=2, variant="bh2"),
     "unipc_p3_bh2": S.UniPC(predictor_order=3),
+    # Predictor-corrector with a multistep predictor keeps the predictor's start step and
+    # order (no Langevin steps: a deterministic solve whose order can be fitted).
+    "pc_dpmpp_3m": S.PredictorCorrector(S.DPMSolverPP3M(), n_corrector=0),
 }
 _LINEAR_SOLVERS = {
     "euler": S.Euler(),
     "heun": S.Heun(),
     "lms_2": S.LMS(order=2),
     "lms_3": S.LMS(order=3),
+    "pc_lms_3": S.PredictorCorrector(S.LMS(order=3), n_corrector=0),
 }
 
 
@@ -140,8 +137,8 @@ def _fitted_orders(path, grid_fn, solvers, kind):
     t0, t1 = (float(path.t_from_log_snr(v)) for v in _LAM)
     x, _ = path.marginal(jax.random.PRNGKey(2), GM.sample(jax.random.PRNGKey(1), 64), jnp.asarray(t0))
     model = _oracle(path, kind)
-    ref = S.solve_pf_ode(model, kind, path, x, t0=t0, t1=t1, solver=diffrax.Dopri8(), rtol=1e-11, atol=1e-11).sample
-    run = jax.jit(lambda x, g: {k: S.sample(sv, model, kind, path, x, g) for k, sv in solvers.items()})
+    ref = S.solve_pf_ode(model, x, t0=t0, t1=t1, solver=diffrax.Dopri8(), rtol=1e-11, atol=1e-11).sample
+    run = jax.jit(lambda x, g: {k: S.sample(sv, model, x, g) for k, sv in solvers.items()})
     errs = {k: [] for k in solvers}
     for n in _STEPS:
         out = run(x, grid_fn(path, n, t_start=t0, t_end=t1))
@@ -179,6 +176,17 @@ def test_convergence_order_linear_uniform_grid(linear_orders, name):
     assert abs(order - _LINEAR_SOLVERS[name].order) < 0.5, (order, errs)
 
 
+@pytest.mark.parametrize("fixture, pc, plain", [("linear_orders", "pc_lms_3", "lms_3"),
+                                                ("vp_orders", "pc_dpmpp_3m", "dpmpp_3m")])
+def test_predictor_corrector_keeps_its_predictors_start_step(request, fixture, pc, plain):
+    # Without Langevin steps the predictor-corrector is its predictor, start step included:
+    # the same errors at every N, and the third order (LMS-3 without its Heun start measures
+    # 2.55 here, which the 0.5 band of the generic test would not catch).
+    orders = request.getfixturevalue(fixture)
+    np.testing.assert_allclose(orders[pc][1], orders[plain][1], rtol=1e-10)
+    assert abs(orders[pc][0] - 3.0) < 0.15, orders[pc]
+
+
 # ---------------------------------------------------------------------------------
 # Every kind gives the same sample; conditioning reaches the model; any batch shape
 # ---------------------------------------------------------------------------------
@@ -189,7 +197,7 @@ def test_every_prediction_kind_gives_the_same_sample():
     x = path.prior_sample(jax.random.PRNGKey(0), (16, 2), jnp.float64)
     grid = S.karras_grid(path, 12)
     solver = S.DPMSolverPP3M()
-    run = jax.jit(lambda x, g: [S.sample(solver, _oracle(path, k), k, path, x, g) for k in KINDS])
+    run = jax.jit(lambda x, g: [S.sample(solver, _oracle(path, k), x, g) for k in KINDS])
     outs = run(x, grid)
     for k, y in zip(KINDS, outs):
         np.testing.assert_allclose(y, outs[1], atol=1e-9, err_msg=k)
@@ -203,12 +211,13 @@ def test_conditioning_is_passed_to_the_model_unchanged():
     x = path.prior_sample(jax.random.PRNGKey(3), (n, 2), jnp.float64)
     seen, oracle = [], _oracle(path, "x0")
 
-    def model(x, t, c):
+    def net(x, t, c):
         seen.append(c)
         return oracle(x, t, c)
 
+    model = jdiff.Model(net, path, "x0")
     y, traj = jax.jit(
-        lambda x, c, g: S.sample(S.DPMSolverPP2M(), model, "x0", path, x, g, cond=c, return_trajectory=True)
+        lambda x, c, g: S.sample(S.DPMSolverPP2M(), model, x, g, cond=c, return_trajectory=True)
     )(x, cond, S.log_snr_grid(path, 20))
     assert traj.shape == (21, n, 2) and bool(jnp.all(traj[0] == x)) and bool(jnp.all(traj[-1] == y))
     assert seen and all(c.shape == (n,) and c.dtype == cond.dtype for c in seen)
@@ -221,14 +230,11 @@ def test_any_batch_shape():
     # A (4, 3, 2) batch through a model that works on flat (12, 2) rows equals the flat run.
     path = jdiff.VPLinear()
     flat = _oracle(path, "v")
-
-    def model(x, t, c):
-        return flat(x.reshape(-1, 2), t, c).reshape(x.shape)
-
+    model = jdiff.Model(lambda x, t, c: flat(x.reshape(-1, 2), t, c).reshape(x.shape), path, "v")
     x = path.prior_sample(jax.random.PRNGKey(4), (4, 3, 2), jnp.float64)
     solver, grid = S.DPMSolver(order=3), S.log_snr_grid(path, 10)
-    y = S.sample(solver, model, "v", path, x, grid)
-    y_flat = S.sample(solver, model, "v", path, x.reshape(12, 2), grid)
+    y = S.sample(solver, model, x, grid)
+    y_flat = S.sample(solver, model, x.reshape(12, 2), grid)
     assert y.shape == x.shape
     np.testing.assert_allclose(y.reshape(12, 2), y_flat, atol=1e-12)
     assert float(jnp.max(jnp.abs(y))) < 3.0  # samples of the mixture, not noise
@@ -258,8 +264,10 @@ def _all_solvers():
         "dpmpp_2m_sde": S.DPMSolverPP2MSDE(),
         "unipc_bh1": S.UniPC(predictor_order=3, variant="bh1"),
         "unipc_bh2": S.UniPC(predictor_order=2, variant="bh2"),
+        "lms_1": S.LMS(order=1),
         "lms": S.LMS(order=3),
         "pc": S.PredictorCorrector(S.EulerMaruyama(), n_corrector=1, snr=0.16),
+        "pc_lms": S.PredictorCorrector(S.LMS(order=3), n_corrector=1, snr=0.16),
     }
 
 
@@ -277,7 +285,7 @@ def test_endpoints_are_finite_in_float32_and_nfe_is_exact(name):
     x = path.prior_sample(jax.random.PRNGKey(0), (64, 2), jnp.float32)
     run = jax.jit(
         lambda x, g, key: {
-            k: S.sample(sv, models[k], kind, path, x, g, key=key, denoise_to_zero=True) for k, sv in solvers.items()
+            k: S.sample(sv, models[k], x, g, key=key, denoise_to_zero=True) for k, sv in solvers.items()
         }
     )
     n, key = 6, jax.random.PRNGKey(1)

@@ -11,8 +11,8 @@ import pytest
 import jdiff
 from jdiff import samplers as S
 
+from helpers import callback_oracle as _oracle
 from helpers import mixture_2d
-from test_samplers import _oracle
 
 GM = mixture_2d()
 
@@ -23,12 +23,12 @@ def test_pf_ode_solve_is_accurate_and_counts_its_evaluations():
     counter = [0]
     model = _oracle(path, "score", counter=counter)
     x = path.prior_sample(jax.random.PRNGKey(0), (16, 2), jnp.float64)
-    ref = S.solve_pf_ode(model, "score", path, x, solver=diffrax.Dopri8(), rtol=1e-11, atol=1e-11).sample
+    ref = S.solve_pf_ode(model, x, solver=diffrax.Dopri8(), rtol=1e-11, atol=1e-11).sample
     counter[0] = 0
-    loose = S.solve_pf_ode(model, "score", path, x, solver=solver, rtol=1e-4, atol=1e-4)
+    loose = S.solve_pf_ode(model, x, solver=solver, rtol=1e-4, atol=1e-4)
     assert counter[0] == int(loose.nfe)
     counter[0] = 0
-    tight = S.solve_pf_ode(model, "score", path, x, solver=solver, rtol=1e-8, atol=1e-8, save_ts=jnp.array([0.5, 1e-5]))
+    tight = S.solve_pf_ode(model, x, solver=solver, rtol=1e-8, atol=1e-8, save_ts=jnp.array([0.5, 1e-5]))
     assert counter[0] == int(tight.nfe)
     err_loose = float(jnp.max(jnp.abs(loose.sample - ref)))
     err_tight = float(jnp.max(jnp.abs(tight.sample - ref)))
@@ -71,10 +71,10 @@ def test_forward_clock_reverse_sde_is_right_with_srk_solvers():
     model = _oracle(path, "x0")
     t0 = 0.6  # sigma = 1.15: the part of the flow where the mixture matters
     x, _ = path.marginal(jax.random.PRNGKey(0), GM.sample(jax.random.PRNGKey(1), 8), jnp.asarray(t0))
-    ref = S.solve_pf_ode(model, "x0", path, x, t0=t0, solver=diffrax.Dopri8(), rtol=1e-10, atol=1e-10).sample
+    ref = S.solve_pf_ode(model, x, t0=t0, solver=diffrax.Dopri8(), rtol=1e-10, atol=1e-10).sample
     errs = {}
-    for name in ("sea", "shark"):
-        sol = S.solve_reverse_sde(model, "x0", path, x, jax.random.PRNGKey(1), num_steps=100, t0=t0, solver=name, churn=0.0)
+    for name, solver in (("sea", diffrax.SEA()), ("shark", diffrax.ShARK())):
+        sol = S.solve_reverse_sde(model, jax.random.PRNGKey(1), x, num_steps=100, t0=t0, solver=solver, churn=0.0)
         errs[name] = float(jnp.max(jnp.abs(sol.sample - ref)))
     # SEA is first order on an ODE, ShARK second order (Euler and Heun: test_samplers_stochastic);
     # a solve in the wrong direction would be off by O(1).
@@ -86,8 +86,27 @@ def test_reverse_sde_arguments_are_checked():
     model = GM.as_model(path, "eps")
     x = jnp.zeros((2, 2))
     with pytest.raises(ValueError, match="num_steps"):
-        S.solve_reverse_sde(model, "eps", path, x, jax.random.PRNGKey(0))
-    with pytest.raises(ValueError, match="euler"):
-        S.solve_reverse_sde(model, "eps", path, x, jax.random.PRNGKey(0), num_steps=2, solver="milstein")
+        S.solve_reverse_sde(model, jax.random.PRNGKey(0), x)
+    with pytest.raises(TypeError, match="diffrax solver"):
+        S.solve_reverse_sde(model, jax.random.PRNGKey(0), x, num_steps=2, solver="milstein")
     with pytest.raises(ValueError, match="Tsit5"):
-        S.solve_pf_ode(model, "eps", path, x, solver=diffrax.Kvaerno5())
+        S.solve_pf_ode(model, x, solver=diffrax.Kvaerno5())
+    with pytest.raises(ValueError, match="solve_reverse_sde"):
+        S.solve_pf_ode(model, x, solver=diffrax.SEA())
+    with pytest.raises(TypeError, match="jdiff.Model"):
+        S.solve_pf_ode(model.net, x)
+
+
+@pytest.mark.parametrize("solver", [diffrax.Bosh3(), diffrax.Heun()], ids=["bosh3_fsal", "heun"])
+def test_one_evaluation_counter_for_every_diffrax_solver(solver):
+    # diffrax_evals is the one counter of the PF-ODE, reverse-SDE and likelihood solves: the
+    # callback count of an FSAL pair (Bosh3) and of a plain RK pair (Heun) must equal it
+    # (Tsit5: test above; Euler/Heun SDE solves: test_samplers_stochastic).
+    counter = [0]
+    path = jdiff.VPLinear()
+    model = _oracle(path, "eps", counter=counter)
+    x = path.prior_sample(jax.random.PRNGKey(0), (4, 2), jnp.float64)
+    sol = S.solve_pf_ode(model, x, solver=solver, rtol=1e-3, atol=1e-3)
+    assert counter[0] == int(sol.nfe) > 0
+    per_step, first = S.diffrax_evals(solver)
+    assert int(sol.nfe) == first + per_step * int(sol.num_steps)

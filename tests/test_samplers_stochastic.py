@@ -10,6 +10,7 @@ probability ~6e-7 per statistic; 21 statistics per solver). The discretization b
 each solver at its step count is part of what is tested: it must stay below that bound.
 """
 
+import diffrax
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -18,8 +19,7 @@ import pytest
 import jdiff
 from jdiff import samplers as S
 
-from helpers import mixture_2d
-from test_samplers import _oracle
+from helpers import callback_oracle, mixture_2d
 
 GM = mixture_2d()
 N = 4000
@@ -64,22 +64,24 @@ _FIXED = {
     "dpmpp_2m_sde": S.DPMSolverPP2MSDE(),
     "euler_maruyama": S.EulerMaruyama(),
     "pc": S.PredictorCorrector(S.EulerMaruyama(), n_corrector=1, snr=0.16),
+    # A multistep predictor under Langevin correction: its start step runs, the history stays right.
+    "pc_dpmpp_2m": S.PredictorCorrector(S.DPMSolverPP2M(), n_corrector=1, snr=0.16),
 }
 
 
 @pytest.fixture(scope="module")
 def fixed_step_samples():
-    # VP path, 100 steps uniform in log-SNR, eps model; one program for all six solvers.
+    # VP path, 100 steps uniform in log-SNR, eps model; one program for all seven solvers.
     # (Measured max |z|: 1.4 .. 2.9. On a grid uniform in t, DDPM's coarse last steps
     # shrink the stds by 0.025 (|z| = 7.7) and DPM-Solver++(2M)-SDE's step-ratio
     # extrapolation inflates them by 0.09 (|z| = 27); both vanish as N grows.)
     path = jdiff.VPLinear()
-    model = _oracle(path, "eps")
+    model = callback_oracle(path, "eps")
     x = path.prior_sample(jax.random.PRNGKey(0), (N, 2), jnp.float64)
     # DDPM and DDIM(eta=1) share their key (see test_ddpm_is_ddim_with_eta_one).
     run = jax.jit(
         lambda x, g, key: {
-            k: S.sample(sv, model, "eps", path, x, g, key=jax.random.fold_in(key, max(i, 1)))
+            k: S.sample(sv, model, x, g, key=jax.random.fold_in(key, max(i, 1)))
             for i, (k, sv) in enumerate(_FIXED.items())
         }
     )
@@ -108,9 +110,10 @@ def test_the_distribution_check_has_power(fixed_step_samples, reference):
 @pytest.mark.parametrize("solver", ["euler", "heun"])
 def test_diffrax_reverse_sde_matches_the_data_distribution(reference, solver):
     path = jdiff.VPCosine()
-    model = _oracle(path, "v")
+    model = callback_oracle(path, "v")
     x = path.prior_sample(jax.random.PRNGKey(0), (N, 2), jnp.float64)
-    sol = jax.jit(lambda x, key: S.solve_reverse_sde(model, "v", path, x, key, num_steps=100, solver=solver))(
+    dx_solver = {"euler": diffrax.Euler(), "heun": diffrax.Heun()}[solver]
+    sol = jax.jit(lambda x, key: S.solve_reverse_sde(model, key, x, num_steps=100, solver=dx_solver))(
         x, jax.random.PRNGKey(2)
     )
     assert sol.nfe == {"euler": 100, "heun": 200}[solver]
