@@ -11,6 +11,7 @@ from jdiff._model import Model as Model
 from jdiff._model import edm_denoiser as edm_denoiser
 from jdiff.analytic import GaussianMixture as GaussianMixture
 from jdiff.paths import AbstractPath as AbstractPath
+from jdiff.paths import EDM as EDM
 from jdiff.paths import CustomPath as CustomPath
 from jdiff.paths import Linear as Linear
 from jdiff.paths import LogSNRPath as LogSNRPath

@@ -18,17 +18,28 @@ so that dx = f(t) x dt + g(t) dW has the marginals of the path.
 Times are arrays of any shape; every method is elementwise. `t_min`/`t_max` mark the
 range on which the path and its log-SNR are finite in float32; samplers integrate from
 `t_max` to `t_min` by default.
+
+Construction. A path's schedule parameters are its positional arguments, in the order its
+class lists them (`VEGeometric(0.002, 80.0)` is sigma_min, sigma_max); the time range is
+keyword-only (`VPLinear(0.1, 20.0, t_min=1e-3)`) for every path, built-in or user-defined:
+`AbstractPath.__init_subclass__` makes any `t_min`/`t_max` field a subclass declares
+keyword-only and static. Every path validates its parameters when they are concrete: the
+range 0 <= t_min < t_max <= 1, alpha and sigma finite and positive and the log-SNR finite and
+decreasing at both ends (in float32), plus each schedule's own constraints.
 """
 
 from __future__ import annotations
 
 import abc
+import dataclasses
 import math
+import types
 from collections.abc import Callable
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 __all__ = [
     "AbstractPath",
@@ -40,6 +51,7 @@ __all__ = [
     "Trigonometric",
     "LogSNRPath",
     "CustomPath",
+    "EDM",
     "expand_to",
 ]
 
@@ -66,11 +78,76 @@ def _bisect_decreasing(fn, y, lo, hi, iters=60):
     return 0.5 * (lo + hi)
 
 
+_TIME_RANGE = ("t_min", "t_max")
+
+
+def _concrete(*values) -> bool:
+    """True when no value is a tracer (inside jit/vmap/grad parameters cannot be checked)."""
+    return not any(isinstance(v, jax.core.Tracer) for v in jax.tree_util.tree_leaves(values))
+
+
+def _require(ok, message):
+    if not bool(ok):
+        raise ValueError(message)
+
+
 class AbstractPath(eqx.Module):
-    """A Gaussian path. Subclasses implement `alpha` and `sigma`; the rest is derived."""
+    """A Gaussian path. Subclasses implement `alpha` and `sigma`; the rest is derived.
+
+    Subclasses declare their schedule parameters as fields (positional, in that order) and the
+    time range as fields `t_min`, `t_max` with defaults; the range is made keyword-only and
+    static here, whatever the subclass writes, so positional arguments can never set it.
+    Parameter checks go in `_check_params` (called with concrete values only).
+    """
 
     t_min: eqx.AbstractVar[float]
     t_max: eqx.AbstractVar[float]
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        annotations = cls.__dict__.get("__annotations__", {})
+        for name in _TIME_RANGE:
+            if name not in annotations:
+                continue
+            value = cls.__dict__.get(name, dataclasses.MISSING)
+            if isinstance(value, dataclasses.Field):
+                value.kw_only = True
+                value.metadata = types.MappingProxyType({**value.metadata, "static": True})
+            elif value is dataclasses.MISSING:
+                setattr(cls, name, eqx.field(static=True, kw_only=True))
+            else:
+                setattr(cls, name, eqx.field(static=True, kw_only=True, default=value))
+
+    def __check_init__(self):
+        name = type(self).__name__
+        t_min, t_max = self.t_min, self.t_max
+        params = [getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in _TIME_RANGE]
+        params_concrete = _concrete([p for p in params if not callable(p)])
+        if params_concrete:
+            self._check_params()
+        if not _concrete(t_min, t_max):
+            return
+        _require(0.0 <= float(t_min) < float(t_max) <= 1.0,
+                 f"{name}: the time range must satisfy 0 <= t_min < t_max <= 1; got t_min={t_min}, t_max={t_max}")
+        if not params_concrete:
+            return
+        # Concrete values: evaluate now, even while a jit trace is building the path.
+        with jax.ensure_compile_time_eval():
+            ends = jnp.asarray([t_min, t_max], jnp.float32)
+            a, s, lam = (np.asarray(v, np.float32) for v in (self.alpha(ends), self.sigma(ends), self.log_snr(ends)))
+        for what, v in (("alpha", a), ("sigma", s), ("log_snr", lam)):
+            _require(np.all(np.isfinite(v)),
+                     f"{name}: {what} is not finite at the ends of its time range (t_min={t_min}: {float(v[0])}, "
+                     f"t_max={t_max}: {float(v[1])}); choose t_min/t_max inside the range where it is finite")
+        _require(np.all(a > 0) and np.all(s > 0),
+                 f"{name}: alpha and sigma must be positive at t_min and t_max; got alpha={a.tolist()}, "
+                 f"sigma={s.tolist()} at t=({t_min}, {t_max})")
+        _require(float(lam[0]) > float(lam[1]),
+                 f"{name}: the log-SNR must decrease from t_min to t_max (t = 0 is data, t = 1 noise); got "
+                 f"log_snr(t_min)={float(lam[0])}, log_snr(t_max)={float(lam[1])}")
+
+    def _check_params(self):
+        """Raise a ValueError naming a bad schedule parameter (concrete values only)."""
 
     @abc.abstractmethod
     def alpha(self, t):
@@ -156,6 +233,13 @@ def expand_to(c, x, name="t"):
 # -----------------------------------------------------------------------------------
 
 
+def _check_betas(path):
+    name = type(path).__name__
+    _require(float(path.beta_min) >= 0.0, f"{name}: `beta_min` must be >= 0; got {path.beta_min}")
+    _require(float(path.beta_max) > float(path.beta_min),
+             f"{name}: `beta_max` must exceed `beta_min`; got beta_min={path.beta_min}, beta_max={path.beta_max}")
+
+
 class _VPFromLogSNR(AbstractPath):
     """Variance-preserving path (alpha^2 + sigma^2 = 1) given by its log-SNR."""
 
@@ -195,8 +279,11 @@ class VPLinear(_VPFromLogSNR):
 
     beta_min: float = 0.1
     beta_max: float = 20.0
-    t_min: float = eqx.field(static=True, default=1e-5)
-    t_max: float = eqx.field(static=True, default=1.0)
+    t_min: float = 1e-5
+    t_max: float = 1.0
+
+    def _check_params(self):
+        _check_betas(self)
 
     def _B(self, t):
         t = _f(t)
@@ -240,8 +327,11 @@ class VPCosine(_VPFromLogSNR):
     """
 
     s: float = 0.008
-    t_min: float = eqx.field(static=True, default=1e-4)
-    t_max: float = eqx.field(static=True, default=1.0 - 1e-3)
+    t_min: float = 1e-4
+    t_max: float = 1.0 - 1e-3
+
+    def _check_params(self):
+        _require(float(self.s) >= 0.0, f"VPCosine: the offset `s` must be >= 0; got {self.s}")
 
     def _phi(self, t):
         return (_f(t) + self.s) / (1.0 + self.s) * (0.5 * math.pi)
@@ -266,8 +356,11 @@ class SubVP(AbstractPath):
 
     beta_min: float = 0.1
     beta_max: float = 20.0
-    t_min: float = eqx.field(static=True, default=1e-5)
-    t_max: float = eqx.field(static=True, default=1.0)
+    t_min: float = 1e-5
+    t_max: float = 1.0
+
+    def _check_params(self):
+        _check_betas(self)
 
     def _B(self, t):
         t = _f(t)
@@ -308,8 +401,11 @@ class VEGeometric(AbstractPath):
 
     sigma_min: float = 0.002
     sigma_max: float = 80.0
-    t_min: float = eqx.field(static=True, default=0.0)
-    t_max: float = eqx.field(static=True, default=1.0)
+    t_min: float = 0.0
+    t_max: float = 1.0
+
+    def _check_params(self):
+        _check_sigmas(self)
 
     def _log_sigma(self, t):
         t = _f(t)
@@ -348,6 +444,72 @@ class VEGeometric(AbstractPath):
         return 2.0 * self.sigma(t) ** 2 * jnp.log(self.sigma_max / self.sigma_min)
 
 
+def _check_sigmas(path):
+    name = type(path).__name__
+    _require(float(path.sigma_min) > 0.0, f"{name}: `sigma_min` must be > 0; got {path.sigma_min}")
+    _require(float(path.sigma_max) > float(path.sigma_min),
+             f"{name}: `sigma_max` must exceed `sigma_min`; got sigma_min={path.sigma_min}, sigma_max={path.sigma_max}")
+
+
+class EDM(AbstractPath):
+    """Karras et al. (2022)'s path in its own clock: alpha = 1, sigma(t) = sigma_max t.
+
+    jdiff's clock stays t in [0, 1] (t = sigma / sigma_max, on [sigma_min / sigma_max, 1]);
+    an affine map of EDM's clock sigma, so every fixed-step ODE solver takes exactly EDM's
+    steps: `Euler()` and `Heun()` on this path with `karras_grid(path, N)` are k-diffusion's
+    `sample_euler` and `sample_heun` (EDM Algorithm 1) step for step, and `path.sigma(grid)`
+    is EDM's sigma schedule. Defaults are EDM's (sigma_min = 0.002, sigma_max = 80).
+    `t_from_sigma(sigma)` = sigma / sigma_max.
+    """
+
+    sigma_min: float
+    sigma_max: float
+    t_min: float
+    t_max: float
+
+    def __init__(self, sigma_min: float = 0.002, sigma_max: float = 80.0):
+        self.sigma_min, self.sigma_max = sigma_min, sigma_max
+        if not _concrete(sigma_min, sigma_max):
+            raise ValueError("EDM: `sigma_min` and `sigma_max` fix the static time range t_min = sigma_min / "
+                             "sigma_max; pass numbers, not traced values")
+        self.t_min, self.t_max = float(sigma_min) / float(sigma_max), 1.0
+
+    def _check_params(self):
+        _check_sigmas(self)
+
+    def alpha(self, t):
+        return jnp.ones_like(_f(t))
+
+    def sigma(self, t):
+        return self.sigma_max * _f(t)
+
+    def d_alpha(self, t):
+        return jnp.zeros_like(_f(t))
+
+    def d_sigma(self, t):
+        return jnp.full_like(_f(t), 1.0) * self.sigma_max
+
+    def log_snr(self, t):
+        return -2.0 * jnp.log(self.sigma(t))
+
+    def d_log_snr(self, t):
+        return -2.0 / _f(t)
+
+    def t_from_log_snr(self, lam):
+        return jnp.exp(-0.5 * _f(lam)) / self.sigma_max
+
+    def t_from_sigma(self, sigma):
+        """The time at which this path has noise level `sigma`: sigma / sigma_max."""
+        return _f(sigma) / self.sigma_max
+
+    def drift(self, t):
+        return jnp.zeros_like(_f(t))
+
+    def diffusion2(self, t):
+        # d sigma^2 / dt = 2 sigma sigma' = 2 sigma_max^2 t
+        return 2.0 * self.sigma_max**2 * _f(t)
+
+
 class Linear(AbstractPath):
     """The linear interpolant of rectified flow / flow matching: alpha = 1 - t, sigma = t.
 
@@ -355,8 +517,8 @@ class Linear(AbstractPath):
     samplers) is infinite at both ends, so the default range is [1e-4, 1 - 1e-4].
     """
 
-    t_min: float = eqx.field(static=True, default=1e-4)
-    t_max: float = eqx.field(static=True, default=1.0 - 1e-4)
+    t_min: float = 1e-4
+    t_max: float = 1.0 - 1e-4
 
     def alpha(self, t):
         return 1.0 - _f(t)
@@ -392,8 +554,8 @@ class Linear(AbstractPath):
 class Trigonometric(AbstractPath):
     """The trigonometric interpolant alpha = cos(pi t / 2), sigma = sin(pi t / 2) (VP, angle form)."""
 
-    t_min: float = eqx.field(static=True, default=1e-4)
-    t_max: float = eqx.field(static=True, default=1.0 - 1e-4)
+    t_min: float = 1e-4
+    t_max: float = 1.0 - 1e-4
 
     def alpha(self, t):
         # sin of the complement: exactly 0 at t = 1 in float32, where cos(pi/2) is not.
@@ -428,10 +590,10 @@ class LogSNRPath(_VPFromLogSNR):
 
     log_snr_fn: Callable = eqx.field(static=True)
     t_from_log_snr_fn: Callable | None = eqx.field(static=True)
-    t_min: float = eqx.field(static=True)
-    t_max: float = eqx.field(static=True)
+    t_min: float
+    t_max: float
 
-    def __init__(self, log_snr_fn, t_from_log_snr_fn=None, t_min=1e-4, t_max=1.0 - 1e-4):
+    def __init__(self, log_snr_fn, t_from_log_snr_fn=None, *, t_min=1e-4, t_max=1.0 - 1e-4):
         self.log_snr_fn, self.t_from_log_snr_fn = log_snr_fn, t_from_log_snr_fn
         self.t_min, self.t_max = t_min, t_max
 
@@ -452,10 +614,10 @@ class CustomPath(AbstractPath):
 
     alpha_fn: Callable = eqx.field(static=True)
     sigma_fn: Callable = eqx.field(static=True)
-    t_min: float = eqx.field(static=True)
-    t_max: float = eqx.field(static=True)
+    t_min: float
+    t_max: float
 
-    def __init__(self, alpha_fn, sigma_fn, t_min=1e-4, t_max=1.0 - 1e-4):
+    def __init__(self, alpha_fn, sigma_fn, *, t_min=1e-4, t_max=1.0 - 1e-4):
         self.alpha_fn, self.sigma_fn, self.t_min, self.t_max = alpha_fn, sigma_fn, t_min, t_max
 
     def alpha(self, t):

@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from experiments import _names
 from helpers import all_paths, count_compiles
 
 from jdiff import paths
@@ -116,10 +117,10 @@ def test_paths_are_pytrees_through_jit_grad_vmap():
 
 
 def test_get_path_errors():
-    assert isinstance(paths.get_path("vp"), paths.VPLinear)
-    assert paths.get_path("ve", sigma_max=50.0).sigma_max == 50.0
-    with pytest.raises(ValueError, match="accepted names:.*linear.*vp"):
-        paths.get_path("vpp")
+    assert isinstance(_names.get_path("vp"), paths.VPLinear)
+    assert _names.get_path("ve", sigma_max=50.0).sigma_max == 50.0
+    with pytest.raises(ValueError, match="accepted:.*vp.*linear"):
+        _names.get_path("vpp")
 
 
 def test_expand_to_shape_error():
@@ -134,3 +135,125 @@ def test_prior():
     xt = jnp.array([1.0, -2.0])
     ref = jax.scipy.stats.norm.logpdf(xt, scale=80.0).sum()
     np.testing.assert_allclose(path.prior_log_prob(xt), ref, rtol=1e-12)
+
+
+# -- construction: positional schedule parameters, keyword-only time range, validation ---------
+
+_POSITIONAL = {
+    "VPLinear": ((0.2, 15.0), dict(beta_min=0.2, beta_max=15.0)),
+    "SubVP": ((0.2, 15.0), dict(beta_min=0.2, beta_max=15.0)),
+    "VPCosine": ((0.01,), dict(s=0.01)),
+    "VEGeometric": ((0.01, 50.0), dict(sigma_min=0.01, sigma_max=50.0)),
+    "EDM": ((0.01, 50.0), dict(sigma_min=0.01, sigma_max=50.0)),
+    "Linear": ((), {}),
+    "Trigonometric": ((), {}),
+}
+
+
+@pytest.mark.parametrize("name", list(_POSITIONAL))
+def test_positional_and_keyword_construction_agree(name):
+    cls = getattr(paths, name)
+    args, kwargs = _POSITIONAL[name]
+    assert cls(*args) == cls(**kwargs)
+    # The time range is never positional: one argument more than the schedule has is an error.
+    with pytest.raises(TypeError):
+        cls(*args, 0.1)
+
+
+def test_the_readme_call_sets_the_schedule_not_the_time_range():
+    ve, vp = paths.VEGeometric(0.002, 80.0), paths.VPLinear(0.1, 20.0)
+    assert (ve.sigma_min, ve.sigma_max, ve.t_min, ve.t_max) == (0.002, 80.0, 0.0, 1.0)
+    assert (vp.beta_min, vp.beta_max, vp.t_min, vp.t_max) == (0.1, 20.0, 1e-5, 1.0)
+    np.testing.assert_allclose(float(ve.prior_std()), 80.0, rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(ve.sigma(jnp.array([0.0, 1.0]))), [0.002, 80.0], rtol=1e-6)
+    assert paths.VPLinear(0.1, 20.0, t_min=1e-3).t_min == 1e-3
+    assert paths.LogSNRPath(lambda t: 4.0 - 8.0 * t, t_min=0.1).t_min == 0.1
+
+
+def test_a_user_path_gets_a_keyword_only_time_range_too():
+    class MyPath(paths.AbstractPath):
+        scale: float = 1.0
+        t_min: float = 0.01
+        t_max: float = 0.99
+
+        def alpha(self, t):
+            return jnp.cos(0.5 * jnp.pi * t)
+
+        def sigma(self, t):
+            return self.scale * jnp.sin(0.5 * jnp.pi * t)
+
+    assert MyPath(2.0).scale == 2.0 and MyPath(2.0).t_min == 0.01
+    with pytest.raises(TypeError):
+        MyPath(2.0, 0.1)
+
+
+@pytest.mark.parametrize(
+    "build, match",
+    [
+        (lambda: paths.VEGeometric(80.0, 0.002), "sigma_max` must exceed `sigma_min"),
+        (lambda: paths.VEGeometric(0.0, 80.0), "sigma_min` must be > 0"),
+        (lambda: paths.EDM(1.0, 0.5), "sigma_max` must exceed `sigma_min"),
+        (lambda: paths.VPLinear(-0.1, 20.0), "beta_min` must be >= 0"),
+        (lambda: paths.VPLinear(0.1, 0.05), "beta_max` must exceed `beta_min"),
+        (lambda: paths.SubVP(0.1, 0.1), "beta_max` must exceed `beta_min"),
+        (lambda: paths.VPCosine(-0.1), "`s` must be >= 0"),
+        (lambda: paths.VPLinear(t_min=0.5, t_max=0.2), "0 <= t_min < t_max <= 1"),
+        (lambda: paths.VEGeometric(t_max=80.0), "0 <= t_min < t_max <= 1"),
+        (lambda: paths.Trigonometric(t_min=-0.1), "0 <= t_min < t_max <= 1"),
+        (lambda: paths.Linear(t_min=0.0), "log_snr is not finite"),
+        (lambda: paths.VPCosine(t_max=1.0), "not finite|positive"),
+        (lambda: paths.CustomPath(lambda t: t, lambda t: 1.0 - t), "log-SNR must decrease"),
+        (lambda: paths.LogSNRPath(lambda t: jnp.log(t)), "log-SNR must decrease"),
+    ],
+)
+def test_bad_path_parameters_raise_naming_the_argument(build, match):
+    with pytest.raises(ValueError, match=match):
+        build()
+
+
+def test_traced_parameters_are_not_checked_but_still_work():
+    # Inside vmap/grad the schedule parameters are tracers: construction must not try to check them.
+    out = jax.vmap(lambda s: paths.VEGeometric(sigma_max=s).sigma(1.0))(jnp.array([10.0, 50.0]))
+    np.testing.assert_allclose(out, [10.0, 50.0], rtol=1e-12)
+    # Concrete parameters inside a jit trace are still checked (eagerly), and the path works.
+    np.testing.assert_allclose(jax.jit(lambda: paths.EDM(0.01, 10.0).sigma(0.5))(), 5.0, rtol=1e-12)
+    with pytest.raises(ValueError, match="log_snr is not finite"):
+        jax.jit(lambda: paths.Linear(t_min=0.0).alpha(0.5))()
+
+
+# -- the EDM path: jdiff's Euler and Heun are k-diffusion's / EDM's integrators ------------------
+
+
+def _edm_reference(denoise, x, sigmas, heun):
+    """k-diffusion's sample_euler / sample_heun (EDM Algorithm 1, no churn) in sigma, written out."""
+    for s, s_next in zip(sigmas[:-1], sigmas[1:]):
+        d = (x - denoise(x, s)) / s
+        x_e = x + (s_next - s) * d
+        if heun and s_next > 0:
+            d2 = (x_e - denoise(x_e, s_next)) / s_next
+            x_e = x + (s_next - s) * 0.5 * (d + d2)
+        x = x_e
+    return x
+
+
+@pytest.mark.parametrize("solver_name", ["euler", "heun"])
+def test_edm_path_euler_and_heun_are_the_edm_integrators(solver_name):
+    from jdiff import samplers as S
+    from helpers import mixture_2d
+
+    gm = mixture_2d()
+    edm, ve = paths.EDM(0.002, 80.0), paths.VEGeometric(0.002, 80.0)
+    n, rho = 12, 7.0
+    # EDM's sigma schedule (Karras et al. 2022, eq. 5), written out, and the oracle's denoiser in sigma
+    i = np.arange(n + 1) / n
+    sigmas = (80.0 ** (1 / rho) + i * (0.002 ** (1 / rho) - 80.0 ** (1 / rho))) ** rho
+    np.testing.assert_allclose(np.asarray(edm.sigma(S.karras_grid(edm, n, rho=rho))), sigmas, rtol=1e-12)
+
+    def denoise(x, s):  # E[x0 | x0 + s eps = x] through the VE path at its time for s
+        return jax.vmap(lambda xi: gm.denoiser(xi, ve.t_from_sigma(s), ve))(x)
+
+    x = 80.0 * jax.random.normal(jax.random.PRNGKey(0), (16, 2), jnp.float64)
+    want = _edm_reference(denoise, x, sigmas, heun=solver_name == "heun")
+    solver = {"euler": S.Euler(), "heun": S.Heun()}[solver_name]
+    got = S.sample(solver, gm.as_model(edm, "x0"), x, S.karras_grid(edm, n, rho=rho))
+    np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-9)
