@@ -22,8 +22,8 @@ import numpy as np
 
 jax.config.update("jax_enable_x64", True)
 
-from jdiff import GaussianMixture, likelihood, paths
-from jdiff.likelihood import Hutchinson
+from jdiff import GaussianMixture, likelihood, paths  # noqa: E402 - after the x64 switch
+from jdiff.likelihood import Hutchinson  # noqa: E402
 
 
 def mixture(dim, key):

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import inspect
 import math
 import types
 from collections.abc import Callable
@@ -42,16 +43,16 @@ import jax.numpy as jnp
 import numpy as np
 
 __all__ = [
-    "AbstractPath",
-    "VPLinear",
-    "VPCosine",
-    "SubVP",
-    "VEGeometric",
-    "Linear",
-    "Trigonometric",
-    "LogSNRPath",
-    "CustomPath",
     "EDM",
+    "AbstractPath",
+    "CustomPath",
+    "Linear",
+    "LogSNRPath",
+    "SubVP",
+    "Trigonometric",
+    "VEGeometric",
+    "VPCosine",
+    "VPLinear",
     "expand_to",
 ]
 
@@ -105,7 +106,7 @@ class AbstractPath(eqx.Module):
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
-        annotations = cls.__dict__.get("__annotations__", {})
+        annotations = inspect.get_annotations(cls)
         for name in _TIME_RANGE:
             if name not in annotations:
                 continue

@@ -27,12 +27,12 @@ from jdiff.paths import AbstractPath, expand_to
 
 __all__ = [
     "KINDS",
-    "check_kind",
-    "to_x0_eps",
-    "from_x0_eps",
-    "convert",
     "Preconditioning",
+    "check_kind",
+    "convert",
     "edm_preconditioning",
+    "from_x0_eps",
+    "to_x0_eps",
 ]
 
 KINDS = ("eps", "x0", "v", "score", "velocity")

@@ -24,7 +24,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
-from jdiff.paths import _VPFromLogSNR, _f
+from jdiff.paths import _f, _VPFromLogSNR
 
 __all__ = ["LearnedLogSNR"]
 

@@ -4,7 +4,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
 from helpers import all_paths, count_compiles, mixture_1d, mixture_2d
 
 import jdiff
@@ -42,7 +41,7 @@ def test_class_conditional_consistency():
         lhs = gm.marginal_log_prob(x, t, path, cond=c) + jnp.log(prior[c]) - gm.marginal_log_prob(x, t, path)
         np.testing.assert_allclose(lhs, logpost[c], rtol=1e-10)
         # conditional score = score + grad log p(c | x)
-        gpost = jax.grad(lambda y: gm.class_log_posterior(y, t, path)[c])(x)
+        gpost = jax.grad(lambda y, c=c: gm.class_log_posterior(y, t, path)[c])(x)
         np.testing.assert_allclose(gm.score(x, t, path, cond=c), gm.score(x, t, path) + gpost, rtol=1e-8, atol=1e-10)
 
 

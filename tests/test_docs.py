@@ -12,7 +12,7 @@ import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 FILES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
-_BLOCK = re.compile(r"^```python\n(.*?)^```", re.S | re.M)
+_BLOCK = re.compile(r"^```python\n(.*?)^```", re.DOTALL | re.MULTILINE)
 
 
 def python_blocks(path: pathlib.Path):
@@ -29,7 +29,7 @@ def test_python_blocks_run(path, tmp_path, monkeypatch):
     for line, code in python_blocks(path):
         try:
             exec(compile(code, f"{path.name}:{line}", "exec"), namespace)
-        except Exception as e:  # noqa: BLE001 - re-raised with the block's location
+        except Exception as e:
             raise AssertionError(f"{path.relative_to(ROOT)}, the block at line {line} failed: {e!r}") from e
 
 

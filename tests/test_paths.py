@@ -1,13 +1,14 @@
 """Gaussian paths: SDE consistency, log-SNR inverse, float32 finiteness, closed forms, jit."""
 
+import itertools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
-from experiments import _names
 from helpers import all_paths, count_compiles
 
+from experiments import _names
 from jdiff import paths
 
 PATHS = all_paths()
@@ -140,11 +141,11 @@ def test_prior():
 # -- construction: positional schedule parameters, keyword-only time range, validation ---------
 
 _POSITIONAL = {
-    "VPLinear": ((0.2, 15.0), dict(beta_min=0.2, beta_max=15.0)),
-    "SubVP": ((0.2, 15.0), dict(beta_min=0.2, beta_max=15.0)),
-    "VPCosine": ((0.01,), dict(s=0.01)),
-    "VEGeometric": ((0.01, 50.0), dict(sigma_min=0.01, sigma_max=50.0)),
-    "EDM": ((0.01, 50.0), dict(sigma_min=0.01, sigma_max=50.0)),
+    "VPLinear": ((0.2, 15.0), {"beta_min": 0.2, "beta_max": 15.0}),
+    "SubVP": ((0.2, 15.0), {"beta_min": 0.2, "beta_max": 15.0}),
+    "VPCosine": ((0.01,), {"s": 0.01}),
+    "VEGeometric": ((0.01, 50.0), {"sigma_min": 0.01, "sigma_max": 50.0}),
+    "EDM": ((0.01, 50.0), {"sigma_min": 0.01, "sigma_max": 50.0}),
     "Linear": ((), {}),
     "Trigonometric": ((), {}),
 }
@@ -226,7 +227,7 @@ def test_traced_parameters_are_not_checked_but_still_work():
 
 def _edm_reference(denoise, x, sigmas, heun):
     """k-diffusion's sample_euler / sample_heun (EDM Algorithm 1, no churn) in sigma, written out."""
-    for s, s_next in zip(sigmas[:-1], sigmas[1:]):
+    for s, s_next in itertools.pairwise(sigmas):
         d = (x - denoise(x, s)) / s
         x_e = x + (s_next - s) * d
         if heun and s_next > 0:
@@ -238,8 +239,9 @@ def _edm_reference(denoise, x, sigmas, heun):
 
 @pytest.mark.parametrize("solver_name", ["euler", "heun"])
 def test_edm_path_euler_and_heun_are_the_edm_integrators(solver_name):
-    from jdiff import samplers as S
     from helpers import mixture_2d
+
+    from jdiff import samplers as S
 
     gm = mixture_2d()
     edm, ve = paths.EDM(0.002, 80.0), paths.VEGeometric(0.002, 80.0)

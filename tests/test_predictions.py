@@ -7,7 +7,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
 from helpers import all_paths, count_compiles, mixture_2d
 
 import jdiff

@@ -18,12 +18,12 @@ import jax.numpy as jnp
 from jdiff.analytic import GaussianMixture
 
 __all__ = [
-    "moons",
     "checkerboard",
-    "eight_gaussians",
-    "swiss_roll",
-    "gaussian_mixture",
     "default_mixture",
+    "eight_gaussians",
+    "gaussian_mixture",
+    "moons",
+    "swiss_roll",
 ]
 
 # One XLA program per (sampler, n, dtype): eager op-by-op dispatch would compile every primitive.
