@@ -132,11 +132,16 @@ def _split(model: nnx.Module):
 
 
 def init_train_state(model: nnx.Module, tx: optax.GradientTransformation, key, *, mesh=None,
-                     data_position: int = 0) -> tuple[Any, TrainState]:
+                     rules=parallel.FSDP_RULES, data_position: int = 0) -> tuple[Any, TrainState]:
     """Split `model` and build the initial TrainState (EMA = the initial params).
 
     key: the run's base PRNG key (raw uint32 key, e.g. jax.random.PRNGKey(seed)).
-    mesh: when given, every leaf is replicated over it (parameters are not sharded).
+    mesh: when given, the state becomes global arrays on it: parameters and EMA laid out by
+        their logical axis names under `rules` (jdiff.parallel.param_shardings), the optimizer
+        state like the parameters it tracks (optax.tree_map_params), everything else
+        replicated. Every process must pass the same `model` (same seed). Only the parameters
+        pass through the host; the optimizer and EMA state are created sharded on the devices.
+    rules: logical axis name -> mesh axis pairs (jdiff.parallel.FSDP_RULES; () replicates all).
     Returns (graphdef, state); the graphdef is static and shared by every later call.
     """
     graphdef, params, rest = _split(model)
@@ -145,19 +150,23 @@ def init_train_state(model: nnx.Module, tx: optax.GradientTransformation, key, *
     def zero():
         return jnp.zeros((), jnp.int32)
 
+    scalars = {"step": zero(), "key": jnp.array(key), "data_position": jnp.asarray(data_position, jnp.int32),
+               "nonfinite_run": zero(), "nonfinite_total": zero()}
+    if mesh is None:
+        return graphdef, TrainState(params=params, opt_state=tx.init(params), ema_params=jax.tree.map(jnp.copy, params),
+                                    rest=rest, **scalars)
+    p_sharding = parallel.param_shardings(params, mesh, rules)
+    params = parallel.to_global(params, p_sharding)
+    o_sharding = optax.tree_map_params(tx, lambda _, s: s, jax.eval_shape(tx.init, params), p_sharding,
+                                       transform_non_params=lambda _: parallel.replicated(mesh),
+                                       is_leaf=lambda x: isinstance(x, nnx.Variable))
     state = TrainState(
-        step=zero(),
         params=params,
-        opt_state=tx.init(params),
-        ema_params=jax.tree.map(jnp.copy, params),
-        rest=rest,
-        key=jnp.array(key),
-        data_position=jnp.asarray(data_position, jnp.int32),
-        nonfinite_run=zero(),
-        nonfinite_total=zero(),
+        opt_state=jax.jit(tx.init, out_shardings=o_sharding)(params),
+        ema_params=jax.jit(lambda p: jax.tree.map(jnp.copy, p), out_shardings=p_sharding)(params),
+        rest=parallel.replicate(rest, mesh),
+        **parallel.replicate(scalars, mesh),
     )
-    if mesh is not None:
-        state = parallel.replicate(state, mesh)
     return graphdef, state
 
 
@@ -182,6 +191,7 @@ def make_train_step(
     grad_clip_norm: float | None = 1.0,
     learning_rate_fn: Callable | None = None,
     donate: bool = True,
+    state_sharding=None,
 ):
     """Build the jitted train step `step(state, batch) -> (state, metrics)`.
 
@@ -190,8 +200,10 @@ def make_train_step(
         A `ContextLoss` is also given `step=state.step` and `target=` the EMA model.
     graphdef: the model's static graph from `init_train_state`.
     tx: the optax optimizer (its state lives in `state.opt_state`).
-    mesh: a one-axis "data" mesh (jdiff.parallel.make_mesh): the batch is sharded along its
-        leading axis, the state is replicated. None: no sharding constraints.
+    mesh: a jdiff.parallel.make_mesh mesh: the batch is split along its leading axis over
+        "data" and "fsdp". None: no sharding constraints.
+    state_sharding: the shardings of the state (jdiff.parallel.shardings_of(state) of a state from
+        `init_train_state(..., mesh=mesh)`), kept by the step; None: replicated.
     ema: EMA decay; `ema_warmup` applies `ema_decay`'s warmup.
     grad_clip_norm: clip the gradient to this global L2 norm before `tx` (None: no clipping).
     learning_rate_fn: optional schedule step -> lr, only to log the learning rate.
@@ -265,7 +277,8 @@ def make_train_step(
     kwargs = {"donate_argnums": 0} if donate else {}
     if mesh is not None:
         rep = parallel.replicated(mesh)
-        kwargs.update(in_shardings=(rep, parallel.data_sharded(mesh)), out_shardings=(rep, rep))
+        state_sharding = rep if state_sharding is None else state_sharding
+        kwargs.update(in_shardings=(state_sharding, parallel.data_sharded(mesh)), out_shardings=(state_sharding, rep))
     return jax.jit(step_fn, **kwargs)
 
 

@@ -75,7 +75,7 @@ def test_eight_devices_match_one_device():
     leaf = jax.tree.leaves(s8.params)[0]
     assert leaf.sharding.is_fully_replicated and len(leaf.sharding.device_set) == 8
     b = parallel.global_batch(_data(), parallel.make_mesh(8))
-    assert b["x"].sharding.spec == jax.sharding.PartitionSpec("data")
+    assert b["x"].sharding.spec == jax.sharding.PartitionSpec(("data", "fsdp"))  # fsdp = 1 here
     assert {s.data.shape for s in b["x"].addressable_shards} == {(8, 2)}
 
 

@@ -30,10 +30,20 @@ def num_groups(channels: int, max_groups: int = 32, min_group_size: int = 4) -> 
     return g
 
 
-def zeros_linear(din, dout, *, dtype, rngs):
+def axes(*names) -> dict:
+    """Metadata naming a parameter's logical axes, e.g. `nnx.Linear(..., kernel_metadata=axes("embed", "mlp"))`.
+
+    jdiff.parallel's logical-axis rules map the names to mesh axes ("embed": the model width, split
+    by FSDP; "mlp", "heads": expanded and attention widths, split by tensor parallelism; "vocab":
+    embedding rows; None: never split). No mesh is needed to build the network (eager_sharding off).
+    """
+    return {"out_sharding": names, "eager_sharding": False}
+
+
+def zeros_linear(din, dout, *, dtype, rngs, names=("embed", "mlp")):
     """A Linear layer initialized to output exactly zero (residual branches, adaLN-Zero)."""
     return nnx.Linear(din, dout, kernel_init=nnx.initializers.zeros, bias_init=nnx.initializers.zeros,
-                      dtype=dtype, rngs=rngs)
+                      dtype=dtype, rngs=rngs, kernel_metadata=axes(*names))
 
 
 class Attention(nnx.Module):
@@ -50,9 +60,9 @@ class Attention(nnx.Module):
             raise ValueError(f"`num_heads`={num_heads} must divide the width {dim}")
         self.num_heads = num_heads
         kw = {} if kernel_init is None else dict(kernel_init=kernel_init)
-        self.qkv = nnx.Linear(dim, 3 * dim, dtype=dtype, rngs=rngs, **kw)
-        self.out = (zeros_linear(dim, dim, dtype=dtype, rngs=rngs) if zero_out
-                    else nnx.Linear(dim, dim, dtype=dtype, rngs=rngs, **kw))
+        self.qkv = nnx.Linear(dim, 3 * dim, dtype=dtype, rngs=rngs, kernel_metadata=axes("embed", "heads"), **kw)
+        self.out = (zeros_linear(dim, dim, dtype=dtype, rngs=rngs, names=("heads", "embed")) if zero_out
+                    else nnx.Linear(dim, dim, dtype=dtype, rngs=rngs, kernel_metadata=axes("heads", "embed"), **kw))
 
     def __call__(self, h):
         b, n, d = h.shape

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jdiff.models._common import Attention, check_input, check_model_kind, zeros_linear
+from jdiff.models._common import Attention, axes, check_input, check_model_kind, zeros_linear
 from jdiff.models.embeddings import TimeEmbedding, batch_times, check_unconditional, class_embedding_or_none
 
 __all__ = ["DiT"]
@@ -26,9 +26,10 @@ _FREQ_DIM = 256
 _LN_EPS = 1e-6
 
 
-def _xavier_linear(din, dout, *, dtype, rngs):
+def _xavier_linear(din, dout, *, dtype, rngs, names=("embed", "mlp")):
     # DiT initializes every transformer Linear with Xavier-uniform weights and zero biases.
-    return nnx.Linear(din, dout, kernel_init=nnx.initializers.xavier_uniform(), dtype=dtype, rngs=rngs)
+    return nnx.Linear(din, dout, kernel_init=nnx.initializers.xavier_uniform(), dtype=dtype, rngs=rngs,
+                      kernel_metadata=axes(*names))
 
 
 def _layer_norm(dim, dtype, rngs):
@@ -61,7 +62,7 @@ class DiTBlock(nnx.Module):
         self.norm2 = _layer_norm(hidden, dtype, rngs)
         mlp_hidden = int(hidden * mlp_ratio)
         self.fc1 = _xavier_linear(hidden, mlp_hidden, dtype=dtype, rngs=rngs)
-        self.fc2 = _xavier_linear(mlp_hidden, hidden, dtype=dtype, rngs=rngs)
+        self.fc2 = _xavier_linear(mlp_hidden, hidden, dtype=dtype, rngs=rngs, names=("mlp", "embed"))
         self.ada = zeros_linear(hidden, 6 * hidden, dtype=dtype, rngs=rngs)
 
     def __call__(self, x, c):
@@ -75,7 +76,7 @@ class FinalLayer(nnx.Module):
     def __init__(self, hidden: int, out_dim: int, *, dtype, rngs: nnx.Rngs):
         self.norm = _layer_norm(hidden, dtype, rngs)
         self.ada = zeros_linear(hidden, 2 * hidden, dtype=dtype, rngs=rngs)
-        self.linear = zeros_linear(hidden, out_dim, dtype=dtype, rngs=rngs)
+        self.linear = zeros_linear(hidden, out_dim, dtype=dtype, rngs=rngs, names=("embed", None))
 
     def __call__(self, x, c):
         shift, scale = jnp.split(self.ada(nnx.silu(c)), 2, axis=-1)
@@ -115,7 +116,8 @@ class DiT(nnx.Module):
         sincos_2d(hidden, *self.grid)  # validates `hidden`
         self.hidden = hidden
         # A Linear on flattened patches is the DiT patch-embedding conv with kernel = stride = p.
-        self.patch = _xavier_linear(patch_size * patch_size * channels, hidden, dtype=dtype, rngs=rngs)
+        self.patch = _xavier_linear(patch_size * patch_size * channels, hidden, dtype=dtype, rngs=rngs,
+                                    names=(None, "embed"))
         self.time = TimeEmbedding(_FREQ_DIM, hidden, kind=time_embedding, time_scale=time_scale, dtype=dtype,
                                   rngs=rngs)
         self.label = class_embedding_or_none(num_classes, hidden, dtype, rngs)

@@ -21,6 +21,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jdiff.models._common import axes
+
 __all__ = [
     "TIME_EMBEDDINGS",
     "sinusoidal_embedding",
@@ -108,8 +110,8 @@ class TimeEmbedding(nnx.Module):
         self.kind = kind
         self.time_scale = time_scale
         self.fourier = FourierFeatures(dim, rngs=rngs) if kind == "fourier" else None
-        self.dense1 = nnx.Linear(dim, out, dtype=dtype, rngs=rngs)
-        self.dense2 = nnx.Linear(out, out, dtype=dtype, rngs=rngs)
+        self.dense1 = nnx.Linear(dim, out, dtype=dtype, rngs=rngs, kernel_metadata=axes(None, "embed"))
+        self.dense2 = nnx.Linear(out, out, dtype=dtype, rngs=rngs, kernel_metadata=axes("embed", "mlp"))
 
     def __call__(self, t):
         feats = self.fourier(t) if self.kind == "fourier" else sinusoidal_embedding(t, self.dim, scale=self.time_scale)
@@ -122,7 +124,7 @@ class ClassEmbedding(nnx.Module):
     def __init__(self, num_classes: int, dim: int, *, dtype=None, rngs: nnx.Rngs):
         self.num_classes = num_classes
         # num_classes + 1 rows: the last is the null class (classifier-free guidance).
-        self.embed = nnx.Embed(num_classes + 1, dim, dtype=dtype, rngs=rngs)
+        self.embed = nnx.Embed(num_classes + 1, dim, dtype=dtype, rngs=rngs, embedding_metadata=axes("vocab", "embed"))
 
     def __call__(self, cond, batch: int):
         if cond is None:

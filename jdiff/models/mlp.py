@@ -6,7 +6,7 @@ import math
 
 from flax import nnx
 
-from jdiff.models._common import check_model_kind
+from jdiff.models._common import axes, check_model_kind
 from jdiff.models.embeddings import TimeEmbedding, batch_times, check_unconditional, class_embedding_or_none
 
 __all__ = ["MLP"]
@@ -17,10 +17,11 @@ class _Block(nnx.Module):
 
     def __init__(self, hidden, emb_dim, dropout, dtype, rngs):
         self.norm = nnx.LayerNorm(hidden, dtype=dtype, rngs=rngs)
-        self.dense1 = nnx.Linear(hidden, hidden, dtype=dtype, rngs=rngs)
-        self.emb = nnx.Linear(emb_dim, hidden, dtype=dtype, rngs=rngs)
+        self.dense1 = nnx.Linear(hidden, hidden, dtype=dtype, rngs=rngs, kernel_metadata=axes("embed", "mlp"))
+        self.emb = nnx.Linear(emb_dim, hidden, dtype=dtype, rngs=rngs, kernel_metadata=axes("embed", "mlp"))
         self.dropout = nnx.Dropout(dropout, rngs=rngs)
-        self.dense2 = nnx.Linear(hidden, hidden, kernel_init=nnx.initializers.zeros, dtype=dtype, rngs=rngs)
+        self.dense2 = nnx.Linear(hidden, hidden, kernel_init=nnx.initializers.zeros, dtype=dtype, rngs=rngs,
+                                 kernel_metadata=axes("mlp", "embed"))
 
     def __call__(self, h, emb):
         r = self.dense1(nnx.silu(self.norm(h))) + self.emb(emb)
@@ -53,10 +54,10 @@ class MLP(nnx.Module):
         self.dtype = dtype
         self.time = TimeEmbedding(hidden, hidden, kind=time_embedding, time_scale=time_scale, dtype=dtype, rngs=rngs)
         self.label = class_embedding_or_none(num_classes, hidden, dtype, rngs)
-        self.inp = nnx.Linear(in_features, hidden, dtype=dtype, rngs=rngs)
+        self.inp = nnx.Linear(in_features, hidden, dtype=dtype, rngs=rngs, kernel_metadata=axes(None, "embed"))
         self.blocks = nnx.List([_Block(hidden, hidden, dropout, dtype, rngs) for _ in range(depth)])
         self.out_norm = nnx.LayerNorm(hidden, dtype=dtype, rngs=rngs)
-        self.out = nnx.Linear(hidden, in_features, dtype=dtype, rngs=rngs)
+        self.out = nnx.Linear(hidden, in_features, dtype=dtype, rngs=rngs, kernel_metadata=axes("embed", None))
 
     def __call__(self, x, t, cond=None):
         """x (B, ...) with prod(x.shape[1:]) = in_features; t scalar or (B,) in [0, 1]; cond (B,) ints or None."""

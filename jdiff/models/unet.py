@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jdiff.models._common import Attention, check_input, check_model_kind, num_groups
+from jdiff.models._common import Attention, axes, check_input, check_model_kind, num_groups
 from jdiff.models.embeddings import TimeEmbedding, batch_times, check_unconditional, class_embedding_or_none
 
 __all__ = ["UNet"]
@@ -27,14 +27,15 @@ _SKIP_SCALE = 1.0 / math.sqrt(2.0)  # DDPM++ skip_rescale: keeps the residual st
 
 def _conv(cin, cout, k=3, *, stride=1, zero=False, dtype, rngs):
     kw = dict(kernel_init=nnx.initializers.zeros) if zero else {}
-    return nnx.Conv(cin, cout, (k, k), strides=(stride, stride), padding="SAME", dtype=dtype, rngs=rngs, **kw)
+    return nnx.Conv(cin, cout, (k, k), strides=(stride, stride), padding="SAME", dtype=dtype, rngs=rngs,
+                    kernel_metadata=axes(None, None, "embed", "mlp"), **kw)
 
 
 class ResBlock(nnx.Module):
     def __init__(self, cin: int, cout: int, emb_dim: int, dropout: float, *, dtype, rngs: nnx.Rngs):
         self.norm1 = nnx.GroupNorm(cin, num_groups(cin), dtype=dtype, rngs=rngs)
         self.conv1 = _conv(cin, cout, dtype=dtype, rngs=rngs)
-        self.emb = nnx.Linear(emb_dim, cout, dtype=dtype, rngs=rngs)
+        self.emb = nnx.Linear(emb_dim, cout, dtype=dtype, rngs=rngs, kernel_metadata=axes("embed", "mlp"))
         self.norm2 = nnx.GroupNorm(cout, num_groups(cout), dtype=dtype, rngs=rngs)
         self.dropout = nnx.Dropout(dropout, rngs=rngs)
         self.conv2 = _conv(cout, cout, zero=True, dtype=dtype, rngs=rngs)
