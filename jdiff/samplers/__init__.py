@@ -11,6 +11,7 @@ from jdiff.samplers._fixed import DDIM as DDIM
 from jdiff.samplers._fixed import DDPM as DDPM
 from jdiff.samplers._fixed import LMS as LMS
 from jdiff.samplers._fixed import DPMSolver as DPMSolver
+from jdiff.samplers._fixed import DPMSolver2M as DPMSolver2M
 from jdiff.samplers._fixed import DPMSolverPP2M as DPMSolverPP2M
 from jdiff.samplers._fixed import DPMSolverPP2MSDE as DPMSolverPP2MSDE
 from jdiff.samplers._fixed import DPMSolverPP3M as DPMSolverPP3M

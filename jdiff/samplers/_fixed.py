@@ -7,7 +7,19 @@ for a step from t to s < t. The data prediction x0_hat and noise prediction eps_
 from `jdiff.predictions` whatever the model's kind.
 
 Multistep methods warm up with lower orders: the order used at step i is
-min(order, i + 1), chosen by `jnp.where` on scalar coefficients (no `lax.cond`).
+min(order, i + 1), chosen by `jnp.where` on scalar coefficients (no `lax.cond`). With
+`lower_order_final=True` it is min(order, i + 1, N - i): the last steps drop to lower
+orders too (diffusers' option of the same name), which helps at small N, where the last
+steps are the longest in log-SNR.
+
+Clocks. Euler and Heun integrate the PF-ODE in a clock: `clock="t"` is the path's own time
+(x' = u(x, t)); `clock="sigma"` is the EDM / k-diffusion convention on any path, the scaled
+state y = x / alpha in the noise level sigma_e = sigma / alpha, where the ODE reads
+dy / d sigma_e = eps_hat (Karras et al. 2022, eq. 4 with s = alpha). On a variance-exploding
+path (alpha = 1) that is the sigma clock of k-diffusion's sample_euler / sample_heun;
+Euler in it is DDIM on every path. `clock="auto"` (the default) picks "sigma" where alpha is
+constant (VEGeometric, EDM: the path's t is log-sigma or an affine map of sigma) and "t"
+elsewhere, where the measured errors favour the path's clock (docs/samplers.md).
 """
 
 from __future__ import annotations
@@ -27,6 +39,7 @@ __all__ = [
     "Euler",
     "Heun",
     "DPMSolver",
+    "DPMSolver2M",
     "DPMSolverPP2M",
     "DPMSolverPP3M",
     "DPMSolverPP2MSDE",
@@ -66,6 +79,49 @@ def _check_order(order, allowed, name="order"):
 def _check_nonneg(value, name):
     if not value >= 0:
         raise ValueError(f"`{name}` must be a number >= 0; got {value!r}")
+
+
+CLOCKS = ("auto", "t", "sigma")
+
+
+def _check_clock(clock):
+    if clock not in CLOCKS:
+        raise ValueError(f"`clock` must be one of {CLOCKS}; got {clock!r}")
+
+
+def _resolve_clock(clock, path):
+    """"auto" -> "sigma" on a path whose alpha is constant (variance exploding), else "t".
+
+    Decided once while tracing, from alpha and its derivative at three times (evaluated at
+    trace time; a schedule whose alpha depends on traced parameters gets "t").
+    """
+    if clock != "auto":
+        return clock
+    with jax.ensure_compile_time_eval():
+        ts = np.linspace(path.t_min, path.t_max, 3)
+        a, da = path.alpha(ts), path.d_alpha(ts)
+    if isinstance(a, jax.core.Tracer) or isinstance(da, jax.core.Tracer):
+        return "t"
+    a, da = np.asarray(a), np.asarray(da)
+    return "sigma" if np.all(da == 0.0) and np.all(a == a[0]) else "t"
+
+
+def _sigma_clock_euler(path, x, t, s):
+    """One Euler step of dy / d sigma_e = eps_hat with y = x / alpha, sigma_e = sigma / alpha.
+
+    x_s = (a_s / a_t) x + a_s (sigma_e(s) - sigma_e(t)) eps, and a_s (sigma_e(s) - sigma_e(t))
+    = -s_s expm1((lambda_s - lambda_t) / 2) (full log-SNR): finite where alpha_t -> 0.
+    Returns (x_s without the eps term, the eps coefficient).
+    """
+    ratio = path.alpha(s) / path.alpha(t)
+    c = -path.sigma(s) * jnp.expm1(0.5 * (path.log_snr(s) - path.log_snr(t)))
+    return ratio * x, c
+
+
+def _lower_order(order, i, num_steps, lower_order_final):
+    """The order of multistep step i: min(order, i + 1), and min(., N - i) with lower_order_final."""
+    q = jnp.minimum(i + 1, order)
+    return jnp.minimum(q, num_steps - i) if lower_order_final else q
 
 
 # ---------------------------------------------------------------------------------
@@ -134,18 +190,31 @@ class DDIM(AbstractSolver):
 
 
 class Euler(AbstractSolver):
-    """Explicit Euler on the probability-flow ODE in the path's clock: x_s = x_t + (s - t) u(x_t, t)."""
+    """Explicit Euler on the probability-flow ODE in a clock (see the module docstring).
+
+    clock="t": x_s = x_t + (s - t) u(x_t, t). clock="sigma": y_s = y_t + (sigma_e(s) -
+    sigma_e(t)) eps_hat with y = x / alpha (k-diffusion's sample_euler; equals DDIM on every
+    path). clock="auto" (default): "sigma" on a path with constant alpha, else "t".
+    """
+
+    clock: str = "auto"
+
+    def __check_init__(self):
+        _check_clock(self.clock)
 
     @property
     def order(self):
         return 1
 
     def step(self, f, x, state, i, t, s, key):
+        if _resolve_clock(self.clock, f.path) == "sigma":
+            x_r, c = _sigma_clock_euler(f.path, x, t, s)
+            return x_r + c * f(x, t)[1], state
         return x + (s - t) * f.velocity(x, t), state
 
 
 class Heun(AbstractSolver):
-    """EDM's second-order sampler (Karras et al. 2022, Algorithms 1 and 2) in the path's clock.
+    """EDM's second-order sampler (Karras et al. 2022, Algorithms 1 and 2) in a clock.
 
     Heun's method (trapezoidal predictor-corrector) on the PF-ODE velocity, two model
     evaluations per step. With s_churn > 0, each step from t with s_tmin <= t <= s_tmax
@@ -158,16 +227,21 @@ class Heun(AbstractSolver):
         s_tmin, s_tmax: times (in this path's clock, not EDM sigmas: convert with
             `path.t_from_log_snr(-2 log sigma)`) between which churn is applied.
         s_noise: scale of the added noise (EDM's S_noise, slightly > 1 in their tuned runs).
+        clock: "t" (the path's time), "sigma" (y = x / alpha in sigma_e = sigma / alpha:
+            k-diffusion's sample_heun on any path) or "auto" (default: "sigma" on a path with
+            constant alpha such as VEGeometric, else "t"); see the module docstring.
     """
 
     s_churn: float = 0.0
     s_tmin: float = 0.0
     s_tmax: float = math.inf
     s_noise: float = 1.0
+    clock: str = "auto"
 
     def __check_init__(self):
         _check_nonneg(self.s_churn, "s_churn")
         _check_nonneg(self.s_noise, "s_noise")
+        _check_clock(self.clock)
 
     @property
     def order(self):
@@ -195,6 +269,10 @@ class Heun(AbstractSolver):
             std = jnp.sqrt(jnp.maximum(s_hat**2 - (ratio * path.sigma(t)) ** 2, 0.0))
             x = ratio * x + (std * self.s_noise) * _normal(key, x)
             t = t_hat
+        if _resolve_clock(self.clock, path) == "sigma":
+            x_r, c = _sigma_clock_euler(path, x, t, s)
+            eps_t = f(x, t)[1]
+            return x_r + (0.5 * c) * (eps_t + f(x_r + c * eps_t, s)[1]), state
         d = f.velocity(x, t)
         x_e = x + (s - t) * d
         return x + (0.5 * (s - t)) * (d + f.velocity(x_e, s)), state
@@ -270,8 +348,11 @@ class DPMSolverPP2M(AbstractSolver):
     """DPM-Solver++(2M) (Lu et al. 2022b, Algorithm 2): multistep, data prediction.
 
     x_s = (s_s / s_t) x_t - a_s expm1(-h) D,  D = (1 + 1/(2r)) x0_i - 1/(2r) x0_{i-1},
-    r = h_{i-1} / h; the first step uses D = x0_0 (DDIM).
+    r = h_{i-1} / h; the first step uses D = x0_0 (DDIM), and so does the last one with
+    `lower_order_final=True`.
     """
+
+    lower_order_final: bool = False
 
     @property
     def order(self):
@@ -287,10 +368,49 @@ class DPMSolverPP2M(AbstractSolver):
         lt, ls = _lam(path, t), _lam(path, s)
         h = ls - lt
         r = (lt - l_hist[0]) / h
-        c = jnp.where(i > 0, 0.5 / r, 0.0)
+        c = jnp.where(_lower_order(2, i, f.num_steps, self.lower_order_final) == 2, 0.5 / r, 0.0)
         d = (1.0 + c) * x0 - c * m_hist[0]
         x_s = (path.sigma(s) / path.sigma(t)) * x - path.alpha(s) * jnp.expm1(-h) * d
         return x_s, (_push(m_hist, x0), _push(l_hist, lt))
+
+
+class DPMSolver2M(AbstractSolver):
+    """Multistep DPM-Solver-2 in noise prediction (Lu et al. 2022b, Appendix; diffusers'
+    `algorithm_type="dpmsolver"`, `solver_order=2`).
+
+    With h = lambda_s - lambda_t, r = h_{i-1} / h, D1 = (eps_i - eps_{i-1}) / r:
+        x_s = (a_s / a_t) x_t - s_s expm1(h) eps_i - c(h) s_s D1,
+    c = expm1(h) / 2 ("midpoint", diffusers' default) or expm1(h) / h - 1 ("taylor").
+    The first step is DPM-Solver-1 (DDIM), and so is the last one with `lower_order_final`.
+    """
+
+    variant: str = "midpoint"
+    lower_order_final: bool = False
+
+    def __check_init__(self):
+        if self.variant not in ("midpoint", "taylor"):
+            raise ValueError(f"`variant` must be 'midpoint' or 'taylor'; got {self.variant!r}")
+
+    @property
+    def order(self):
+        return 2
+
+    def init(self, f, x, grid):
+        return _history_init(f, x, grid, 1)
+
+    def step(self, f, x, state, i, t, s, key):
+        path = f.path
+        e_hist, l_hist = state
+        eps = f(x, t)[1]
+        lt, ls = _lam(path, t), _lam(path, s)
+        h = ls - lt
+        r = (lt - l_hist[0]) / h
+        phi = jnp.expm1(h)
+        c = 0.5 * phi if self.variant == "midpoint" else phi / h - 1.0
+        c = jnp.where(_lower_order(2, i, f.num_steps, self.lower_order_final) == 2, c / r, 0.0)
+        s_s = path.sigma(s)
+        x_s = (path.alpha(s) / path.alpha(t)) * x - (s_s * (phi + c)) * eps + (s_s * c) * e_hist[0]
+        return x_s, (_push(e_hist, eps), _push(l_hist, lt))
 
 
 class DPMSolverPP3M(AbstractSolver):
@@ -309,8 +429,11 @@ class DPMSolverPP3M(AbstractSolver):
     lambda; one extra model evaluation), step 1 is second order (D1 = D1_0, D2 = 0). Both have
     local error O(h^3), so the global order is 3; the usual first-order start (diffusers,
     k-diffusion) has local error O(h^2) at step 0 and is globally only second order.
-    NFE = N + 1.
+    NFE = N + 1. With `lower_order_final=True` the last step is first order (DDIM) and the one
+    before second order (a one-step solve, N = 1, is then DDIM too).
     """
+
+    lower_order_final: bool = False
 
     @property
     def order(self):
@@ -332,8 +455,11 @@ class DPMSolverPP3M(AbstractSolver):
         x0 = f(x, t)[0]
         lt, ls = _lam(path, t), _lam(path, s)
         h = ls - lt
-        u = path.t_from_log_snr(2.0 * (lt + 0.5 * h)).astype(t.dtype)
         s_t = path.sigma(t)
+        if self.lower_order_final and f.num_steps == 1:
+            x_s = (path.sigma(s) / s_t) * x - path.alpha(s) * jnp.expm1(-h) * x0
+            return x_s, (_push(m_hist, x0), _push(l_hist, lt))
+        u = path.t_from_log_snr(2.0 * (lt + 0.5 * h)).astype(t.dtype)
         x_u = (path.sigma(u) / s_t) * x - path.alpha(u) * jnp.expm1(-0.5 * h) * x0
         x_s = (path.sigma(s) / s_t) * x - path.alpha(s) * jnp.expm1(-h) * f(x_u, u)[0]
         return x_s, (_push(m_hist, x0), _push(l_hist, lt))
@@ -352,8 +478,9 @@ class DPMSolverPP3M(AbstractSolver):
         d10 = jnp.stack([1.0 / r0, -1.0 / r0, 0.0 * r0])
         d11 = jnp.stack([0.0 * r1, 1.0 / r1, -1.0 / r1])
         d2 = (d10 - d11) / (r0 + r1)
-        d1 = jnp.where(i >= 2, d10 + r0 * d2, jnp.where(i == 1, d10, 0.0))
-        d2 = jnp.where(i >= 2, d2, 0.0)
+        q = _lower_order(3, i, f.num_steps, self.lower_order_final)
+        d1 = jnp.where(q == 3, d10 + r0 * d2, jnp.where(q == 2, d10, 0.0))
+        d2 = jnp.where(q == 3, d2, 0.0)
         w = jnp.stack([-phi1, 0.0 * h, 0.0 * h]) + phi2 * d1 - 2.0 * phi3 * d2
         ms = jnp.concatenate([x0[None], m_hist], axis=0)
         x_s = (path.sigma(s) / path.sigma(t)) * x + path.alpha(s) * _combine(w, ms)
@@ -449,17 +576,22 @@ class UniPC(AbstractSolver):
         variant: "bh1" (B(h) = h) or "bh2" (B(h) = e^h - 1); the paper recommends bh1 for
             unconditional sampling at very few steps and bh2 otherwise.
         corrector: apply UniC (True); False leaves the plain UniP-p multistep predictor.
+        lower_order_final: step i predicts with order min(p, i + 1, N - i) (diffusers'
+            `lower_order_final`, which UniPC applies at every N), and UniC corrects each
+            step with the order its predictor used.
     """
 
     order_p: int
     variant: str
     corrector: bool
+    lower_order_final: bool
 
-    def __init__(self, predictor_order=2, variant="bh2", corrector=True):
+    def __init__(self, predictor_order=2, variant="bh2", corrector=True, lower_order_final=False):
         _check_order(predictor_order, (1, 2, 3), "predictor_order")
         if variant not in ("bh1", "bh2"):
             raise ValueError(f"`variant` must be 'bh1' or 'bh2'; got {variant!r}")
         self.order_p, self.variant, self.corrector = predictor_order, variant, bool(corrector)
+        self.lower_order_final = bool(lower_order_final)
 
     @property
     def order(self):
@@ -515,12 +647,12 @@ class UniPC(AbstractSolver):
         m_t = f(x, t)[0]
         if self.corrector:
             # UniC on the step t_{i-1} -> t_i just taken, with the order that step used
-            q_c = jnp.minimum(i, self.order_p)
+            q_c = _lower_order(self.order_p, i - 1, f.num_steps, self.lower_order_final)  # step i - 1's order
             w = self._selected(q_c, lam_prev, lt, l_hist[1:], corrector=True)
             ms = jnp.concatenate([m_hist, m_t[None]], axis=0)
             x_c = (s_t / sig_prev) * x_prev + a_t * _combine(w, ms)
             x = jnp.where(i > 0, x_c, x)
-        q_p = jnp.minimum(i + 1, self.order_p)
+        q_p = _lower_order(self.order_p, i, f.num_steps, self.lower_order_final)
         w = self._selected(q_p, lt, ls, l_hist, corrector=False)
         ms = jnp.concatenate([m_t[None], m_hist[: self.order_p - 1]], axis=0) if self.order_p > 1 else m_t[None]
         x_s = (path.sigma(s) / s_t) * x + path.alpha(s) * _combine(w, ms)
@@ -538,14 +670,16 @@ class LMS(AbstractSolver):
     extra model evaluation): a first-order start (k-diffusion's) has local error O(h^2) and
     caps the global order at 2. With the Heun start every warm-up step has local error
     O(h^3), so the global order is `order`; order 4 would need a third-order start and
-    is not offered. NFE = N (+ 1 for order 3).
+    is not offered. NFE = N (+ 1 for order 3). `lower_order_final`: order min(order, i + 1, N - i).
     """
 
     order_p: int
+    lower_order_final: bool
 
-    def __init__(self, order=3):
+    def __init__(self, order=3, lower_order_final=False):
         _check_order(order, (1, 2, 3))
         self.order_p = order
+        self.lower_order_final = bool(lower_order_final)
 
     @property
     def order(self):
@@ -588,7 +722,7 @@ class LMS(AbstractSolver):
                         ell = ell * (tau - ts[m]) / (ts[j] - ts[m])
                 c.append(half * jnp.sum(jnp.asarray(weights, t.dtype) * ell))
             ws.append(jnp.stack(c + [0.0 * t] * (self.order_p - q)))
-        q_i = jnp.minimum(i + 1, self.order_p)
+        q_i = _lower_order(self.order_p, i, f.num_steps, self.lower_order_final)
         w = ws[0]
         for q in range(2, self.order_p + 1):
             w = jnp.where(q_i == q, ws[q - 1], w)
