@@ -88,3 +88,37 @@ def callback_oracle(path, kind, gm=None, counter=None):
         return jax.pure_callback(host, out, *args)
 
     return jdiff.Model(net, path, kind)
+
+
+def random_torch_weights(net, seed=0):
+    """Random weights for a feature network (`jdiff.metrics.InceptionV3` / `DinoV2`, possibly
+    abstract) as the PyTorch checkpoint would hold them: {key: array} in the key names and torch
+    layouts (OIHW convolutions, (out, in) linear weights) of `net.torch_layout()`.
+
+    Values keep a random network alive: BatchNorm variances in [0.5, 1.5], positive shifts,
+    He-scaled weights, LayerNorm / LayerScale gains near 1.
+    """
+    import numpy as np
+    from flax import nnx
+
+    rng = np.random.default_rng(seed)
+    flat = dict(nnx.to_flat_state(nnx.state(net)))
+    out = {}
+    for key, (path, transform) in net.torch_layout().items():
+        shape = tuple(flat[path].shape)
+        if transform is not None:  # back to the torch layout: HWIO -> OIHW, (in, out) -> (out, in)
+            shape = (shape[3], shape[2], shape[0], shape[1]) if len(shape) == 4 else shape[::-1]
+        leaf = key.rsplit(".", 1)[-1]
+        if leaf == "running_var":
+            a = rng.uniform(0.5, 1.5, shape)
+        elif leaf in ("running_mean", "bias"):
+            a = 0.1 + 0.05 * rng.standard_normal(shape)
+        elif leaf == "gamma" or (leaf == "weight" and len(shape) == 1):  # LayerScale, BatchNorm/LayerNorm gains
+            a = rng.uniform(0.8, 1.2, shape)
+        elif leaf == "weight":
+            fan_in = int(np.prod(shape[1:]))
+            a = rng.standard_normal(shape) * np.sqrt(2.0 / fan_in)
+        else:  # cls_token, pos_embed
+            a = 0.5 * rng.standard_normal(shape)
+        out[key] = a.astype(np.float32)
+    return out

@@ -148,10 +148,17 @@ def gaussian_stats(features):
     return f.mean(0), np.cov(f, rowvar=False).reshape(f.shape[1], f.shape[1])
 
 
+def _psd_eigvals(w, dim):
+    """Eigenvalues of a symmetric PSD matrix with round-off removed: eigh's error is ~eps * max|w| per
+    eigenvalue, so values below dim * eps * max|w| are zero (their square roots, ~1e-8 each, would
+    otherwise add up to ~1e-6 of spurious distance over a near-singular covariance's null space)."""
+    return np.where(w > dim * np.finfo(np.float64).eps * np.max(np.abs(w), initial=0.0), w, 0.0)
+
+
 def _psd_sqrt(a):
-    """Symmetric square root of a symmetric PSD matrix via eigh (negative round-off clipped)."""
+    """Symmetric square root of a symmetric PSD matrix via eigh (round-off eigenvalues zeroed)."""
     w, v = np.linalg.eigh(0.5 * (a + a.T))
-    return (v * np.sqrt(np.clip(w, 0.0, None))) @ v.T
+    return (v * np.sqrt(_psd_eigvals(w, a.shape[0]))) @ v.T
 
 
 def frechet_distance_from_stats(mu1, cov1, mu2, cov2) -> float:
@@ -174,7 +181,7 @@ def frechet_distance_from_stats(mu1, cov1, mu2, cov2) -> float:
         )
     s1 = _psd_sqrt(cov1)
     inner = np.linalg.eigvalsh(0.5 * ((s1 @ cov2 @ s1) + (s1 @ cov2 @ s1).T))
-    tr_sqrt = np.sum(np.sqrt(np.clip(inner, 0.0, None)))
+    tr_sqrt = np.sum(np.sqrt(_psd_eigvals(inner, inner.shape[0])))
     diff = mu1 - mu2
     return float(diff @ diff + np.trace(cov1) + np.trace(cov2) - 2.0 * tr_sqrt)
 
