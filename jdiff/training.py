@@ -33,7 +33,7 @@ import numpy as np
 import optax
 from flax import nnx, struct
 
-from jdiff import parallel
+from jdiff import parallel, posthoc_ema
 
 __all__ = [
     "ContextLoss",
@@ -65,6 +65,7 @@ class TrainState(struct.PyTreeNode):
     data_position: the data iterator's resumable position (see jdiff.data.DataIterator).
     nonfinite_run: consecutive steps skipped because the loss or a gradient was not finite.
     nonfinite_total: all steps skipped so far.
+    power_ema: the post-hoc EMA profiles (a `jdiff.posthoc_ema.PowerEMA`), or () when not tracked.
     """
 
     step: jax.Array
@@ -76,6 +77,7 @@ class TrainState(struct.PyTreeNode):
     data_position: jax.Array
     nonfinite_run: jax.Array
     nonfinite_total: jax.Array
+    power_ema: Any = ()
 
 
 class ContextLoss(struct.PyTreeNode):
@@ -132,7 +134,8 @@ def _split(model: nnx.Module):
 
 
 def init_train_state(model: nnx.Module, tx: optax.GradientTransformation, key, *, mesh=None,
-                     rules=parallel.FSDP_RULES, data_position: int = 0) -> tuple[Any, TrainState]:
+                     rules=parallel.FSDP_RULES, data_position: int = 0,
+                     power_ema: tuple[float, ...] = ()) -> tuple[Any, TrainState]:
     """Split `model` and build the initial TrainState (EMA = the initial params).
 
     key: the run's base PRNG key (raw uint32 key, e.g. jax.random.PRNGKey(seed)).
@@ -142,6 +145,8 @@ def init_train_state(model: nnx.Module, tx: optax.GradientTransformation, key, *
         replicated. Every process must pass the same `model` (same seed). Only the parameters
         pass through the host; the optimizer and EMA state are created sharded on the devices.
     rules: logical axis name -> mesh axis pairs (jdiff.parallel.FSDP_RULES; () replicates all).
+    power_ema: relative stds of power-function EMA profiles to track for post-hoc EMA
+        (jdiff.posthoc_ema; e.g. (0.05, 0.10)), laid out like the parameters; () tracks none.
     Returns (graphdef, state); the graphdef is static and shared by every later call.
     """
     graphdef, params, rest = _split(model)
@@ -153,8 +158,9 @@ def init_train_state(model: nnx.Module, tx: optax.GradientTransformation, key, *
     scalars = {"step": zero(), "key": jnp.array(key), "data_position": jnp.asarray(data_position, jnp.int32),
                "nonfinite_run": zero(), "nonfinite_total": zero()}
     if mesh is None:
+        profiles = posthoc_ema.PowerEMA.init(params, power_ema) if power_ema else ()
         return graphdef, TrainState(params=params, opt_state=tx.init(params), ema_params=jax.tree.map(jnp.copy, params),
-                                    rest=rest, **scalars)
+                                    rest=rest, power_ema=profiles, **scalars)
     p_sharding = parallel.param_shardings(params, mesh, rules)
     params = parallel.to_global(params, p_sharding)
     o_sharding = optax.tree_map_params(tx, lambda _, s: s, jax.eval_shape(tx.init, params), p_sharding,
@@ -165,6 +171,8 @@ def init_train_state(model: nnx.Module, tx: optax.GradientTransformation, key, *
         opt_state=jax.jit(tx.init, out_shardings=o_sharding)(params),
         ema_params=jax.jit(lambda p: jax.tree.map(jnp.copy, p), out_shardings=p_sharding)(params),
         rest=parallel.replicate(rest, mesh),
+        power_ema=posthoc_ema.PowerEMA.init(params, power_ema, copy=jax.jit(
+            lambda p: jax.tree.map(jnp.copy, p), out_shardings=p_sharding)) if power_ema else (),
         **parallel.replicate(scalars, mesh),
     )
     return graphdef, state
@@ -248,6 +256,8 @@ def make_train_step(
         ema_params = jax.tree.map(
             lambda e, p: (d * e + (1.0 - d) * p).astype(e.dtype), state.ema_params, params
         )
+        power = state.power_ema  # post-hoc EMA profiles: t = steps taken after this one
+        power = power.update(params, state.step + 1) if isinstance(power, posthoc_ema.PowerEMA) else power
 
         def keep_if_finite(new, old):
             return jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
@@ -258,6 +268,7 @@ def make_train_step(
             params=keep_if_finite(params, state.params),
             opt_state=keep_if_finite(opt_state, state.opt_state),
             ema_params=keep_if_finite(ema_params, state.ema_params),
+            power_ema=keep_if_finite(power, state.power_ema),
             rest=keep_if_finite(new_rest, state.rest),
             data_position=state.data_position + 1,
             nonfinite_run=run,
