@@ -4,12 +4,14 @@
     UNet   DDPM++-style U-Net for images (x: (B, H, W, C), NHWC)
     DiT    Diffusion Transformer with adaLN-Zero conditioning (Peebles & Xie 2023)
     FlowMapMLP  residual MLP of two times, net(x, t, s, cond), for jdiff.flowmaps.FlowMap
+    AutoencoderKL  the Stable Diffusion VAE layout (encode -> posterior, decode) for jdiff.latent
 
 Every network takes the path time t in [0, 1] (a scalar or (B,)), cond = None or int
 class labels (B,) with a null class `num_classes` for classifier-free guidance, and a
 static `kind` naming the prediction it is trained to output.
 """
 
+from jdiff.models.autoencoder import AutoencoderKL as AutoencoderKL
 from jdiff.models.dit import DiT as DiT
 from jdiff.models.embeddings import ClassEmbedding as ClassEmbedding
 from jdiff.models.embeddings import FourierFeatures as FourierFeatures
