@@ -25,7 +25,7 @@ from jdiff.predictions import convert as convert
 __version__ = "0.1.0"
 
 _SUBMODULES = (
-    "analytic", "checkpoint", "data", "flowmaps", "guidance", "latent", "likelihood", "losses",
+    "adversarial", "analytic", "checkpoint", "data", "flowmaps", "guidance", "latent", "likelihood", "losses",
     "metrics", "models", "parallel", "paths", "predictions", "samplers", "schedules", "training",
 )
 

@@ -5,6 +5,7 @@
     DiT    Diffusion Transformer with adaLN-Zero conditioning (Peebles & Xie 2023)
     FlowMapMLP  residual MLP of two times, net(x, t, s, cond), for jdiff.flowmaps.FlowMap
     AutoencoderKL  the Stable Diffusion VAE layout (encode -> posterior, decode) for jdiff.latent
+    DDGANMLP, DDGANConv  generator + discriminator pairs (GANPair) for jdiff.adversarial
 
 Every network takes the path time t in [0, 1] (a scalar or (B,)), cond = None or int
 class labels (B,) with a null class `num_classes` for classifier-free guidance, and a
@@ -12,6 +13,13 @@ static `kind` naming the prediction it is trained to output.
 """
 
 from jdiff.models.autoencoder import AutoencoderKL as AutoencoderKL
+from jdiff.models.ddgan import DDGANConv as DDGANConv
+from jdiff.models.ddgan import DDGANMLP as DDGANMLP
+from jdiff.models.ddgan import DiscriminatorConv as DiscriminatorConv
+from jdiff.models.ddgan import DiscriminatorMLP as DiscriminatorMLP
+from jdiff.models.ddgan import GANPair as GANPair
+from jdiff.models.ddgan import GeneratorConv as GeneratorConv
+from jdiff.models.ddgan import GeneratorMLP as GeneratorMLP
 from jdiff.models.dit import DiT as DiT
 from jdiff.models.embeddings import ClassEmbedding as ClassEmbedding
 from jdiff.models.embeddings import FourierFeatures as FourierFeatures
