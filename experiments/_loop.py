@@ -47,13 +47,13 @@ def train_and_evaluate(config, workdir: str, *, hooks=()) -> dict:
     sample_png (last sample grid, if any) and workdir.
     Writes workdir/config.json, checkpoints/, metrics.jsonl, tb/ and samples/.
     """
-    parallel.initialize_distributed(config.distributed)
+    _state.initialize_distributed(config)  # multi-process: before anything touches a device
     recipe, dataset, net = validate(config)  # raises before anything is written
-    mesh = parallel.make_mesh(config.get("num_devices", None))
+    mesh = _state.make_mesh(config)
     parallel.local_batch_size(config.batch_size, mesh)
     tx, graphdef, state = _state.init_train_state(config, net, mesh)
     step_fn = training.make_train_step(
-        recipe.build_loss(), graphdef, tx, mesh=mesh, ema=config.ema_decay,
+        recipe.build_loss(), graphdef, tx, mesh=mesh, state_sharding=parallel.shardings_of(state), ema=config.ema_decay,
         grad_clip_norm=config.optimizer.grad_clip_norm, learning_rate_fn=_state.learning_rate_fn(config))
 
     workdir = os.path.abspath(workdir)
@@ -114,11 +114,12 @@ def train_and_evaluate(config, workdir: str, *, hooks=()) -> dict:
                     hook(step, state, metrics)
                 if sampler is not None and step % config.sample_every == 0:
                     x = sampler(state.ema_params, state.rest, jax.random.PRNGKey(config.seed + 1))
+                    x = parallel.to_host(x)  # every process: gathering a sharded x is collective
                     sample_png = os.path.join(workdir, "samples", f"step_{step:07d}.png")
                     if jax.process_index() == 0:
-                        _images.save_samples(sample_png, jax.device_get(x))
+                        _images.save_samples(sample_png, x)
                 ckpt.save(step, state)
-                if preemption.requested:
+                if preemption.reached(step):  # agreed by every process: all save this step
                     preempted = True
                     break
             if pending is not None:

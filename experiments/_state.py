@@ -1,5 +1,16 @@
-"""The train state of a config: its optimizer and schedule, the initial state, and the EMA
-weights restored from a workdir's latest checkpoint."""
+"""The train state of a config: its processes and mesh, its optimizer and schedule, the initial
+state, and the EMA weights restored from a workdir's latest checkpoint.
+
+Config keys read here:
+
+    distributed, coordinator_address, num_processes, process_id   jax.distributed start-up
+        (jdiff.parallel.initialize_distributed; None falls back to the JAX_* variables, then to
+        auto-detection; JAX_NUM_PROCESSES > 1 alone starts it)
+    num_devices                    devices used (None: all; the same number from every process)
+    mesh.data, mesh.fsdp, mesh.model   mesh axis sizes (one may be -1: the devices left over)
+    mesh.rules                     logical axis -> mesh axis pairs for the parameters, the
+                                   optimizer and EMA state (jdiff.parallel.FSDP_RULES)
+"""
 
 from __future__ import annotations
 
@@ -10,10 +21,51 @@ import jax
 import optax
 from flax import nnx
 
-from experiments._config import ConfigError
-from jdiff import checkpoint, training
+from experiments._config import ConfigError, keyed
+from jdiff import checkpoint, parallel, training
 
-__all__ = ["SCHEDULES", "EMAWeights", "build_optimizer", "init_train_state", "learning_rate_fn", "restore_ema"]
+__all__ = [
+    "SCHEDULES",
+    "EMAWeights",
+    "build_optimizer",
+    "init_train_state",
+    "initialize_distributed",
+    "learning_rate_fn",
+    "make_mesh",
+    "restore_ema",
+    "sharding_rules",
+]
+
+
+def _mesh_section(config) -> dict:
+    m = config.get("mesh", None)  # workdirs written before the key: pure data parallelism
+    return dict(m.items()) if m is not None else {}
+
+
+def initialize_distributed(config) -> bool:
+    """Start jax.distributed per config.distributed / coordinator_address / num_processes /
+    process_id (None: the JAX_* environment variables, then auto-detection); True when running
+    multi-process. Call before anything touches a device."""
+    kw = {k: config.get(k, None) for k in ("coordinator_address", "num_processes", "process_id")}
+    for k in ("num_processes", "process_id"):
+        if kw[k] is not None and (isinstance(kw[k], bool) or not isinstance(kw[k], int)):
+            raise ConfigError(f"config.{k}: {kw[k]!r} is not an int; accepted: an int, or None (JAX_"
+                              f"{k.upper()} / auto-detect)")
+    return keyed("distributed", parallel.initialize_distributed, bool(config.get("distributed", False)), **kw)
+
+
+def make_mesh(config):
+    """The ("data", "fsdp", "model") mesh of config.mesh over config.num_devices devices."""
+    m = _mesh_section(config)
+    return keyed("mesh", parallel.make_mesh, config.get("num_devices", None), data=m.get("data", -1),
+                 fsdp=m.get("fsdp", 1), model=m.get("model", 1))
+
+
+def sharding_rules(config) -> tuple:
+    """config.mesh.rules as a tuple of (logical name, mesh axis) pairs (jdiff.parallel.FSDP_RULES
+    when absent)."""
+    rules = _mesh_section(config).get("rules", parallel.FSDP_RULES)
+    return tuple((r[0], tuple(r[1]) if isinstance(r[1], list) else r[1]) for r in rules or ())
 
 SCHEDULES = ("constant", "cosine")
 
@@ -41,9 +93,12 @@ def build_optimizer(config) -> optax.GradientTransformation:
 
 def init_train_state(config, net: nnx.Module, mesh=None):
     """(tx, graphdef, state): the optimizer and the initial `jdiff.training.TrainState` of `net`,
-    with the run's base key PRNGKey(config.seed)."""
+    with the run's base key PRNGKey(config.seed); on `mesh`, laid out by config.mesh.rules."""
     tx = build_optimizer(config)
-    graphdef, state = training.init_train_state(net, tx, jax.random.PRNGKey(config.seed), mesh=mesh)
+    rules = sharding_rules(config)
+    if mesh is not None:
+        keyed("mesh.rules", parallel.param_shardings, nnx.state(net, nnx.Param), mesh, rules)
+    graphdef, state = training.init_train_state(net, tx, jax.random.PRNGKey(config.seed), mesh=mesh, rules=rules)
     return tx, graphdef, state
 
 

@@ -8,8 +8,14 @@
     ckpt.close()                             # waits for the last async save
 
 A state with a non-finite floating-point value is never written (`save` raises). On
-preemptible machines `PreemptionFlag` turns SIGTERM into a flag the train loop polls, so it
-can write a final checkpoint and exit cleanly instead of dying mid-step.
+preemptible machines `PreemptionFlag` turns SIGTERM into a decision the train loop polls,
+`flag.reached(step)`, so it writes a final checkpoint and exits cleanly instead of dying
+mid-step. In a multi-process job the decision is agreed: a SIGTERM to any one process makes every
+process stop after the same step (JAX's preemption sync point), so no process waits forever in a
+collective another one has left.
+
+Directories go through `etils.epath`: local paths are made absolute, `gs://bucket/run` and other
+cloud URLs pass through untouched.
 """
 
 from __future__ import annotations
@@ -21,8 +27,16 @@ import threading
 import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
+from etils import epath
+from jax.experimental import multihost_utils
 
-__all__ = ["Checkpointer", "NonFiniteCheckpointError", "PreemptionFlag", "abstract_like"]
+__all__ = ["Checkpointer", "NonFiniteCheckpointError", "PreemptionFlag", "abstract_like", "as_path"]
+
+
+def as_path(path) -> epath.Path:
+    """`path` as an etils.epath.Path: a local path made absolute, a URL (gs://, s3://, ...) untouched."""
+    text = os.fspath(path)
+    return epath.Path(text if "://" in text else os.path.abspath(text))
 
 
 class NonFiniteCheckpointError(ValueError):
@@ -48,18 +62,24 @@ def abstract_like(tree):
     return jax.tree.map(ocp.utils.to_shape_dtype_struct, _keys_to_data(tree))
 
 
+@jax.jit
+def _all_finite(leaves):
+    return [jnp.all(jnp.isfinite(x)) for x in leaves]
+
+
 def _nonfinite_leaves(tree) -> list[str]:
-    bad = []
-    for path, x in jax.tree_util.tree_flatten_with_path(tree)[0]:
-        if jnp.issubdtype(x.dtype, jnp.inexact) and not bool(jnp.all(jnp.isfinite(x))):
-            bad.append(jax.tree_util.keystr(path))
-    return bad
+    """Key paths of the floating-point leaves with a NaN or inf (one program for the whole tree,
+    whose scalar results every process can read, however the leaves are sharded)."""
+    flat = [(p, x) for p, x in jax.tree_util.tree_flatten_with_path(tree)[0] if jnp.issubdtype(x.dtype, jnp.inexact)]
+    finite = jax.device_get(_all_finite([x for _, x in flat]))
+    return [jax.tree_util.keystr(p) for (p, _), ok in zip(flat, finite) if not ok]
 
 
 class Checkpointer:
     """An orbax CheckpointManager over `directory` for one pytree (the train state).
 
-    directory: where step directories are written (made absolute; created on first save).
+    directory: where step directories are written (a local path, made absolute, or a gs:// URL;
+        created on first save).
     save_every: `save(step, ...)` writes only when step is a multiple of this (or force=True).
     max_to_keep: keep the K most recent checkpoints.
     async_save: write in a background thread while training continues.
@@ -68,7 +88,7 @@ class Checkpointer:
     def __init__(self, directory: str, *, save_every: int = 1000, max_to_keep: int = 3, async_save: bool = True):
         if save_every < 1:
             raise ValueError(f"`save_every` must be a positive number of steps; got {save_every}")
-        self.directory = os.path.abspath(directory)
+        self.directory = as_path(directory)
         self.save_every = save_every
         options = ocp.CheckpointManagerOptions(
             max_to_keep=max_to_keep,
@@ -123,12 +143,21 @@ class Checkpointer:
 
 
 class PreemptionFlag:
-    """Context manager turning SIGTERM into a flag (`.requested`) for the train loop to poll.
+    """Context manager that turns SIGTERM into a stop decision, `reached(step)`, for the train loop.
 
-    Preemptible TPU VMs and most schedulers send SIGTERM some seconds before killing a job;
-    the loop then saves a checkpoint and returns. The previous handler is restored on exit.
-    Outside the main thread (where Python cannot install signal handlers) it only holds
-    the flag, which `request()` sets.
+    Preemptible TPU VMs and most schedulers send SIGTERM some seconds before killing a job; the
+    loop then saves a checkpoint and returns. Call `reached(step)` once after every step, with
+    the step count, on every process.
+
+    One process (no `jax.distributed` runtime): SIGTERM sets `.requested` (a Python handler,
+    restored on exit) and `reached` returns it. Outside the main thread, where Python cannot
+    install signal handlers, only `request()` sets it.
+
+    Several processes: JAX's coordination service catches SIGTERM in whichever process gets it
+    and tells the others; `reached(step)` is `multihost_utils.reached_preemption_sync_point`,
+    True on every process at the same step (one after the largest step any process had reached
+    when the notice arrived), so all save that step and leave the loop together. No Python
+    handler is installed then: it would replace the runtime's.
     """
 
     def __init__(self, signals=(signal.SIGTERM,)):
@@ -136,11 +165,21 @@ class PreemptionFlag:
         self.requested = False
         self._previous = {}
 
+    @staticmethod
+    def _agreed() -> bool:
+        return jax.distributed.is_initialized()
+
     def request(self, *_):
         self.requested = True
 
+    def reached(self, step: int) -> bool:
+        """Whether the loop should save and stop after `step` (the same answer on every process)."""
+        if self._agreed():  # only the agreed answer: a process stopping alone would hang the others
+            return bool(multihost_utils.reached_preemption_sync_point(int(step)))
+        return self.requested
+
     def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
+        if threading.current_thread() is threading.main_thread() and not self._agreed():
             for s in self.signals:
                 self._previous[s] = signal.signal(s, self.request)
         return self

@@ -7,6 +7,8 @@ Not a config itself (it has no get_config). See experiments/_config.py for what 
 import ml_collections
 from ml_collections import config_dict
 
+from jdiff.parallel import FSDP_RULES
+
 
 def base_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
@@ -15,8 +17,21 @@ def base_config() -> ml_collections.ConfigDict:
     c.total_steps = 10_000
     c.ema_decay = 0.999
     c.max_nonfinite_steps = 10  # stop after this many consecutive non-finite steps
-    c.distributed = False  # call jax.distributed.initialize() (multi-host pods)
-    c.num_devices = config_dict.placeholder(int)  # None: every visible device on the "data" axis
+    # Processes (docs/scaling.md): True calls jax.distributed.initialize(), which auto-detects TPU VMs
+    # and SLURM; None below falls back to JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID
+    # (the experiments/launch scripts export them; JAX_NUM_PROCESSES > 1 alone starts the runtime).
+    c.distributed = False
+    c.coordinator_address = config_dict.placeholder(str)  # "host:port" of process 0
+    c.num_processes = config_dict.placeholder(int)
+    c.process_id = config_dict.placeholder(int)
+    c.num_devices = config_dict.placeholder(int)  # None: every visible device (else as many from each process)
+    # Mesh axis sizes (one may be -1: the rest) and logical-axis rules for parameters, optimizer and
+    # EMA state: fsdp=N shards them N ways, model=N splits wide layers (tensor parallelism).
+    c.mesh = ml_collections.ConfigDict()
+    c.mesh.data = -1
+    c.mesh.fsdp = 1
+    c.mesh.model = 1
+    c.mesh.rules = FSDP_RULES  # (logical name, mesh axis or None) pairs
 
     c.data = ml_collections.ConfigDict()
     c.data.name = "digits"
