@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import os
+import io
 
 import numpy as np
 from PIL import Image
 
-from jdiff import training
+from jdiff import checkpoint, training
 
 __all__ = ["save_samples"]
 
@@ -20,7 +20,8 @@ def save_samples(png_path: str, x, *, scale: int | None = None) -> None:
     elif x.ndim == 2 and x.shape[1] == 2:
         h, _, _ = np.histogram2d(x[:, 1], x[:, 0], bins=128, range=[[-4.5, 4.5], [-4.5, 4.5]])
         img = (255 * (1 - np.sqrt(h / max(h.max(), 1)))).astype(np.uint8)[::-1]
-        os.makedirs(os.path.dirname(os.path.abspath(png_path)), exist_ok=True)
-        Image.fromarray(np.repeat(np.repeat(img, 3, 0), 3, 1)).save(png_path)
+        buf = io.BytesIO()
+        Image.fromarray(np.repeat(np.repeat(img, 3, 0), 3, 1)).save(buf, format="PNG")
+        checkpoint.write_atomic(png_path, buf.getvalue())  # a local path or gs://...
     else:
         raise ValueError(f"can only draw images (N, H, W, C) or 2-D points (N, 2); got shape {x.shape}")

@@ -14,7 +14,6 @@ Config keys read here:
 
 from __future__ import annotations
 
-import os
 from typing import Any, NamedTuple
 
 import jax
@@ -115,7 +114,7 @@ def restore_ema(config, net: nnx.Module, workdir: str) -> EMAWeights:
     """The EMA weights of the latest checkpoint in `workdir`, for a network of `net`'s structure
     (a freshly built network of `config`: the checkpoint's state has its shapes and dtypes)."""
     _, graphdef, state = init_train_state(config, net)
-    ckpt = checkpoint.Checkpointer(os.path.join(os.path.abspath(workdir), "checkpoints"), save_every=1)
+    ckpt = checkpoint.Checkpointer(checkpoint.as_path(workdir) / "checkpoints", save_every=1)
     try:
         state = ckpt.restore(state)
     finally:

@@ -15,28 +15,30 @@ process stop after the same step (JAX's preemption sync point), so no process wa
 collective another one has left.
 
 Directories go through `etils.epath`: local paths are made absolute, `gs://bucket/run` and other
-cloud URLs pass through untouched.
+cloud URLs pass through untouched (`as_path`, `is_url`); `write_atomic` writes a workdir file on either.
 """
 
 from __future__ import annotations
 
-import os
 import signal
 import threading
 
 import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
-from etils import epath
 from jax.experimental import multihost_utils
 
-__all__ = ["Checkpointer", "NonFiniteCheckpointError", "PreemptionFlag", "abstract_like", "as_path"]
+from jdiff._files import as_path, is_url, write_atomic
 
-
-def as_path(path) -> epath.Path:
-    """`path` as an etils.epath.Path: a local path made absolute, a URL (gs://, s3://, ...) untouched."""
-    text = os.fspath(path)
-    return epath.Path(text if "://" in text else os.path.abspath(text))
+__all__ = [
+    "Checkpointer",
+    "NonFiniteCheckpointError",
+    "PreemptionFlag",
+    "abstract_like",
+    "as_path",
+    "is_url",
+    "write_atomic",
+]
 
 
 class NonFiniteCheckpointError(ValueError):

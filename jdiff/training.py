@@ -19,6 +19,7 @@ an EMA teacher) is wrapped in `ContextLoss` and is then called with `step=` and 
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
@@ -33,7 +34,7 @@ import numpy as np
 import optax
 from flax import nnx, struct
 
-from jdiff import parallel, posthoc_ema
+from jdiff import _files, parallel, posthoc_ema
 
 __all__ = [
     "ContextLoss",
@@ -394,6 +395,7 @@ def save_image_grid(path: str, images, ncol: int | None = None, scale: int = 1) 
 
     grid = image_grid(images, ncol)
     big = np.repeat(np.repeat(grid, scale, 0), scale, 1)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    Image.fromarray(big[..., 0] if big.shape[-1] == 1 else big).save(path)
+    buf = io.BytesIO()
+    Image.fromarray(big[..., 0] if big.shape[-1] == 1 else big).save(buf, format="PNG")
+    _files.write_atomic(path, buf.getvalue())  # a local path or gs://...
     return grid
