@@ -13,7 +13,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-from experiments import _data, _images, _state
+from experiments import _data, _images, _phema, _state
 from experiments._recipes import Recipe, recipe_for
 from jdiff import checkpoint, data, parallel, training
 
@@ -119,12 +119,14 @@ def train_and_evaluate(config, workdir: str, *, hooks=()) -> dict:
                     if jax.process_index() == 0:
                         _images.save_samples(sample_png, x)
                 ckpt.save(step, state)
+                _phema.maybe_save_snapshot(config, workdir, step, state)  # post-hoc EMA profiles, if tracked
                 if preemption.reached(step):  # agreed by every process: all save this step
                     preempted = True
                     break
             if pending is not None:
                 finish_step(*pending)
             ckpt.save(step, state, force=True)  # no-op when this step is already saved
+            _phema.maybe_save_snapshot(config, workdir, step, state, last=True)
         finally:
             progress.close()
             writer.close()

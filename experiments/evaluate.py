@@ -3,6 +3,12 @@
     python -m experiments.evaluate --workdir=/tmp/digits_vp
     python -m experiments.evaluate --workdir=runs/toy2d_fm --num_examples=512 --num_samples=4096
     python -m experiments.evaluate --workdir=/tmp/digits_vp --divergence=hutchinson --num_probes=4
+    python -m experiments.evaluate --workdir=runs/cifar10 --metric=fid --num_samples=50000 --ref=stats.npz \\
+        --inception=pt_inception-2015-12-05.npz [--dinov2=dinov2_vitl14.npz --ref_dinov2=dino_stats.npz]
+
+--metric=fid computes FID, Inception Score and FD-DINOv2 over --num_samples samples generated and
+featurized on every device and process, reports NFE and wall time, and resumes an interrupted
+run from its last finished shard (experiments/_sample_eval.py, docs/evaluation.md).
 
 Writes <workdir>/eval/step_<step>.json (or --out) and prints it as a table. Everything is
 computed with the EMA weights of the latest checkpoint. The likelihoods need a diffusion
@@ -43,7 +49,7 @@ import numpy as np
 from absl import app, flags, logging
 from flax import nnx
 
-from experiments import _lib, _names
+from experiments import _lib, _names, _sample_eval
 from jdiff import data, likelihood, metrics
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A directory written by experiments.train.")
@@ -60,6 +66,21 @@ _VLB_STEPS = flags.DEFINE_integer("vlb_steps", 1000, "Steps T of the discrete DD
 _ELBO_SAMPLES = flags.DEFINE_integer("elbo_time_samples", 16, "Time samples per example of the VDM ELBO (0: skip).")
 _SEED = flags.DEFINE_integer("seed", 0, "PRNG seed of the evaluation (dequantization, probes, bounds, samples).")
 _OUT = flags.DEFINE_string("out", None, "Output JSON path (default <workdir>/eval/step_<step>.json).")
+_METRIC = flags.DEFINE_enum("metric", "default", ["default", "fid"], "default: the held-out NLL and sample metrics "
+                            "above; fid: FID / Inception Score / FD-DINOv2 over --num_samples samples, generated "
+                            "and featurized on every device and process (docs/evaluation.md).")
+_REF = flags.DEFINE_string("ref", None, "fid: reference Inception statistics .npz (mu, sigma).")
+_REF_DINOV2 = flags.DEFINE_string("ref_dinov2", None, "fid: reference DINOv2 statistics .npz (mu, sigma).")
+_INCEPTION = flags.DEFINE_string("inception", None, "fid: pytorch-fid's Inception weights as .npz / .safetensors.")
+_DINOV2 = flags.DEFINE_string("dinov2", None, "fid: DINOv2 weights as .npz / .safetensors.")
+_DINOV2_ARCH = flags.DEFINE_enum("dinov2_arch", "vitl14", list(metrics.DINOV2_ARCHS), "fid: DINOv2 architecture.")
+_PREPROCESSING = flags.DEFINE_enum("preprocessing", "pytorch_fid", list(metrics.INCEPTION_MODES),
+                                   "fid: Inception preprocessing: pytorch_fid, clean (clean-fid) or tf1 (TTUR).")
+_SAMPLE_BATCH = flags.DEFINE_integer("sample_batch_size", 250, "fid: samples per shard (a global batch).")
+_SOLVER = flags.DEFINE_string("solver", None, "fid: solver name (default: the config's).")
+_NUM_STEPS = flags.DEFINE_integer("num_steps", None, "fid: solver steps (default: the config's).")
+_GRID = flags.DEFINE_string("grid", None, "fid: time grid name (default: the config's).")
+_SAVE_STATS = flags.DEFINE_string("save_stats", None, "fid: also write the samples' statistics .npz here.")
 flags.mark_flags_as_required(["workdir"])
 
 DIGIT_SETS = ("digits", "mnist5k")
@@ -241,6 +262,13 @@ def format_table(res: dict) -> str:
 def main(argv):
     if not flags.FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)
+    if _METRIC.value == "fid":  # experiments/_sample_eval.py: one-line errors, the table on stdout
+        _sample_eval.run_cli(_WORKDIR.value, num_samples=_NUM_SAMPLES.value, ref=_REF.value, ref_dinov2=_REF_DINOV2.value,
+                             inception=_INCEPTION.value, dinov2=_DINOV2.value, dinov2_arch=_DINOV2_ARCH.value,
+                             preprocessing=_PREPROCESSING.value, batch_size=_SAMPLE_BATCH.value, solver=_SOLVER.value,
+                             num_steps=_NUM_STEPS.value, grid=_GRID.value, seed=_SEED.value, out=_OUT.value,
+                             save_stats=_SAVE_STATS.value)
+        return
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     try:

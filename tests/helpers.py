@@ -58,9 +58,13 @@ def count_compiles():
         jax.monitoring.unregister_event_duration_listener(listener)
 
 
-def callback_oracle(path, kind, gm=None, counter=None):
+def callback_oracle(path, kind, gm=None, counter=None, differentiable=False):
     """The exact batched model of `gm` (default `mixture_2d()`) on `path` as a `jdiff.Model`
     whose network runs on the host through a callback.
+
+    With `differentiable`, the network has a custom VJP whose backward pass is a second host
+    callback (the oracle's own `jax.vjp` in x and t), so `jax.grad` goes through samplers
+    built on it (grid optimisation); `cond` must then be None.
 
     One compiled oracle per (path, kind, shape) is then shared by every solver program, which
     keeps compile times down; the values are the oracle's own, bit for bit. `cond` (None or
@@ -79,6 +83,24 @@ def callback_oracle(path, kind, gm=None, counter=None):
         if counter is not None:
             counter[0] += 1
         return np.asarray(f(x, t, *cond))
+
+    if differentiable:
+        vjp = jax.jit(lambda x, t, g: jax.vjp(lambda x, t: exact(x, t), x, t)[1](g))
+
+        @jax.custom_vjp
+        def diff_net(x, t):
+            return jax.pure_callback(host, jax.ShapeDtypeStruct(x.shape, x.dtype), x, t)
+
+        def fwd(x, t):
+            return diff_net(x, t), (x, t)
+
+        def bwd(res, g):
+            x, t = res
+            shapes = (jax.ShapeDtypeStruct(x.shape, x.dtype), jax.ShapeDtypeStruct(t.shape, t.dtype))
+            return jax.pure_callback(lambda *a: tuple(np.asarray(v) for v in vjp(*a)), shapes, x, t, g)
+
+        diff_net.defvjp(fwd, bwd)
+        return jdiff.Model(lambda x, t, cond=None: diff_net(x, jnp.asarray(t, x.dtype)), path, kind)
 
     def net(x, t, cond=None):
         args = (x, t) if cond is None else (x, t, cond)

@@ -79,6 +79,11 @@ def base_config() -> ml_collections.ConfigDict:
     c.checkpoint_every = 1000
     c.keep_checkpoints = 3
     c.sample_every = 2000  # 0: no sample grids during training
+    # Post-hoc EMA (experiments/_phema.py, docs/evaluation.md): power-function EMA profiles tracked in
+    # the train state and snapshotted to workdir/phema/, e.g. sigma_rels = (0.05, 0.10) as EDM2.
+    c.posthoc_ema = ml_collections.ConfigDict()
+    c.posthoc_ema.sigma_rels = ()  # () tracks none
+    c.posthoc_ema.snapshot_every = 0  # steps between snapshots; 0: every checkpoint_every
     return c
 
 

@@ -3,6 +3,7 @@
     model = jdiff.Model(net, path, "eps")
     grid = jdiff.samplers.log_snr_grid(path, 20)
     x = jdiff.samplers.sample(jdiff.samplers.DPMSolverPP2M(), model, x_T, grid)
+    grid = jdiff.samplers.optimize_grid(jdiff.samplers.UniPC(), model, key, x_T, 10).grid
 """
 
 from jdiff.samplers._base import AbstractSolver as AbstractSolver
@@ -24,6 +25,14 @@ from jdiff.samplers._grids import karras_grid as karras_grid
 from jdiff.samplers._grids import log_snr_grid as log_snr_grid
 from jdiff.samplers._grids import quadratic_grid as quadratic_grid
 from jdiff.samplers._grids import uniform_grid as uniform_grid
+from jdiff.samplers._grids import save_grid as save_grid
+from jdiff.samplers._grids import load_grid as load_grid
+from jdiff.samplers._optimize import GlobalError as GlobalError
+from jdiff.samplers._optimize import LocalError as LocalError
+from jdiff.samplers._optimize import OptimizedGrid as OptimizedGrid
+from jdiff.samplers._optimize import grid_from_logits as grid_from_logits
+from jdiff.samplers._optimize import logits_from_grid as logits_from_grid
+from jdiff.samplers._optimize import optimize_grid as optimize_grid
 from jdiff.samplers._base import check_grid as check_grid
 from jdiff.samplers._ode import ODESolution as ODESolution
 from jdiff.samplers._ode import diffrax_evals as diffrax_evals

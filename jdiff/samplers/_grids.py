@@ -11,11 +11,14 @@ closed form may round), so every grid of a path starts and ends at the same time
 
 from __future__ import annotations
 
+import os
+
 import jax.numpy as jnp
+import numpy as np
 
 from jdiff.paths import AbstractPath
 
-__all__ = ["uniform_grid", "log_snr_grid", "karras_grid", "quadratic_grid"]
+__all__ = ["uniform_grid", "log_snr_grid", "karras_grid", "quadratic_grid", "save_grid", "load_grid"]
 
 
 def _ends(path, num_steps, t_start, t_end):
@@ -77,3 +80,33 @@ def quadratic_grid(path: AbstractPath, num_steps: int, *, t_start=None, t_end=No
     t_start, t_end, dtype = _ends(path, num_steps, t_start, t_end)
     u = 1.0 - jnp.arange(num_steps + 1, dtype=dtype) / num_steps
     return t_end + u * u * (t_start - t_end)
+
+
+def save_grid(file, grid):
+    """Write `grid` as a plain float64 .npy array (`numpy.save`): N + 1 decreasing times."""
+    grid = np.asarray(grid, np.float64)
+    _check_saved(grid, file)
+    np.save(file, grid, allow_pickle=False)
+
+
+def load_grid(file, path: AbstractPath | None = None):
+    """Read a grid written by `save_grid` (or any 1-D .npy of decreasing times).
+
+    With `path`, the times must also lie in [path.t_min, path.t_max]. Errors name the file.
+    """
+    if not os.path.exists(file):
+        raise FileNotFoundError(f"grid file {file!r} does not exist (write one with jdiff.samplers.save_grid)")
+    grid = np.load(file, allow_pickle=False)
+    _check_saved(grid, file)
+    if path is not None and not (grid.min() >= path.t_min - 1e-12 and grid.max() <= path.t_max + 1e-12):
+        raise ValueError(f"grid file {file!r}: times must lie in [t_min, t_max] = [{path.t_min}, {path.t_max}] of "
+                         f"{type(path).__name__}; got [{grid.min()}, {grid.max()}]")
+    return jnp.asarray(grid)
+
+
+def _check_saved(grid, file):
+    if grid.ndim != 1 or grid.shape[0] < 2 or not np.issubdtype(grid.dtype, np.floating):
+        raise ValueError(f"grid file {file!r}: a grid is a 1-D float array of at least 2 times; got shape "
+                         f"{grid.shape}, dtype {grid.dtype}")
+    if not (np.all(np.isfinite(grid)) and np.all(np.diff(grid) < 0)):
+        raise ValueError(f"grid file {file!r}: the times must be finite and strictly decreasing")
