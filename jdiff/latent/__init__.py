@@ -14,6 +14,13 @@
     encode_dataset          a data set's (normalized) latents, batched and jitted
     latent_cache            encode a data set once into per-process shards (resumable), read it all
     write_latent_shard, read_latent_cache, shard_bounds, dataset_fingerprint, autoencoder_fingerprint
+    autoencoder_loss        the first-stage objective per example: L1/L2 (+ perceptual) reconstruction,
+                            KL weight, optional patch-GAN hinge terms with Esser et al.'s adaptive weight
+    autoencoder_loss_terms  every term of it (AutoencoderLoss)
+    AutoencoderGAN          the autoencoder and its optional discriminator as one trainable nnx module
+    PatchDiscriminator      a PatchGAN discriminator (GroupNorm)
+    feature_distance        a perceptual distance from any feature network (LPIPS's form, unweighted)
+    adaptive_weight, hinge_discriminator_loss
 
 The autoencoder itself is `jdiff.models.AutoencoderKL` (the Stable Diffusion VAE layout).
 """
@@ -30,6 +37,14 @@ from jdiff.latent._diffusers import autoencoder_kwargs_from_diffusers as autoenc
 from jdiff.latent._diffusers import load_diffusers_autoencoder as load_diffusers_autoencoder
 from jdiff.latent._diffusers import load_diffusers_weights as load_diffusers_weights
 from jdiff.latent._diffusers import to_diffusers_state_dict as to_diffusers_state_dict
+from jdiff.latent._loss import AutoencoderGAN as AutoencoderGAN
+from jdiff.latent._loss import AutoencoderLoss as AutoencoderLoss
+from jdiff.latent._loss import PatchDiscriminator as PatchDiscriminator
+from jdiff.latent._loss import adaptive_weight as adaptive_weight
+from jdiff.latent._loss import autoencoder_loss as autoencoder_loss
+from jdiff.latent._loss import autoencoder_loss_terms as autoencoder_loss_terms
+from jdiff.latent._loss import feature_distance as feature_distance
+from jdiff.latent._loss import hinge_discriminator_loss as hinge_discriminator_loss
 from jdiff.latent._model import LATENT_LIKELIHOOD_NOTE as LATENT_LIKELIHOOD_NOTE
 from jdiff.latent._model import LatentLikelihood as LatentLikelihood
 from jdiff.latent._model import LatentModel as LatentModel
