@@ -20,6 +20,7 @@ import jax
 import optax
 from flax import nnx
 
+from experiments import _phema
 from experiments._config import ConfigError, keyed
 from jdiff import checkpoint, parallel, training
 
@@ -97,7 +98,8 @@ def init_train_state(config, net: nnx.Module, mesh=None):
     rules = sharding_rules(config)
     if mesh is not None:
         keyed("mesh.rules", parallel.param_shardings, nnx.state(net, nnx.Param), mesh, rules)
-    graphdef, state = training.init_train_state(net, tx, jax.random.PRNGKey(config.seed), mesh=mesh, rules=rules)
+    graphdef, state = training.init_train_state(net, tx, jax.random.PRNGKey(config.seed), mesh=mesh, rules=rules,
+                                                power_ema=_phema.sigma_rels(config))
     return tx, graphdef, state
 
 

@@ -182,7 +182,7 @@ def save_snapshot(directory: str, step: int, power_ema: PowerEMA, *, write: bool
     named by their pytree paths, plus sigma_rels and step); returns the path.
 
     Every process must call it (on a pod the sharded weights are gathered, a collective); only
-    process 0 writes (write=None), atomically (a temporary file renamed), never overwriting.
+    process 0 writes (write=None), atomically (a temporary file renamed into place).
     """
     if not isinstance(power_ema, PowerEMA):
         raise TypeError(f"`power_ema` must be a PowerEMA (the train state's power_ema); got {type(power_ema).__name__}")
