@@ -282,8 +282,16 @@ class DiffusionRecipe(Recipe):
         name = solver or s.solver
         kwargs = kwargs_of(s.solver_kwargs) if solver is None else dict(solver_kwargs or {})
         steps = int(num_steps or s.num_steps)
-        return (keyed("sample.solver", _names.get_solver, name, **kwargs),
-                keyed("sample.grid", _names.get_grid, grid or s.grid, self.path, steps), f"{name}_{steps}")
+        grid = grid or s.grid
+        if grid.endswith(".npy"):  # a saved grid (samplers.save_grid, e.g. of samplers.optimize_grid)
+            ts = keyed("sample.grid", samplers.load_grid, grid, self.path)
+            if num_steps is not None and int(num_steps) != ts.shape[0] - 1:
+                raise ConfigError(f"config.sample.grid: {grid!r} has {ts.shape[0] - 1} steps, not num_steps = "
+                                  f"{num_steps}; leave num_steps out with a grid file")
+            steps = ts.shape[0] - 1
+        else:
+            ts = keyed("sample.grid", _names.get_grid, grid, self.path, steps)
+        return keyed("sample.solver", _names.get_solver, name, **kwargs), ts, f"{name}_{steps}"
 
     def make_sampler(self, graphdef, shape, *, num_steps=None, grid=None, cond=None, solver=None, solver_kwargs=None,
                      weight=None) -> Sampler:

@@ -34,7 +34,8 @@ _SOLVER = flags.DEFINE_string("solver", None, "Solver name, one of experiments._
                               "config's; flow-map workdirs take none).")
 _SOLVER_KWARGS = flags.DEFINE_list("solver_kwargs", [], "Solver options name=value (floats), e.g. eta=1.0.")
 _NUM_STEPS = flags.DEFINE_integer("num_steps", None, "Number of solver steps (default: the config's).")
-_GRID = flags.DEFINE_string("grid", None, "Time grid name (default: the config's).")
+_GRID = flags.DEFINE_string("grid", None, "Time grid name (default: the config's), or a .npy file of decreasing "
+                            "times (jdiff.samplers.save_grid, e.g. a grid of samplers.optimize_grid).")
 _NUM_SAMPLES = flags.DEFINE_integer("num_samples", None, "How many samples (default: the config's).")
 _SEED = flags.DEFINE_integer("seed", 0, "PRNG seed of the prior draw and of stochastic solvers.")
 _OUT = flags.DEFINE_string("out", None, "Output path without extension.")

@@ -143,3 +143,21 @@ def test_bad_arguments_name_the_argument():
         S.optimize_grid(S.DDIM(), model, key, x, 4, init=jnp.linspace(0.0, 1.0, 5))
     with pytest.raises(ValueError, match="substeps"):
         S.LocalError(substeps=0)
+
+
+def test_experiments_sample_a_saved_grid_file(tmp_path):
+    # `python -m experiments.sample --grid=path.npy` reaches the recipe as the grid name: the
+    # file's times are the grid and its length sets the number of steps.
+    import importlib
+
+    from experiments import _config, _recipes
+
+    recipe = _recipes.recipe_for(importlib.import_module("experiments.configs.toy2d_fm").get_config())
+    grid = S.karras_grid(recipe.path, 7)
+    f = str(tmp_path / "grid.npy")
+    S.save_grid(f, grid)
+    _, ts, name = recipe._sampling(solver="heun", grid=f)
+    np.testing.assert_array_equal(ts, grid)
+    assert name == "heun_7"
+    with pytest.raises(_config.ConfigError, match="has 7 steps, not num_steps = 5"):
+        recipe._sampling(grid=f, num_steps=5)
