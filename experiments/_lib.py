@@ -4,22 +4,27 @@
     result = _lib.train_and_evaluate(config, "/tmp/run")
     x, png, npz = _lib.sample_workdir("/tmp/run", solver="heun", num_steps=20)
 
-Modules, by job: _config (config layout, ConfigError, flags), _names (every name -> object),
-_data (training / held-out data), _state (optimizer, train state, EMA restore), _recipes (a
-config -> network, loss and sampler), _loop (train_and_evaluate), _workdir (restore and sample
-a trained workdir), _images (sample grids).
+Modules, by job: _config (config layout, value checks, ConfigError, flags, exit codes), _names
+(every name -> object), _data (training / held-out data), _state (optimizer, train state, EMA
+restore), _recipes (a config -> network, loss and sampler), _validate (the validation pass
+before anything is written), _loop (train_and_evaluate), _workdir (checking, writing, restoring
+and sampling a workdir), _images (sample grids).
 """
 
 from experiments._config import (
+    EXIT_BAD_INPUT,
+    EXIT_DIVERGED,
     ConfigError,
     build_path,
+    check_values,
+    exit_on_error,
     guidance_weight,
     load_config,
     parse_flags,
 )
 from experiments._data import holdout_fraction, load_all, load_data, load_heldout
 from experiments._images import save_samples
-from experiments._loop import check_config, train_and_evaluate, validate
+from experiments._loop import train_and_evaluate
 from experiments._recipes import (
     DiffusionRecipe,
     FlowMapRecipe,
@@ -28,9 +33,12 @@ from experiments._recipes import (
     recipe_for,
 )
 from experiments._state import EMAWeights, init_train_state, learning_rate_fn
-from experiments._workdir import restore, sample_workdir
+from experiments._validate import check_batch_split, check_config, validate
+from experiments._workdir import check_trained_workdir, check_workdir, restore, sample_workdir
 
 __all__ = [
+    "EXIT_BAD_INPUT",
+    "EXIT_DIVERGED",
     "ConfigError",
     "DiffusionRecipe",
     "EMAWeights",
@@ -38,7 +46,12 @@ __all__ = [
     "Recipe",
     "Sampler",
     "build_path",
+    "check_batch_split",
     "check_config",
+    "check_trained_workdir",
+    "check_values",
+    "check_workdir",
+    "exit_on_error",
     "guidance_weight",
     "holdout_fraction",
     "init_train_state",

@@ -2,6 +2,10 @@
 
     recipe, net = check_config(config)                  # names and shapes, nothing compiled
     result = train_and_evaluate(config, "/tmp/run")     # trains, checkpoints, resumes
+
+Everything is checked before anything is written (experiments._validate, _workdir.check_workdir);
+metrics.jsonl and TensorBoard drop the rows past the restored step on resume, a row is always
+written at the last step, and the reported final loss is that step's loss.
 """
 
 from __future__ import annotations
@@ -11,60 +15,64 @@ import time
 
 import jax
 import numpy as np
-from flax import nnx
 
-from experiments import _data, _images, _phema, _state
-from experiments._recipes import Recipe, recipe_for
+from experiments import _config, _images, _phema, _state, _validate, _workdir
+from experiments._validate import check_config, validate
 from jdiff import checkpoint, data, parallel, training
 
 __all__ = ["check_config", "train_and_evaluate", "validate"]
 
 
-def check_config(config) -> tuple[Recipe, nnx.Module]:
-    """Check every name of `config` and build its network abstractly, without loading data or
-    compiling anything; returns (recipe, abstract network)."""
-    _data.holdout_fraction(config)
-    _state.learning_rate_fn(config)
-    recipe = recipe_for(config)
-    return recipe, recipe.abstract_model()
+def _diverged(step: int, metrics, ckpt, limit: int) -> training.NonFiniteError:
+    """The one-line error of a run stopped by `limit` consecutive non-finite steps."""
+    run = int(metrics["nonfinite_run"])
+    ckpt.wait()
+    last = ckpt.latest_step()
+    where = (f"{os.path.join(ckpt.directory, str(last))} (step {last})" if last is not None
+             else "none (no checkpoint was written)")
+    return training.NonFiniteError(
+        f"training diverged at step {step}: {run} consecutive steps (since step {step - run + 1}) had a non-finite "
+        f"loss or gradient, the limit config.max_nonfinite_steps={limit}; last finite checkpoint: {where}; lower "
+        "config.optimizer.learning_rate or check the data")
 
 
-def validate(config) -> tuple[Recipe, data.Dataset, nnx.Module]:
-    """`check_config`, then load the training data and build the network; returns
-    (recipe, training set, network). Raises ConfigError before anything is written."""
-    recipe, _ = check_config(config)
-    dataset = _data.load_data(config)
-    _data.check_dataset(config, dataset)
-    return recipe, dataset, recipe.build_model()
-
-
-def train_and_evaluate(config, workdir: str, *, hooks=()) -> dict:
+def train_and_evaluate(config, workdir: str, *, hooks=(), allow_config_change: bool = False) -> dict:
     """Train per `config` in `workdir`, resuming from its latest checkpoint if it has one.
 
     hooks: callables hook(step, state, metrics) run after every step (evaluation, custom
         logging); `metrics` are device arrays of that step.
-    Returns a dict: step, final_loss (mean over the last logging window), preempted,
-    sample_png (last sample grid, if any) and workdir.
-    Writes workdir/config.json, checkpoints/, metrics.jsonl, tb/ and samples/.
+    allow_config_change: resume a workdir whose config.json differs from `config` (the old file
+        is kept as config.step<N>.json); without it such a resume raises a ConfigError listing
+        the keys that differ.
+    Returns a dict: step, final_loss (the loss of the last step, also the `loss` of the last
+    metrics.jsonl row, which is always written at the last step), final_loss_mean (the mean of
+    the steps since the previous row), preempted, sample_png (last sample grid, if any), workdir.
+    Writes workdir/config.json, checkpoints/, metrics.jsonl, tb/ and samples/, and nothing at
+    all when an input is bad: that raises a one-line ConfigError first. A run stopped by
+    config.max_nonfinite_steps non-finite steps in a row raises training.NonFiniteError naming
+    the step, the count and the last finite checkpoint.
     """
+    _config.check_values(config)  # config.distributed is a bool before it starts anything
     _state.initialize_distributed(config)  # multi-process: before anything touches a device
     recipe, dataset, net = validate(config)  # raises before anything is written
     mesh = _state.make_mesh(config)
-    parallel.local_batch_size(config.batch_size, mesh)
+    _validate.check_batch_split(config, mesh)
+    run = _workdir.check_workdir(workdir, config, allow_config_change=allow_config_change)  # writes nothing
     tx, graphdef, state = _state.init_train_state(config, net, mesh)
     step_fn = training.make_train_step(
         recipe.build_loss(), graphdef, tx, mesh=mesh, state_sharding=parallel.shardings_of(state), ema=config.ema_decay,
         grad_clip_norm=config.optimizer.grad_clip_norm, learning_rate_fn=_state.learning_rate_fn(config))
 
-    workdir = os.path.abspath(workdir)
+    workdir = run.path
     os.makedirs(workdir, exist_ok=True)
-    if jax.process_index() == 0:
-        with open(os.path.join(workdir, "config.json"), "w") as f:
-            f.write(config.to_json_best_effort(indent=2))
+    if jax.process_index() == 0 and run.config is None:
+        _workdir.write_config(run, config)  # a new workdir: config.json first (atomically)
     ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), save_every=config.checkpoint_every,
                                    max_to_keep=config.keep_checkpoints)
     if ckpt.latest_step() is not None:
-        state = ckpt.restore(state)
+        state = _workdir.restore_state(ckpt, state, workdir)  # a checkpoint of another network: one line
+    if jax.process_index() == 0 and run.config is not None:
+        _workdir.write_config(run, config)  # resumed: rewritten only for a change allow_config_change allowed
     start = int(state.step)
     p_index, p_count = parallel.process_info()
     it = data.DataIterator(dataset, config.batch_size, seed=config.seed, process_index=p_index,
@@ -73,30 +81,38 @@ def train_and_evaluate(config, workdir: str, *, hooks=()) -> dict:
     sample_shape = (config.sample.num_samples, *config.data.shape)
     sampler = recipe.make_sampler(graphdef, sample_shape) if config.sample_every else None
 
-    writer = training.MetricWriter(workdir)
+    writer = training.MetricWriter(workdir, start_step=start)  # drops rows past `start` (a resume)
     progress = training.Progress(config.total_steps, start=start)
-    window, final_loss, sample_png, pending = [], float("nan"), None, None
+    window, sample_png, pending = [], None, None
+    row = writer.last_row if writer.last_row and writer.last_row["step"] == start else {}  # a finished run's
+    final_loss, final_loss_mean = row.get("loss", float("nan")), row.get("loss_mean", float("nan"))
     t_window, n_window = time.perf_counter(), 0
     step = start
     preempted = False
 
-    def finish_step(step, metrics):
-        """Host-side work on a step's metrics (read one step late, so the device keeps busy)."""
-        nonlocal final_loss, t_window, n_window
-        training.check_nonfinite(metrics, config.max_nonfinite_steps)
+    def finish_step(step, metrics, last=False):
+        """Host-side work on a step's metrics (read one step late, so the device keeps busy);
+        `last`: the run's last step, which always gets a row."""
+        nonlocal final_loss, final_loss_mean, t_window, n_window
+        try:
+            training.check_nonfinite(metrics, config.max_nonfinite_steps)
+        except training.NonFiniteError as e:
+            raise _diverged(step, jax.device_get(metrics), ckpt, config.max_nonfinite_steps) from e
         window.append(metrics)
         n_window += 1
-        if step % config.log_every == 0 or step == config.total_steps:
+        if step % config.log_every == 0 or step == config.total_steps or last:
             m = jax.device_get(window)
             dt = time.perf_counter() - t_window
-            scalars = {k: float(np.mean([w[k] for w in m])) for k in ("loss", "grad_norm")}
+            # loss: this step's; loss_mean and grad_norm: means over the steps since the last row
+            scalars = {"loss": float(m[-1]["loss"]), "loss_mean": float(np.mean([w["loss"] for w in m])),
+                       "grad_norm": float(np.mean([w["grad_norm"] for w in m]))}
             scalars["learning_rate"] = float(m[-1]["learning_rate"])
             scalars["nonfinite_total"] = float(m[-1]["nonfinite_total"])
             scalars["steps_per_sec"] = n_window / dt
             scalars["examples_per_sec"] = n_window * config.batch_size / dt
             writer.write_scalars(step, scalars)
-            progress.update(step, loss=scalars["loss"])
-            final_loss = scalars["loss"]
+            progress.update(step, loss=scalars["loss"], loss_mean=scalars["loss_mean"])
+            final_loss, final_loss_mean = scalars["loss"], scalars["loss_mean"]
             window.clear()
             t_window, n_window = time.perf_counter(), 0
 
@@ -117,19 +133,19 @@ def train_and_evaluate(config, workdir: str, *, hooks=()) -> dict:
                     x = parallel.to_host(x)  # every process: gathering a sharded x is collective
                     sample_png = os.path.join(workdir, "samples", f"step_{step:07d}.png")
                     if jax.process_index() == 0:
-                        _images.save_samples(sample_png, x)
+                        _images.save_samples(sample_png, x)  # written atomically
                 ckpt.save(step, state)
                 _phema.maybe_save_snapshot(config, workdir, step, state)  # post-hoc EMA profiles, if tracked
                 if preemption.reached(step):  # agreed by every process: all save this step
                     preempted = True
                     break
             if pending is not None:
-                finish_step(*pending)
+                finish_step(*pending, last=True)
             ckpt.save(step, state, force=True)  # no-op when this step is already saved
             _phema.maybe_save_snapshot(config, workdir, step, state, last=True)
         finally:
             progress.close()
             writer.close()
             ckpt.close()
-    return {"step": step, "final_loss": final_loss, "preempted": preempted, "sample_png": sample_png,
-            "workdir": workdir}
+    return {"step": step, "final_loss": final_loss, "final_loss_mean": final_loss_mean, "preempted": preempted,
+            "sample_png": sample_png, "workdir": workdir}

@@ -33,6 +33,9 @@ precision / recall in the features of `jdiff.metrics.train_digit_classifier` (di
 mnist5k), the classifier's accuracy on class-conditional samples, and pixel-space Frechet
 distance; for 2-D sets, sliced Wasserstein, MMD, energy distance, Frechet distance and
 precision / recall.
+
+Every flag, the workdir and its config are checked before anything is computed or written; a
+bad one fails with one line and exit code 2. The JSON is written atomically.
 """
 
 from __future__ import annotations
@@ -40,7 +43,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import sys
 import time
 
 import jax
@@ -49,7 +51,8 @@ import numpy as np
 from absl import app, flags, logging
 from flax import nnx
 
-from experiments import _lib, _names, _sample_eval
+from experiments import _lib, _names, _sample_eval, _workdir
+from experiments._config import Spec, check_flag
 from jdiff import data, likelihood, metrics
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A directory written by experiments.train.")
@@ -201,6 +204,13 @@ def evaluate(workdir: str, *, num_examples=256, num_samples=1000, holdout=None, 
     divergence: "exact" or "hutchinson" (experiments._names.DIVERGENCES; default exact up to
     100 dimensions, else Hutchinson with `num_probes` probes).
     """
+    _check_arguments(num_examples=num_examples, num_samples=num_samples, holdout=holdout, batch_size=batch_size,
+                     num_probes=num_probes, rtol=rtol, vlb_steps=vlb_steps, elbo_time_samples=elbo_time_samples)
+    if divergence is not None and divergence not in _names.DIVERGENCES:
+        raise _lib.ConfigError(f"--divergence: unknown estimator {divergence!r}; accepted: "
+                               f"{', '.join(_names.DIVERGENCES)}")
+    if out is not None:
+        _workdir.check_output(out, "--out")
     config, recipe, ema = _lib.restore(workdir)
 
     def make_model(params):
@@ -246,11 +256,23 @@ def evaluate(workdir: str, *, num_examples=256, num_samples=1000, holdout=None, 
         res.update(sample_metrics(config, samples, x_all, jax.random.fold_in(key, 2), labels))
         res["num_samples"] = num_samples
     out = out or os.path.join(os.path.abspath(workdir), "eval", f"step_{ema.step:07d}.json")
-    os.makedirs(os.path.dirname(out), exist_ok=True)
-    with open(out, "w") as f:
-        json.dump(res, f, indent=2)
+    _workdir.atomic_write(out, json.dumps(res, indent=2))
     res["json"] = out
     return res
+
+
+_ARGUMENTS = {
+    "num_examples": Spec("int", 1), "num_samples": Spec("int", 0), "batch_size": Spec("int", 1),
+    "num_probes": Spec("int", 1), "vlb_steps": Spec("int", 0), "elbo_time_samples": Spec("int", 0),
+    "rtol": Spec("float", 0.0, lo_open=True),
+    "holdout": Spec("float", 0.0, 1.0, lo_open=True, hi_open=True, none="config.data.holdout, else 0.1"),
+}
+
+
+def _check_arguments(**values) -> None:
+    """Each argument in its range (one-line ConfigError naming the flag otherwise)."""
+    for name, value in values.items():
+        check_flag(f"--{name}", value, _ARGUMENTS[name])
 
 
 def format_table(res: dict) -> str:
@@ -269,17 +291,15 @@ def main(argv):
                              num_steps=_NUM_STEPS.value, grid=_GRID.value, seed=_SEED.value, out=_OUT.value,
                              save_stats=_SAVE_STATS.value)
         return
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    try:
+    with _lib.exit_on_error():
+        if len(argv) > 1:
+            raise _lib.ConfigError(f"{argv[1]}: unexpected argument; accepted: --flag=value arguments only")
         res = evaluate(_WORKDIR.value, num_examples=_NUM_EXAMPLES.value, num_samples=_NUM_SAMPLES.value,
                        holdout=_HOLDOUT.value, batch_size=_BATCH.value, divergence=_DIVERGENCE.value,
                        num_probes=_NUM_PROBES.value, rtol=_RTOL.value, vlb_steps=_VLB_STEPS.value,
                        elbo_time_samples=_ELBO_SAMPLES.value, seed=_SEED.value, out=_OUT.value)
-    except (_lib.ConfigError, FileNotFoundError, ValueError) as e:
-        sys.exit(f"error: {e}")
     print(format_table(res))
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=_lib.parse_flags)

@@ -13,10 +13,13 @@ e.g. digits_cfg.py, or any --guidance_weight) write one row per class instead, a
 digits report the accuracy of jdiff.metrics' digit classifier on the generated classes:
 
     python -m experiments.sample --workdir=/tmp/digits_cfg --guidance_weight=1.5
+
+Every flag, the workdir (config.json, a checkpoint) and its config are checked before anything
+is sampled or written; a bad one fails with one line and exit code 2, and files are written
+atomically, so the workdir is never left with half a file.
 """
 
 import os
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -24,7 +27,8 @@ import numpy as np
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from experiments import _lib
+from experiments import _lib, _workdir
+from experiments._config import Spec, check_flag
 from jdiff import metrics, training
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (default: <workdir>/config.json).",
@@ -59,6 +63,12 @@ def sample_class_rows(workdir, config=None, *, weight=None, per_class=None, solv
     digits data, also trains jdiff.metrics' digit classifier (seed 0) and returns the
     fraction of samples it assigns to their class. Returns (samples, labels, png, npz, accuracy).
     """
+    count = Spec("int", 1, none="the default")
+    for flag, value in (("--per_class", per_class), ("--num_samples", num_samples), ("--num_steps", num_steps)):
+        check_flag(flag, value, count)
+    check_flag("--guidance_weight", weight, Spec("float", none="config.guidance.weight"))
+    if out is not None:
+        _workdir.check_output(out + ".png", "--out")
     config, recipe, ema = _lib.restore(workdir, config)
     if recipe.num_classes is None:
         raise _lib.ConfigError("config.model.kwargs.num_classes: class rows need a class-conditional model "
@@ -68,13 +78,15 @@ def sample_class_rows(workdir, config=None, *, weight=None, per_class=None, solv
     per_class = int(per_class or max(int(num_samples or config.sample.num_samples) // recipe.num_classes, 1))
     labels = jnp.repeat(jnp.arange(recipe.num_classes), per_class)  # row c of the grid is class c
     # The training loop's sample grids go through the same guided sampler (recipe.make_sampler).
-    sampler = recipe.make_sampler(ema.graphdef, (labels.shape[0], *config.data.shape), solver=solver,
-                                  num_steps=num_steps, grid=grid, solver_kwargs=solver_kwargs, cond=labels,
-                                  weight=weight)
+    with _workdir.sampler_flags(solver, grid, solver_kwargs):
+        sampler = recipe.make_sampler(ema.graphdef, (labels.shape[0], *config.data.shape), solver=solver,
+                                      num_steps=num_steps, grid=grid, solver_kwargs=solver_kwargs, cond=labels,
+                                      weight=weight)
     x = np.asarray(jax.device_get(sampler(ema.params, ema.rest, jax.random.PRNGKey(seed))))
     out = out or os.path.join(os.path.abspath(workdir), "samples", f"cfg{weight:g}_{sampler.name}")
-    training.save_image_grid(out + ".png", x, ncol=per_class, scale=max(1, 128 // x.shape[1]))
-    np.savez(out + ".npz", samples=x, labels=np.asarray(labels), step=ema.step, guidance_weight=weight)
+    training.save_image_grid(out + ".png", x, ncol=per_class, scale=max(1, 128 // x.shape[1]))  # atomically
+    with _workdir.atomic_path(out + ".npz") as tmp:
+        np.savez(tmp, samples=x, labels=np.asarray(labels), step=ema.step, guidance_weight=weight)
     acc = None
     if accuracy and config.data.name == "digits":
         clf, _ = metrics.train_digit_classifier(0)
@@ -82,27 +94,41 @@ def sample_class_rows(workdir, config=None, *, weight=None, per_class=None, solv
     return x, np.asarray(labels), out + ".png", out + ".npz", acc
 
 
+def solver_options(items) -> dict:
+    """--solver_kwargs name=value items as {name: float}; a malformed one is a one-line ConfigError."""
+    out = {}
+    for item in items:
+        name, eq, value = item.partition("=")
+        try:
+            if not (eq and name.isidentifier()):
+                raise ValueError
+            out[name] = float(value)
+        except ValueError:
+            raise _lib.ConfigError(f"--solver_kwargs: {item!r} is not name=number; accepted: comma-separated "
+                                   "name=value options with float values, e.g. eta=1.0") from None
+    return out
+
+
 def main(argv):
     if not flags.FLAGS["verbosity"].present:  # orbax logs every save at INFO
         logging.set_verbosity(logging.WARNING)
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    kwargs = dict(kv.split("=", 1) for kv in _SOLVER_KWARGS.value)
-    try:
-        config = _CONFIG.value if _CONFIG.value is not None else _lib.load_config(_WORKDIR.value)
+    with _lib.exit_on_error():
+        if len(argv) > 1:
+            raise _lib.ConfigError(f"{argv[1]}: unexpected argument; accepted: --flag=value arguments only")
+        kwargs = solver_options(_SOLVER_KWARGS.value)
+        config = _CONFIG.value
+        if config is None:
+            config, _, _ = _lib.check_trained_workdir(_WORKDIR.value)
         if _GUIDANCE_WEIGHT.value is not None or "guidance" in config:
             _, _, png, npz, acc = sample_class_rows(
                 _WORKDIR.value, config, weight=_GUIDANCE_WEIGHT.value, per_class=_PER_CLASS.value, solver=_SOLVER.value,
                 num_steps=_NUM_STEPS.value, grid=_GRID.value, num_samples=_NUM_SAMPLES.value, seed=_SEED.value,
-                out=_OUT.value, solver_kwargs={k: float(v) for k, v in kwargs.items()})
+                out=_OUT.value, solver_kwargs=kwargs)
             print(f"wrote {png} and {npz}" + ("" if acc is None else f"; digit-classifier accuracy {acc:.3f}"))
             return
         _, png, npz = _lib.sample_workdir(
-            _WORKDIR.value, _CONFIG.value, solver=_SOLVER.value, num_steps=_NUM_STEPS.value, grid=_GRID.value,
-            num_samples=_NUM_SAMPLES.value, seed=_SEED.value, out=_OUT.value,
-            solver_kwargs={k: float(v) for k, v in kwargs.items()})
-    except (ValueError, FileNotFoundError) as e:  # ConfigError is a ValueError
-        sys.exit(f"error: {e}")
+            _WORKDIR.value, config, solver=_SOLVER.value, num_steps=_NUM_STEPS.value, grid=_GRID.value,
+            num_samples=_NUM_SAMPLES.value, seed=_SEED.value, out=_OUT.value, solver_kwargs=kwargs)
     print(f"wrote {png} and {npz}")
 
 

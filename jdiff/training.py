@@ -314,19 +314,37 @@ def check_nonfinite(metrics, max_in_a_row: int) -> None:
 class MetricWriter:
     """Write scalar metrics to TensorBoard event files and to `workdir/metrics.jsonl`.
 
+    start_step: the step the run starts from (a restored checkpoint's; 0 for a new run). Rows
+        of metrics.jsonl past it, written after that checkpoint by a run that was then killed,
+        are dropped (the file is rewritten atomically; a half-written last line goes too), and
+        TensorBoard is told to purge its events past it (tensorboardX `purge_step`), so no step
+        appears twice after a resume. None keeps every row.
+    `last_row` is the last row of metrics.jsonl (after the drop, then as written), or None.
     Only process 0 writes (every process computes the same replicated metrics).
     """
 
-    def __init__(self, workdir: str, *, enabled: bool | None = None):
+    def __init__(self, workdir: str, *, start_step: int | None = None, enabled: bool | None = None):
         self.enabled = jax.process_index() == 0 if enabled is None else enabled
         self._tb = None
         self._jsonl = None
+        self.last_row = None
         if self.enabled:
             from tensorboardX import SummaryWriter
 
-            os.makedirs(workdir, exist_ok=True)
-            self._tb = SummaryWriter(logdir=os.path.join(workdir, "tb"))
-            self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")  # noqa: SIM115 - open for the run
+            workdir = _files.as_path(workdir)  # local, or gs://... (no append there: rewritten per row)
+            workdir.mkdir(parents=True, exist_ok=True)
+            path = workdir / "metrics.jsonl"
+            rows = _read_rows(path)
+            if start_step is not None and path.exists():
+                rows = [r for r in rows if r["step"] <= start_step]
+                _files.write_atomic(path, "".join(json.dumps(r) + "\n" for r in rows))
+            self.last_row = rows[-1] if rows else None
+            self._path, self._rows = path, rows
+            # A unique suffix: the file name's time has whole seconds, and tensorboardX truncates
+            # an existing file of the same name (a resume within the second).
+            self._tb = SummaryWriter(logdir=os.fspath(workdir / "tb"), filename_suffix=f".{time.time_ns()}",
+                                     purge_step=None if start_step is None else start_step + 1)
+            self._jsonl = None if _files.is_url(path) else path.open("a")
 
     def write_scalars(self, step: int, scalars: dict) -> None:
         if not self.enabled:
@@ -334,7 +352,12 @@ class MetricWriter:
         scalars = {k: float(v) for k, v in scalars.items()}
         for k, v in scalars.items():
             self._tb.add_scalar(k, v, step)
-        self._jsonl.write(json.dumps({"step": int(step), **scalars}) + "\n")
+        self.last_row = {"step": int(step), **scalars}
+        if self._jsonl is None:  # an object store: the whole file again
+            self._rows.append(self.last_row)
+            _files.write_atomic(self._path, "".join(json.dumps(r) + "\n" for r in self._rows))
+            return
+        self._jsonl.write(json.dumps(self.last_row) + "\n")
         self._jsonl.flush()
 
     def write_image(self, step: int, name: str, grid: np.ndarray) -> None:
@@ -345,7 +368,26 @@ class MetricWriter:
     def close(self) -> None:
         if self.enabled:
             self._tb.close()
-            self._jsonl.close()
+            if self._jsonl is not None:
+                self._jsonl.close()
+
+
+def _read_rows(path) -> list[dict]:
+    """The rows of a metrics.jsonl (none if absent); lines that do not parse (a row cut short by
+    a killed run) are skipped."""
+    path = _files.as_path(path)
+    if not path.exists():
+        return []
+    rows = []
+    with path.open() as f:
+        for line in f:
+            try:
+                row = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(row, dict) and isinstance(row.get("step"), int):
+                rows.append(row)
+    return rows
 
 
 class Progress:

@@ -148,7 +148,7 @@ def test_npz_roundtrip(tmp_path):
     np.save(tmp_path / "g.npy", imgs[..., 0])  # greyscale .npy: channel axis added, no labels
     x, label = _names.get_dataset("npz", path=str(tmp_path / "g.npy"))
     assert x.shape == (10, 4, 5, 1) and label is None
-    with pytest.raises(KeyError, match="images"):
+    with pytest.raises(data.DataFileError, match="images"):
         data.load_npz(str(tmp_path / "d.npz"), key="images")
     np.savez(tmp_path / "v.npz", x=rng.normal(size=(7, 3)), y=np.arange(7))  # vectors kept as they are
     x, label = data.load_npz(str(tmp_path / "v.npz"), label_key="y")

@@ -80,9 +80,11 @@ def test_resume_after_sigterm_equals_uninterrupted_run(tmp_path):
     assert int(b.step) == 2 * k and int(b.data_position) == 2 * k
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
         np.testing.assert_array_equal(x, y)
-    # both runs logged every step window; the resumed run appended to the same metrics.jsonl
+    # both runs logged every step window; the resumed run appended to the same metrics.jsonl, with
+    # the same per-step losses as the uninterrupted run
     rows = _rows(tmp_path / "b" / "metrics.jsonl")
     assert [row["step"] for row in rows] == [2, 4, 6, 8]
+    assert [row["loss"] for row in rows] == [row["loss"] for row in _rows(tmp_path / "a" / "metrics.jsonl")]
 
 
 def test_every_unet_config_checks():
@@ -101,14 +103,17 @@ def test_every_unet_config_checks():
 
 def test_nonfinite_run_stops_with_a_clear_error_and_no_checkpoint(tmp_path):
     config = get_config("toy2d_fm")
-    config.optimizer.learning_rate = float("nan")  # every update is NaN: every step is skipped
+    config.optimizer.learning_rate = 1e30  # the first update overflows the network: every later step is skipped
+    config.optimizer.warmup_steps = 0
     config.max_nonfinite_steps = 3
     config.checkpoint_every = 1000
-    with pytest.raises(training.NonFiniteError, match="3 consecutive"):
+    with pytest.raises(training.NonFiniteError, match="3 consecutive") as e:
         _lib.train_and_evaluate(config, str(tmp_path / "run"))
+    assert "\n" not in str(e.value) and "last finite checkpoint: none" in str(e.value)
     assert os.listdir(tmp_path / "run" / "checkpoints") == []  # no final save after the error
-    rows = _rows(tmp_path / "run" / "metrics.jsonl")
-    assert rows == [] or all(np.isfinite(r["loss"]) for r in rows)
+    stop = int(str(e.value).split("diverged at step ")[1].split(":")[0])
+    rows = _rows(tmp_path / "run" / "metrics.jsonl")  # skipped steps are logged with their NaN loss
+    assert [r["step"] for r in rows] == list(range(config.log_every, stop, config.log_every))
 
 
 @pytest.mark.parametrize("name", CONFIGS)
@@ -335,10 +340,10 @@ def test_cli_bad_override_is_one_line(tmp_path):
     workdir = str(tmp_path / "run")
     cfg = "--config=experiments/configs/toy2d_fm.py:runlocal"
     r = _cli(cfg, f"--workdir={workdir}", "--config.batch_size=abc", "--config.path.name=foo")
-    assert r.returncode != 0
+    assert r.returncode == 2
     lines = [line for line in r.stderr.splitlines() if line.strip()]
     assert len(lines) == 1, r.stderr
-    assert "config.batch_size" in lines[0] and "accepts int" in lines[0]
+    assert lines[0].startswith("error: config.batch_size: cannot parse 'abc'") and "; accepted: int values" in lines[0]
     assert not os.path.exists(workdir)
 
 

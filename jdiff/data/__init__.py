@@ -13,6 +13,7 @@ from jdiff.data.images import load_digits as load_digits
 from jdiff.data.images import load_mnist5k as load_mnist5k
 from jdiff.data.iterator import DataIterator as DataIterator
 from jdiff.data.iterator import holdout_split as holdout_split
+from jdiff.data.sources import DataFileError as DataFileError
 from jdiff.data.sources import from_arrays as from_arrays
 from jdiff.data.sources import load_image_folder as load_image_folder
 from jdiff.data.sources import load_npz as load_npz
