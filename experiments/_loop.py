@@ -56,6 +56,7 @@ def train_and_evaluate(config, workdir: str, *, hooks=(), allow_config_change: b
     _state.initialize_distributed(config)  # multi-process: before anything touches a device
     recipe, dataset, net = validate(config)  # raises before anything is written
     mesh = _state.make_mesh(config)
+    pipeline = _state.data_pipeline(config)
     _validate.check_batch_split(config, mesh)
     run = _workdir.check_workdir(workdir, config, allow_config_change=allow_config_change)  # writes nothing
     tx, graphdef, state = _state.init_train_state(config, net, mesh)
@@ -64,7 +65,8 @@ def train_and_evaluate(config, workdir: str, *, hooks=(), allow_config_change: b
         grad_clip_norm=config.optimizer.grad_clip_norm, learning_rate_fn=_state.learning_rate_fn(config))
 
     workdir = run.path
-    os.makedirs(workdir, exist_ok=True)
+    parallel.barrier("jdiff: every process has checked the workdir")  # before process 0 writes to it
+    checkpoint.as_path(workdir).mkdir(parents=True, exist_ok=True)  # a local path or gs://...
     if jax.process_index() == 0 and run.config is None:
         _workdir.write_config(run, config)  # a new workdir: config.json first (atomically)
     ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), save_every=config.checkpoint_every,
@@ -75,8 +77,11 @@ def train_and_evaluate(config, workdir: str, *, hooks=(), allow_config_change: b
         _workdir.write_config(run, config)  # resumed: rewritten only for a change allow_config_change allowed
     start = int(state.step)
     p_index, p_count = parallel.process_info()
-    it = data.DataIterator(dataset, config.batch_size, seed=config.seed, process_index=p_index,
-                           process_count=p_count, position=int(state.data_position))
+    # grain for image sets, the in-memory iterator for vectors (config.data.pipeline); both resume
+    # exactly from the checkpointed position
+    it = data.make_iterator(dataset, config.batch_size, seed=config.seed, process_index=p_index,
+                            process_count=p_count, position=int(state.data_position),
+                            pipeline=pipeline)
     keys = ("x", config.data.cond) if config.data.cond else ("x",)
     sample_shape = (config.sample.num_samples, *config.data.shape)
     sampler = recipe.make_sampler(graphdef, sample_shape) if config.sample_every else None

@@ -22,12 +22,13 @@ from flax import nnx
 
 from experiments import _phema
 from experiments._config import ConfigError, keyed
-from jdiff import checkpoint, parallel, training
+from jdiff import checkpoint, data, parallel, training
 
 __all__ = [
     "SCHEDULES",
     "EMAWeights",
     "build_optimizer",
+    "data_pipeline",
     "init_train_state",
     "initialize_distributed",
     "learning_rate_fn",
@@ -59,6 +60,14 @@ def make_mesh(config):
     m = _mesh_section(config)
     return keyed("mesh", parallel.make_mesh, config.get("num_devices", None), data=m.get("data", -1),
                  fsdp=m.get("fsdp", 1), model=m.get("model", 1))
+
+
+def data_pipeline(config) -> str:
+    """config.data.pipeline (jdiff.data.make_iterator's `pipeline`; "auto" when absent), checked."""
+    p = config.data.get("pipeline", "auto")
+    if p not in data.PIPELINES:
+        raise ConfigError(f"config.data.pipeline: unknown pipeline {p!r}; accepted: {', '.join(data.PIPELINES)}")
+    return p
 
 
 def sharding_rules(config) -> tuple:

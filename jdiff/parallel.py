@@ -45,6 +45,7 @@ __all__ = [
     "FSDP_RULES",
     "MESH_AXES",
     "MODEL_AXIS",
+    "barrier",
     "batch_shards",
     "data_sharded",
     "global_batch",
@@ -128,6 +129,13 @@ def initialize_distributed(enabled: bool = False, *, coordinator_address: str | 
 def process_info() -> tuple[int, int]:
     """(process_index, process_count): which data shard this process reads, out of how many."""
     return jax.process_index(), jax.process_count()
+
+
+def barrier(name: str) -> None:
+    """Wait until every process has reached the barrier `name` (nothing to wait for with one process),
+    e.g. so that no process reads a workdir another has started writing."""
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices(name)
 
 
 # ----------------------------------------------------------------------------------

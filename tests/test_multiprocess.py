@@ -45,6 +45,12 @@ def _results(job) -> list[dict]:
 
 
 def _finish(job, timeout=TIMEOUT) -> list[dict]:
+    """Wait (bounded) for `job`; every process must exit 0. Returns their RESULT lines."""
+    _exit_zero(job, timeout)
+    return _results(job)
+
+
+def _exit_zero(job, timeout):
     codes = job.wait(timeout)
     if codes != [0] * len(codes):
         tails = []
@@ -52,7 +58,6 @@ def _finish(job, timeout=TIMEOUT) -> list[dict]:
             with open(log) as f:
                 tails.append(f"--- {log}\n{f.read()[-3000:]}")
         pytest.fail(f"exit codes {codes}:\n" + "\n".join(tails))
-    return _results(job)
 
 
 def _losses(workdir) -> dict[int, float]:
@@ -120,3 +125,20 @@ def test_two_processes_match_one_and_agree_on_preemption(tmp_path):
     for x, y in zip(jax.tree.leaves((a.params, a.opt_state, a.ema_params)),
                     jax.tree.leaves((b.params, b.opt_state, b.ema_params))):
         np.testing.assert_allclose(np.asarray(y), np.asarray(x), rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_digits_demo_config_trains_under_two_processes(tmp_path):
+    """experiments.train on the demo's config (digits_mlp), 2 processes x 4 devices: it trains
+    (the loss falls), process 0 writes the sample grid and metrics, both exit 0."""
+    workdir = tmp_path / "digits"
+    command = [sys.executable, "-m", "experiments.train", "--config=experiments/configs/digits_mlp.py",
+               f"--workdir={workdir}", "--config.total_steps=300", "--config.log_every=50",
+               "--config.checkpoint_every=150", "--config.sample_every=300", "--config.sample.num_samples=64"]
+    job = local.start(command, 2, devices_per_process=4, log_dir=str(tmp_path / "logs"), env=CACHE, cwd=ROOT)
+    _exit_zero(job, timeout=1800)
+    rows = _losses(workdir)
+    assert sorted(rows) == list(range(50, 301, 50))
+    assert rows[300] < 0.8 * rows[50]
+    assert os.path.exists(workdir / "samples" / "step_0000300.png")
+    assert sorted(os.listdir(workdir / "checkpoints")) == ["150", "300"]

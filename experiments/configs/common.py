@@ -39,6 +39,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.shape = (8, 8, 1)  # one example
     c.data.cond = config_dict.placeholder(str)  # "label" for class-conditional models
     c.data.holdout = 0.0  # fraction held out of training (jdiff.data.holdout_split, seed = c.seed); evaluate uses it
+    c.data.pipeline = "auto"  # jdiff.data.make_iterator: "grain" | "memory" | "auto" (grain for images)
 
     c.model = ml_collections.ConfigDict()
     c.model.name = "mlp"

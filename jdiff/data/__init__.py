@@ -9,8 +9,12 @@ deterministic, resumable, per-process-sharded iterator.
 """
 
 from jdiff.data._common import Dataset as Dataset
+from jdiff.data.grain_pipeline import PIPELINES as PIPELINES
+from jdiff.data.grain_pipeline import GrainIterator as GrainIterator
+from jdiff.data.grain_pipeline import make_iterator as make_iterator
 from jdiff.data.images import load_digits as load_digits
 from jdiff.data.images import load_mnist5k as load_mnist5k
+from jdiff.data.iterator import BatchIterator as BatchIterator
 from jdiff.data.iterator import DataIterator as DataIterator
 from jdiff.data.iterator import holdout_split as holdout_split
 from jdiff.data.sources import DataFileError as DataFileError

@@ -17,10 +17,36 @@ size is unchanged.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-__all__ = ["DataIterator", "holdout_split"]
+__all__ = ["BatchIterator", "DataIterator", "holdout_split"]
+
+
+@runtime_checkable
+class BatchIterator(Protocol):
+    """What a train loop needs of an input pipeline (DataIterator, jdiff.data.GrainIterator).
+
+    `next(it)` is this process's share of the next global batch (a dict of numpy arrays with
+    `local_batch_size` rows); `position` counts the batches consumed and is all a checkpoint must
+    store: an iterator built with `position=p` (or given `set_state(get_state())`) continues with
+    exactly the batches the old one would have produced.
+    """
+
+    batch_size: int
+    local_batch_size: int
+
+    @property
+    def position(self) -> int: ...
+
+    def batch(self, position: int) -> dict[str, np.ndarray]: ...
+
+    def get_state(self) -> dict: ...
+
+    def set_state(self, state: dict) -> None: ...
+
+    def __next__(self) -> dict[str, np.ndarray]: ...
 
 
 def _as_arrays(arrays, name="arrays") -> dict[str, np.ndarray]:
@@ -99,6 +125,17 @@ class DataIterator:
         """This process's batch at `position` (pure in (seed, position, process)), position unchanged."""
         idx = self.indices(position)
         return {k: v[idx] for k, v in self.arrays.items()}
+
+    def get_state(self) -> dict:
+        """{"next_index": position}, the same state as GrainIterator's."""
+        return {"next_index": self.position}
+
+    def set_state(self, state: dict) -> None:
+        """Continue from a `get_state()` dict."""
+        position = int(state["next_index"])
+        if position < 0:
+            raise ValueError(f"`state['next_index']` must be a non-negative int; got {position}")
+        self.position = position
 
     def __iter__(self):
         return self
