@@ -140,12 +140,15 @@ def _bytes_per_device(tree):
 REPLICATED, FSDP8 = (None, -1, 1, 1), (None, 1, 8, 1)
 
 
-def test_fsdp_trains_like_replicated():
+@pytest.mark.parametrize("mesh_shape,spec", [(FSDP8, P("fsdp")), ((None, 2, 2, 2), P("fsdp", "model"))],
+                         ids=["fsdp8", "data2_fsdp2_model2"])
+def test_sharded_runs_train_like_replicated(mesh_shape, spec):
+    """FSDP on 8 devices, and FSDP x tensor parallelism x data parallelism on 2 x 2 x 2."""
     rep_states, rep_losses = _train(_mlp, REPLICATED, 3)
-    states, fsdp_losses = _train(_mlp, FSDP8, 3)
+    states, fsdp_losses = _train(_mlp, mesh_shape, 3)
     np.testing.assert_allclose(fsdp_losses, rep_losses, rtol=1e-5)
     a, b = rep_states[-1], states[-1]
-    assert b.params["blocks"][0]["dense1"]["kernel"].get_value().sharding.spec == P("fsdp")
+    assert b.params["blocks"][0]["dense1"]["kernel"].get_value().sharding.spec == spec
     # Adam turns a rounding-level gradient difference into an update of up to lr: absolute tolerance
     for x, y in zip(jax.tree.leaves((a.params, a.ema_params, a.opt_state)),
                     jax.tree.leaves((b.params, b.ema_params, b.opt_state))):
