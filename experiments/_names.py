@@ -10,6 +10,7 @@
     get_loss("dsm_loss")                  -> jdiff.losses.dsm_loss
     get_flowmap_loss("flowmaps.meanflow_loss")  -> jdiff.flowmaps.meanflow_loss
     get_flowmap_param("ddim_denoiser", sigma_data=0.5)  -> jdiff.flowmaps.DDIMDenoiser(0.5)
+    get_gan_loss("adversarial.ddgan_loss")      -> jdiff.adversarial.ddgan_loss
     get_divergence("hutchinson", num_probes=4)  -> jdiff.likelihood.Hutchinson(num_probes=4)
 
 Each `get_*` raises a ValueError that names the argument and lists the accepted names; the
@@ -23,7 +24,7 @@ import functools
 import jax
 import numpy as np
 
-from jdiff import data, flowmaps, likelihood, losses, models, paths, samplers
+from jdiff import adversarial, data, flowmaps, likelihood, losses, models, paths, samplers
 from jdiff.data import images, sources, toy
 
 __all__ = [
@@ -31,6 +32,7 @@ __all__ = [
     "DIVERGENCES",
     "FLOWMAP_LOSSES",
     "FLOWMAP_PARAMS",
+    "GAN_LOSSES",
     "GRIDS",
     "LOSSES",
     "MODELS",
@@ -43,6 +45,7 @@ __all__ = [
     "get_divergence",
     "get_flowmap_loss",
     "get_flowmap_param",
+    "get_gan_loss",
     "get_grid",
     "get_loss",
     "get_model",
@@ -151,7 +154,8 @@ def get_weighting(name: str, **kwargs):
     return cls(**kwargs)
 
 
-MODELS = {"mlp": models.MLP, "unet": models.UNet, "dit": models.DiT, "flowmap_mlp": models.FlowMapMLP}
+MODELS = {"mlp": models.MLP, "unet": models.UNet, "dit": models.DiT, "flowmap_mlp": models.FlowMapMLP,
+          "ddgan_mlp": models.DDGANMLP, "ddgan_conv": models.DDGANConv}
 
 
 def get_model(name: str, **kwargs):
@@ -236,6 +240,14 @@ FLOWMAP_PARAMS = {"average_velocity": flowmaps.AverageVelocity, "ddim_denoiser":
 def get_flowmap_param(name: str, **kwargs) -> flowmaps.AbstractFlowMapParam:
     """A flow-map parameterization by name with its keyword arguments (DDIMDenoiser: sigma_data)."""
     return _lookup(FLOWMAP_PARAMS, name, "flow-map parameterization")(**kwargs)
+
+
+GAN_LOSSES = {"adversarial.ddgan_loss": adversarial.ddgan_loss}
+
+
+def get_gan_loss(name: str):
+    """An adversarial loss `loss(ddgan, discriminator, key, x0, *, cond, **options)` by name."""
+    return _lookup(GAN_LOSSES, name, "adversarial loss")
 
 
 DIVERGENCES = {"exact": None, "hutchinson": likelihood.Hutchinson}

@@ -1,6 +1,7 @@
 """Recipes: how a config becomes a network, a training loss and a sampler.
 
     recipe = recipe_for(config)            # FlowMapRecipe for a config with a `flowmap` section,
+                                           # AdversarialRecipe for one with a `gan` section,
                                            # else DiffusionRecipe; every name is checked here
     net = recipe.build_model()             # the nnx network, initialised from PRNGKey(config.seed)
     loss_fn = recipe.build_loss()          # loss_fn(net, batch, key) -> (B,) for jdiff.training.make_train_step
@@ -17,11 +18,21 @@ Both go through `recipe.bind(net)`, the library object a network stands for:
     FlowMapRecipe     jdiff.flowmaps.FlowMap(net, path, param); trained with a jdiff.flowmaps loss
                       (consistency training / distillation from a jdiff.Model teacher, MeanFlow,
                       shortcut), sampled with jdiff.flowmaps.sample on config.flowmap.num_steps steps.
+    AdversarialRecipe jdiff.adversarial.DDGAN(net.generator, path, grid, latent_dim) of a GAN pair
+                      (jdiff.models.DDGANMLP / DDGANConv); trained with adversarial.ddgan_loss
+                      (both players in one step, two optimizers: experiments._state.build_optimizer),
+                      sampled with jdiff.adversarial.sample in its config.gan.num_steps steps.
 
 Names in the config become objects here, through experiments._names: the loss's time sampler
 and weighting (config.loss.time_sampler / weighting), label dropout
 (`jdiff.guidance.with_label_dropout`, config.loss.label_dropout), solvers, grids, the flow-map
 parameterization. Building a recipe compiles nothing.
+
+The `gan` section (a denoising diffusion GAN, Xiao et al. 2022):
+
+    num_steps         T, the DDGAN's steps (its grid: sample.grid with T steps; NFE = T)
+    discriminator_learning_rate   the discriminator's AdamW peak rate (the generator's is
+                      optimizer.learning_rate; both follow optimizer.schedule)
 
 The `flowmap` section:
 
@@ -65,13 +76,14 @@ from experiments._config import (
     load_config_file,
     num_classes,
 )
-from jdiff import flowmaps, guidance, samplers, training
+from jdiff import adversarial, flowmaps, guidance, samplers, training
 from jdiff.paths import AbstractPath
 
-__all__ = ["DiffusionRecipe", "FlowMapRecipe", "Recipe", "Sampler", "recipe_for"]
+__all__ = ["AdversarialRecipe", "DiffusionRecipe", "FlowMapRecipe", "Recipe", "Sampler", "recipe_for"]
 
 PRECONDITIONINGS = ("none", "edm")
 TWO_TIME_MODELS = ("flowmap_mlp",)  # networks net(x, t, s, cond): flow maps only
+GAN_MODELS = ("ddgan_mlp", "ddgan_conv")  # generator + discriminator pairs: GAN configs only
 TIME_INPUTS = ("t", "edm")
 TARGETS = ("online", "ema")
 CONSISTENCY_TRAINING = "flowmaps.consistency_training_loss"
@@ -227,10 +239,11 @@ class DiffusionRecipe(Recipe):
 
     def __init__(self, config):
         super().__init__(config)
-        if config.model.name in TWO_TIME_MODELS:
-            raise ConfigError(f"config.model.name: {config.model.name!r} is a flow-map network net(x, t, s, cond) "
-                              f"and needs a config.flowmap section; accepted here: "
-                              f"{', '.join(n for n in _names.MODELS if n not in TWO_TIME_MODELS)}")
+        if config.model.name in TWO_TIME_MODELS + GAN_MODELS:
+            section = "flowmap" if config.model.name in TWO_TIME_MODELS else "gan"
+            raise ConfigError(f"config.model.name: {config.model.name!r} is a {section} network and needs a "
+                              f"config.{section} section; accepted here: "
+                              f"{', '.join(n for n in _names.MODELS if n not in TWO_TIME_MODELS + GAN_MODELS)}")
         if config.model.preconditioning not in PRECONDITIONINGS:
             raise ConfigError(f"config.model.preconditioning: unknown value {config.model.preconditioning!r}; "
                               f"accepted: {', '.join(PRECONDITIONINGS)}")
@@ -453,8 +466,75 @@ class FlowMapRecipe(Recipe):
         return ts, f"flowmap_{steps}"
 
 
+class AdversarialRecipe(Recipe):
+    """A denoising diffusion GAN (Xiao et al. 2022): the generator of a GAN pair bound to its path and
+    its T-step grid as a `jdiff.adversarial.DDGAN`, trained with `adversarial.ddgan_loss` (the
+    discriminator is the pair's), sampled with `jdiff.adversarial.sample` in T steps."""
+
+    def __init__(self, config):
+        super().__init__(config)
+        for section in ("flowmap", "guidance"):
+            if config.get(section, None) is not None:
+                raise ConfigError(f"config.{section}: a GAN config (config.gan) has no {section} section")
+        if config.model.name not in GAN_MODELS:
+            raise ConfigError(f"config.model.name: {config.model.name!r} is not a generator + discriminator pair; "
+                              f"accepted with a config.gan section: {', '.join(GAN_MODELS)}")
+        if config.model.preconditioning != "none":
+            raise ConfigError(f"config.model.preconditioning: {config.model.preconditioning!r}: a DDGAN generator "
+                              "predicts x0 itself; accepted: none")
+        if self.label_dropout:
+            raise ConfigError("config.loss.label_dropout: label dropout is for classifier-free guidance of "
+                              "diffusion configs; accepted with config.gan: 0")
+        name = config.loss.name
+        if name not in _names.GAN_LOSSES:
+            raise ConfigError(f"config.loss.name: {name!r} does not train a GAN; accepted with config.gan: "
+                              f"{', '.join(_names.GAN_LOSSES)}")
+        loss = _names.get_gan_loss(name)
+        self.loss = functools.partial(loss, **_loss_options(config, loss))
+        steps = config.gan.num_steps
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+            raise ConfigError(f"config.gan.num_steps: {steps!r}; accepted: an int >= 1 (the DDGAN's T, 2 to 8 in "
+                              "Xiao et al.)")
+        self.num_steps = steps
+        self.grid = keyed("sample.grid", _names.get_grid, config.sample.grid, self.path, steps)
+        _state.build_optimizer(config)  # checks gan.discriminator_learning_rate
+
+    def bind(self, net) -> adversarial.DDGAN:
+        """The `DDGAN` of the pair's generator on this config's path and T-step grid."""
+        return adversarial.DDGAN(net.generator, self.path, self.grid, net.generator.latent_dim)
+
+    def build_loss(self):
+        """loss_fn(pair, batch, key) -> (ddgan_loss(...).loss, the two players' terms as metrics)."""
+
+        def loss_fn(net, batch, key):
+            out = self.loss(self.bind(net), net.discriminator, key, batch["x"], cond=self._cond(batch))
+            extra = {"d_loss": out.d_loss, "g_loss": out.g_loss, "r1": out.r1, "d_real": out.d_real,
+                     "d_fake": out.d_fake}
+            return out.loss, extra
+
+        return loss_fn
+
+    def make_sampler(self, graphdef, shape, *, num_steps=None, grid=None, cond=None, solver=None, solver_kwargs=None,
+                     weight=None) -> Sampler:
+        if solver is not None or solver_kwargs:
+            raise ValueError("`solver` does not apply to a GAN config: it samples with jdiff.adversarial.sample")
+        if weight is not None:
+            raise ValueError("`weight`: classifier-free guidance is for diffusion configs, not GANs")
+        if num_steps not in (None, self.num_steps) or grid not in (None, self.config.sample.grid):
+            raise ValueError(f"`num_steps`, `grid`: a DDGAN samples on the {self.num_steps}-step "
+                             f"{self.config.sample.grid!r} grid it was trained on (config.gan.num_steps, sample.grid)")
+
+        def draw(ddgan, x_T, cond, key):
+            return adversarial.sample(ddgan, key, x_T, cond=cond)
+
+        return self._sampler(graphdef, shape, cond, draw, f"ddgan_{self.num_steps}")
+
+
 def recipe_for(config) -> Recipe:
-    """The recipe of `config`: FlowMapRecipe when it has a `flowmap` section, else DiffusionRecipe."""
+    """The recipe of `config`: FlowMapRecipe when it has a `flowmap` section, AdversarialRecipe
+    when it has a `gan` section, else DiffusionRecipe."""
     if config.get("flowmap", None) is not None:
         return FlowMapRecipe(config)
+    if config.get("gan", None) is not None:
+        return AdversarialRecipe(config)
     return DiffusionRecipe(config)

@@ -206,7 +206,9 @@ def make_train_step(
 
     loss_fn: `loss_fn(model, batch, key) -> (B,)` per-example losses; `model` is the nnx
         model merged from the state, `batch` the global batch pytree, `key` this step's key.
-        A `ContextLoss` is also given `step=state.step` and `target=` the EMA model.
+        A `ContextLoss` is also given `step=state.step` and `target=` the EMA model. It may
+        also return `(losses, extra)` with a dict of (B,) or scalar arrays, whose means join
+        the metrics (the two players' losses of a GAN, `jdiff.adversarial`).
     graphdef: the model's static graph from `init_train_state`.
     tx: the optax optimizer (its state lives in `state.opt_state`).
     mesh: a jdiff.parallel.make_mesh mesh: the batch is split along its leading axis over
@@ -237,14 +239,15 @@ def make_train_step(
                 losses = loss_fn(model, batch, key, step=state.step, target=target)
             else:
                 losses = loss_fn(model, batch, key)
+            losses, extra = _loss_and_extra(losses)
             if jnp.ndim(losses) != 1:
                 raise ValueError(
                     f"`loss_fn` must return one loss per example (shape (B,)); got shape {jnp.shape(losses)}"
                 )
             _, _, new_rest = _split(model)
-            return jnp.mean(losses), new_rest
+            return jnp.mean(losses), (new_rest, extra)
 
-        (loss, new_rest), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
+        (loss, (new_rest, extra)), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
         grad_norm = optax.global_norm(grads)
         if clip is not None:
             grads, _ = clip.update(grads, clip.init(state.params))
@@ -284,6 +287,10 @@ def make_train_step(
         }
         if learning_rate_fn is not None:
             metrics["learning_rate"] = jnp.asarray(learning_rate_fn(state.step))
+        for name, value in extra.items():
+            if name in metrics:
+                raise ValueError(f"`loss_fn`'s extra metric {name!r} shadows a train-step metric; rename it")
+            metrics[name] = jnp.mean(value)
         return new_state, metrics
 
     kwargs = {"donate_argnums": 0} if donate else {}
@@ -292,6 +299,13 @@ def make_train_step(
         state_sharding = rep if state_sharding is None else state_sharding
         kwargs.update(in_shardings=(state_sharding, parallel.data_sharded(mesh)), out_shardings=(state_sharding, rep))
     return jax.jit(step_fn, **kwargs)
+
+
+def _loss_and_extra(out):
+    """A loss_fn's output as (per-example losses, dict of extra metrics)."""
+    if isinstance(out, tuple) and len(out) == 2 and isinstance(out[1], dict):
+        return out
+    return out, {}
 
 
 def check_nonfinite(metrics, max_in_a_row: int) -> None:

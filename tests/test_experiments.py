@@ -23,7 +23,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # runs are `slow`; the fast suite checks every full config abstractly (names, U-Net kwargs,
 # shapes: test_every_config_checks) and runs what they add over the MLP configs (EDM
 # preconditioning, class conditioning, synthetic data) on the MLP (test_config_features_on_the_mlp).
-CONFIGS = ["toy2d_fm", "digits_mlp", "toy_ct", "digits_cfg",
+CONFIGS = ["toy2d_fm", "digits_mlp", "toy_ct", "digits_cfg", "toy_ddgan",
+           pytest.param("digits_ddgan", marks=pytest.mark.slow),  # conv GAN: R1's double backward compiles slowly
            pytest.param("digits_vp", marks=pytest.mark.slow),
            pytest.param("digits_edm", marks=pytest.mark.slow),
            pytest.param("mnist5k", marks=pytest.mark.slow),
@@ -139,6 +140,8 @@ def _train_and_sample(config, workdir):
     assert int(max(os.listdir(os.path.join(workdir, "checkpoints")), key=int)) == config.total_steps
     if "flowmap" in config:  # flow maps sample with flowmaps.sample (no ODE solver): one step here
         x, png, npz = _lib.sample_workdir(workdir, num_steps=1, num_samples=4)
+    elif "gan" in config:  # a DDGAN samples in the T steps it was trained with (adversarial.sample)
+        x, png, npz = _lib.sample_workdir(workdir, num_samples=4)
     else:
         solver = "ddim" if config.sample.solver != "ddim" else "euler"
         x, png, npz = _lib.sample_workdir(workdir, solver=solver, num_steps=3, num_samples=4)
