@@ -35,13 +35,14 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from experiments import _names
+from experiments import _data, _names
 from experiments._config import ConfigError
 from experiments._recipes import DiffusionRecipe
 from experiments._workdir import restore
 from jdiff import metrics, parallel
 
-__all__ = ["FeatureNets", "evaluate_fid", "feature_stats_of_samples", "format_table", "load_feature_nets", "run_cli", "to_pixels"]
+__all__ = ["FeatureNets", "evaluate_fid", "feature_stats_of_samples", "format_table", "load_feature_nets", "run_cli",
+           "to_pixels", "write_reference_stats"]
 
 METRICS = ("fid", "is", "fd_dinov2")
 
@@ -349,10 +350,60 @@ def format_table(res: dict) -> str:
     return "\n".join(f"{k.ljust(w)}  {v}" for k, v in rows)
 
 
-def run_cli(workdir: str, **kwargs) -> dict:
-    """`experiments.evaluate --metric=fid`: evaluate_fid, the table on stdout; a bad input is one
-    line on stderr and exit code 2."""
+def write_reference_stats(workdir: str, path: str, *, inception: str | None = None, dinov2: str | None = None,
+                          dinov2_arch: str = "vitl14", preprocessing: str = "pytorch_fid", batch_size: int = 250,
+                          num_devices: int | None = None, nets: FeatureNets = None, progress: bool = True) -> dict:
+    """Reference statistics of `workdir`'s whole data set (config.data, holdout included) through the
+    same quantization, preprocessing and networks as the samples: `path` gets the Inception
+    (mu, sigma), <path stem>_dinov2.npz the DINOv2 ones. 8-bit data (x = k / 127.5 - 1) quantize back
+    to exactly their pixel values k. Returns {"fid": path, "fd_dinov2": path2, "num_images"}."""
+    nets = nets or load_feature_nets(inception, dinov2, dinov2_arch=dinov2_arch, mode=preprocessing)
+    if nets.inception is None and nets.dinov2 is None:
+        raise ConfigError("--inception / --dinov2: give at least one feature network's weight file")
+    config, _, _ = restore(workdir)
+    _check_images(config.data.shape)
+    images = np.asarray(_data.load_all(config).x, np.float32)
+    n = images.shape[0]
+    mesh = parallel.make_mesh(num_devices)
+    if batch_size % parallel.batch_shards(mesh):
+        raise ConfigError(f"--sample_batch_size: {batch_size} must be a multiple of the {parallel.batch_shards(mesh)} "
+                          "batch shards of the mesh")
+    featurize = _Featurizer(nets, mesh)
+    dsh = parallel.data_sharded(mesh)
+    acc = _Accumulators.empty(nets, n)
+    for start in range(0, n, batch_size):
+        block = images[start:start + batch_size]
+        block = np.concatenate([block, np.repeat(block[-1:], batch_size - block.shape[0], 0)])  # pad the last one
+        x = jax.make_array_from_callback(block.shape, dsh, lambda index, b=block: b[index])
+        local = {name: _local_rows(v) for name, v in featurize(x).items()}
+        idx = next(iter(local.values()))[1] + start
+        acc = acc.update({name: rows for name, (rows, _) in local.items()}, idx, idx < n)
+        if progress and jax.process_index() == 0:
+            sys.stderr.write(f"\rreference statistics: {min(start + batch_size, n)}/{n} images ")
+            sys.stderr.flush()
+    if progress and jax.process_index() == 0:
+        sys.stderr.write("\n")
+    acc = _gather(acc)
+    out = {"num_images": n, "data": config.data.name}
+    if jax.process_index() == 0:
+        if acc.fid is not None:
+            metrics.save_stats(path, *acc.fid.mean_cov(), num_samples=np.int64(n))
+            out["fid"] = path
+        if acc.dino is not None:
+            out["fd_dinov2"] = os.path.splitext(path)[0] + "_dinov2.npz"
+            metrics.save_stats(out["fd_dinov2"], *acc.dino.mean_cov(), num_samples=np.int64(n))
+    return out
+
+
+def run_cli(workdir: str, write_ref: str | None = None, **kwargs) -> dict:
+    """`experiments.evaluate --metric=fid`: evaluate_fid (or, with `write_ref`, the data set's
+    reference statistics), the table on stdout; a bad input is one line on stderr and exit code 2."""
     try:
+        if write_ref:
+            keep = ("inception", "dinov2", "dinov2_arch", "preprocessing", "batch_size")
+            res = write_reference_stats(workdir, write_ref, **{k: v for k, v in kwargs.items() if k in keep})
+            print("\n".join(f"{k}: {v}" for k, v in res.items()))
+            return res
         res = evaluate_fid(workdir, **kwargs)
     except (ConfigError, FileNotFoundError, ValueError) as e:  # WeightsError is a ValueError
         print(f"error: {e}", file=sys.stderr)

@@ -84,6 +84,8 @@ _SOLVER = flags.DEFINE_string("solver", None, "fid: solver name (default: the co
 _NUM_STEPS = flags.DEFINE_integer("num_steps", None, "fid: solver steps (default: the config's).")
 _GRID = flags.DEFINE_string("grid", None, "fid: time grid name (default: the config's).")
 _SAVE_STATS = flags.DEFINE_string("save_stats", None, "fid: also write the samples' statistics .npz here.")
+_WRITE_REF = flags.DEFINE_string("write_ref", None, "fid: instead of sampling, write the reference statistics of "
+                                 "the workdir's data set here (and <stem>_dinov2.npz).")
 flags.mark_flags_as_required(["workdir"])
 
 DIGIT_SETS = ("digits", "mnist5k")
@@ -289,7 +291,7 @@ def main(argv):
                              inception=_INCEPTION.value, dinov2=_DINOV2.value, dinov2_arch=_DINOV2_ARCH.value,
                              preprocessing=_PREPROCESSING.value, batch_size=_SAMPLE_BATCH.value, solver=_SOLVER.value,
                              num_steps=_NUM_STEPS.value, grid=_GRID.value, seed=_SEED.value, out=_OUT.value,
-                             save_stats=_SAVE_STATS.value)
+                             save_stats=_SAVE_STATS.value, write_ref=_WRITE_REF.value)
         return
     with _lib.exit_on_error():
         if len(argv) > 1:

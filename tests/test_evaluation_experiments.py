@@ -130,3 +130,23 @@ def test_posthoc_ema_sweep_on_the_digits(workdir, tmp_path):
     assert all(np.isfinite(r["fdd"]) for r in res["rows"]) and np.isfinite(res["training_ema"]["fdd"])
     with pytest.raises(_lib.ConfigError, match="--sigma_rels"):
         sweep_cmd.sweep(workdir, [0.5])
+
+
+def test_reference_statistics_of_the_data_set(workdir, nets, tmp_path):
+    # 1797 digits in sharded batches of 16 (the last one padded) on 8 devices = the statistics of
+    # the same features computed directly, batch by batch on one device.
+    res = _sample_eval.write_reference_stats(workdir, str(tmp_path / "ref.npz"), nets=nets, batch_size=BATCH,
+                                             progress=False)
+    assert res["num_images"] == 1797
+    x = np.asarray(_lib.load_all(load_config_file(CONFIG + ":runlocal")).x, np.float32)
+    feat = jax.jit(lambda x: nets.inception.pool3(metrics.inception_preprocess(_sample_eval.to_pixels(x), size=75)))
+    direct = metrics.FeatureStats.empty(nets.inception.num_features)
+    for i in range(0, 1797, 256):
+        direct = direct.update(feat(x[i:i + 256]))
+    mu, sigma = metrics.load_stats(tmp_path / "ref.npz")
+    np.testing.assert_allclose(mu, direct.mean_cov()[0], rtol=1e-5, atol=1e-6 * np.abs(mu).max())
+    np.testing.assert_allclose(sigma, direct.mean_cov()[1], rtol=1e-4, atol=1e-5 * np.abs(sigma).max())
+    assert metrics.load_stats(tmp_path / "ref_dinov2.npz")[0].shape == (nets.dinov2.num_features,)
+    # 8-bit data x = k / 127.5 - 1 quantize back to exactly their pixel values k
+    k = np.arange(256, dtype=np.float32)
+    np.testing.assert_array_equal(_sample_eval.to_pixels(k / 127.5 - 1.0), k)
