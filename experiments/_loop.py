@@ -115,6 +115,9 @@ def train_and_evaluate(config, workdir: str, *, hooks=(), allow_config_change: b
             scalars["nonfinite_total"] = float(m[-1]["nonfinite_total"])
             scalars["steps_per_sec"] = n_window / dt
             scalars["examples_per_sec"] = n_window * config.batch_size / dt
+            # a loss_fn's extra metrics (a GAN's two players' losses, jdiff.training): window means
+            scalars.update({k: float(np.mean([w[k] for w in m])) for k in m[-1]
+                            if k not in scalars and k not in ("finite", "nonfinite_run")})
             writer.write_scalars(step, scalars)
             progress.update(step, loss=scalars["loss"], loss_mean=scalars["loss_mean"])
             final_loss, final_loss_mean = scalars["loss"], scalars["loss_mean"]

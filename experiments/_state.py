@@ -22,7 +22,7 @@ from flax import nnx
 
 from experiments import _phema
 from experiments._config import ConfigError, keyed
-from jdiff import checkpoint, data, parallel, training
+from jdiff import adversarial, checkpoint, data, parallel, training
 
 __all__ = [
     "SCHEDULES",
@@ -95,9 +95,23 @@ def learning_rate_fn(config):
 
 
 def build_optimizer(config) -> optax.GradientTransformation:
-    """AdamW on `learning_rate_fn` (gradient clipping lives in the train step)."""
+    """AdamW on `learning_rate_fn` (gradient clipping lives in the train step). A config with a
+    `gan` section gets one AdamW per player (jdiff.adversarial.two_player_optimizer): the
+    generator's on `learning_rate_fn`, the discriminator's on the same schedule scaled to
+    gan.discriminator_learning_rate."""
     o = config.optimizer
-    return optax.adamw(learning_rate_fn(config), b1=o.b1, b2=o.b2, weight_decay=o.weight_decay)
+    schedule = learning_rate_fn(config)
+    tx = optax.adamw(schedule, b1=o.b1, b2=o.b2, weight_decay=o.weight_decay)
+    gan = config.get("gan", None)
+    if gan is None:
+        return tx
+    lr_d = gan.discriminator_learning_rate
+    if isinstance(lr_d, bool) or not isinstance(lr_d, (int, float)) or not lr_d > 0 or not o.learning_rate > 0:
+        raise ConfigError(f"config.gan.discriminator_learning_rate: {lr_d!r}; accepted: a number > 0 (with "
+                          "config.optimizer.learning_rate > 0, the generator's)")
+    ratio = float(lr_d) / float(o.learning_rate)  # the schedules are linear in the peak rate
+    d_tx = optax.adamw(lambda step: ratio * schedule(step), b1=o.b1, b2=o.b2, weight_decay=o.weight_decay)
+    return adversarial.two_player_optimizer(tx, d_tx)
 
 
 def init_train_state(config, net: nnx.Module, mesh=None):
