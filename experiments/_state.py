@@ -14,9 +14,11 @@ Config keys read here:
 
 from __future__ import annotations
 
+import math
 from typing import Any, NamedTuple
 
 import jax
+import numpy as np
 import optax
 from flax import nnx
 
@@ -29,6 +31,7 @@ __all__ = [
     "EMAWeights",
     "build_optimizer",
     "data_pipeline",
+    "draw_samples",
     "init_train_state",
     "initialize_distributed",
     "learning_rate_fn",
@@ -60,6 +63,26 @@ def make_mesh(config):
     m = _mesh_section(config)
     return keyed("mesh", parallel.make_mesh, config.get("num_devices", None), data=m.get("data", -1),
                  fsdp=m.get("fsdp", 1), model=m.get("model", 1))
+
+
+def draw_samples(draw, params, rest, key, num: int) -> np.ndarray:
+    """The samples of a jitted sampler `draw(params, rest, key) -> (num, ...)` as numpy, on every process.
+
+    One process: `draw` on its default device. Several processes: one SPMD program over every
+    device of the job, its rows split over the mesh's "data" axis (gcd(num, devices) ways, the
+    other devices on "model"), so each process generates its share; the rows are then gathered.
+    The random draws do not depend on the split (jax_threefry_partitionable).
+    """
+    if jax.process_count() == 1:
+        return np.asarray(jax.device_get(draw(params, rest, key)))
+    n_dev, n_proc = jax.device_count(), jax.process_count()
+    ways = math.gcd(num, n_dev)
+    if ways % n_proc:  # a process would hold no rows: every process computes all of them
+        ways = 1
+    mesh = parallel.make_mesh(data=ways, model=n_dev // ways)
+    fn = jax.jit(draw, out_shardings=parallel.data_sharded(mesh))
+    x = fn(parallel.replicate(params, mesh), parallel.replicate(rest, mesh), parallel.replicate(key, mesh))
+    return parallel.to_host(x)
 
 
 def data_pipeline(config) -> str:

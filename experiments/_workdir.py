@@ -28,7 +28,7 @@ import numpy as np
 from experiments import _images, _names, _state, _validate
 from experiments._config import ConfigError, Spec, check_flag, load_config
 from experiments._recipes import Recipe
-from jdiff import checkpoint
+from jdiff import checkpoint, parallel
 
 __all__ = [
     "Workdir",
@@ -281,6 +281,7 @@ def sample_workdir(workdir: str, config=None, *, solver: str | None = None, num_
     each atomically; `out` defaults to workdir/samples/<sampler name>, e.g. heun_20. Returns
     (samples, png, npz). Every argument is checked before anything is sampled or written.
     """
+    parallel.initialize_distributed()  # under a launcher (JAX_NUM_PROCESSES > 1): every process draws its share
     check_flag("--num_steps", num_steps, _COUNT)
     check_flag("--num_samples", num_samples, _COUNT)
     if out is not None:
@@ -290,11 +291,12 @@ def sample_workdir(workdir: str, config=None, *, solver: str | None = None, num_
     with sampler_flags(solver, grid, solver_kwargs):
         sampler = recipe.make_sampler(ema.graphdef, (n, *config.data.shape), solver=solver, num_steps=num_steps,
                                       grid=grid, solver_kwargs=solver_kwargs)
-    x = np.asarray(jax.device_get(sampler(ema.params, ema.rest, jax.random.PRNGKey(seed))))
+    x = _state.draw_samples(sampler.draw, ema.params, ema.rest, jax.random.PRNGKey(seed), n)  # each process its share
     out = out or os.fspath(checkpoint.as_path(workdir) / "samples" / sampler.name)
-    _images.save_samples(out + ".png", x)  # written atomically
-    labels = recipe.labels(n)
-    extra = {} if labels is None else {"labels": np.asarray(labels)}
-    with atomic_path(out + ".npz") as tmp:
-        np.savez(tmp, samples=x, step=ema.step, **extra)
+    if jax.process_index() == 0:
+        _images.save_samples(out + ".png", x)  # written atomically
+        labels = recipe.labels(n)
+        extra = {} if labels is None else {"labels": np.asarray(labels)}
+        with atomic_path(out + ".npz") as tmp:
+            np.savez(tmp, samples=x, step=ema.step, **extra)
     return x, out + ".png", out + ".npz"

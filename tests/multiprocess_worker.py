@@ -1,12 +1,15 @@
 """One process of a small training job, for tests/test_multiprocess.py (not a test module).
 
     python -m experiments.launch.local --num_processes=2 --devices_per_process=4 -- \
-        python tests/multiprocess_worker.py WORKDIR TOTAL_STEPS [STEP_SLEEP_SECONDS] [CONFIG_OVERRIDES_JSON]
+        python tests/multiprocess_worker.py WORKDIR TOTAL_STEPS [--sleep=SECONDS] [--sample=N]
 
-Trains `config()` (a tiny flow-matching MLP on two moons, one metrics row per step, no samples,
-a checkpoint only at the end or at a preemption) with experiments.train's `train_and_evaluate`,
-and prints one line `RESULT {json}` (process index, step, preempted). The optional sleep after
-every step keeps the run going long enough for a test to signal it mid-run.
+Trains `config()` (a tiny flow-matching MLP on two moons, one metrics row per step, no samples
+during training, a checkpoint only at the end or at a preemption) with experiments.train's
+`train_and_evaluate`, then with --sample=N draws N samples of the EMA weights with
+experiments.sample's `sample_workdir` (each process its share; process 0 writes
+WORKDIR/samples/final.npz), and prints one line `RESULT {json}` (process index, step, preempted,
+the sum of the samples it holds). --sleep pauses after every step, so a test can signal the run
+mid-way.
 """
 
 import json
@@ -31,13 +34,14 @@ def config():
     c.log_every = 1
     c.checkpoint_every = 10_000
     c.sample_every = 0
+    c.sample.num_steps = 4
     return c
 
 
 def main(argv):
     workdir, total = argv[1], int(argv[2])
-    sleep = float(argv[3]) if len(argv) > 3 else 0.0
-    overrides = json.loads(argv[4]) if len(argv) > 4 else {}
+    opts = dict(a[2:].split("=", 1) for a in argv[3:])
+    sleep, num_samples = float(opts.get("sleep", 0)), int(opts.get("sample", 0))
     logging.set_verbosity(logging.WARNING)
     import jax
 
@@ -45,16 +49,13 @@ def main(argv):
 
     c = config()
     c.total_steps = total
-    for key, value in overrides.items():
-        node = c
-        *parents, last = key.split(".")
-        for p in parents:
-            node = node[p]
-        node[last] = value
     result = _lib.train_and_evaluate(c, workdir, hooks=[lambda *_: time.sleep(sleep)] if sleep else ())
-    print("RESULT " + json.dumps({"process": jax.process_index(), "processes": jax.process_count(),
-                                  "devices": jax.device_count(), "step": result["step"],
-                                  "preempted": result["preempted"]}), flush=True)
+    report = {"process": jax.process_index(), "processes": jax.process_count(), "devices": jax.device_count(),
+              "step": result["step"], "preempted": result["preempted"]}
+    if num_samples and not result["preempted"]:
+        x, _, _ = _lib.sample_workdir(workdir, num_samples=num_samples, out=os.path.join(workdir, "samples", "final"))
+        report["sample_sum"] = float(x.sum())
+    print("RESULT " + json.dumps(report), flush=True)
 
 
 if __name__ == "__main__":

@@ -26,10 +26,11 @@ CACHE = {"JAX_COMPILATION_CACHE_DIR": os.path.join(ROOT, ".jax_cache"), "JAX_PER
 TIMEOUT = 240  # per launch, seconds
 K = 24  # train steps
 STEP_SLEEP = 0.05  # s after every step: a SIGTERM lands well before step K
+SAMPLES = 16  # drawn at the end by experiments.sample's sample_workdir
 
 
 def _launch(workdir, num_processes, devices_per_process, *args, logs):
-    return local.start([sys.executable, WORKER, str(workdir), str(K), *map(str, args)], num_processes,
+    return local.start([sys.executable, WORKER, str(workdir), str(K), *args], num_processes,
                        devices_per_process=devices_per_process, log_dir=str(logs), env=CACHE, cwd=ROOT)
 
 
@@ -95,11 +96,11 @@ def test_two_processes_match_one_and_agree_on_preemption(tmp_path):
     """2 x 4 devices train the same numbers as 1 x 8; a SIGTERM to process 1 alone makes both
     save the same step and exit 0; the rerun resumes there and ends where the uninterrupted run does."""
     ref, run = tmp_path / "one_process", tmp_path / "two_processes"
-    job = _launch(ref, 1, 8, logs=tmp_path / "logs_ref")
+    job = _launch(ref, 1, 8, f"--sample={SAMPLES}", logs=tmp_path / "logs_ref")
     (r,) = _finish(job)
     assert (r["processes"], r["devices"], r["step"], r["preempted"]) == (1, 8, K, False)
 
-    job = _launch(run, 2, 4, STEP_SLEEP, logs=tmp_path / "logs_run")
+    job = _launch(run, 2, 4, f"--sleep={STEP_SLEEP}", f"--sample={SAMPLES}", logs=tmp_path / "logs_run")
     _wait_for_rows(run, 3, job)
     job.processes[1].send_signal(signal.SIGTERM)  # one process only: the other learns it from the runtime
     first = _finish(job)
@@ -109,7 +110,7 @@ def test_two_processes_match_one_and_agree_on_preemption(tmp_path):
     assert 3 <= stopped < K
     assert _final_state(run)[0] == stopped  # ... and it is the checkpoint they wrote together
 
-    second = _finish(_launch(run, 2, 4, logs=tmp_path / "logs_resume"))
+    second = _finish(_launch(run, 2, 4, f"--sample={SAMPLES}", logs=tmp_path / "logs_resume"))
     assert [(x["step"], x["preempted"]) for x in second] == [(K, False), (K, False)]
 
     # Every step's loss (steps <= stopped from the first launch, the rest after the resume)
@@ -125,6 +126,13 @@ def test_two_processes_match_one_and_agree_on_preemption(tmp_path):
     for x, y in zip(jax.tree.leaves((a.params, a.opt_state, a.ema_params)),
                     jax.tree.leaves((b.params, b.opt_state, b.ema_params))):
         np.testing.assert_allclose(np.asarray(y), np.asarray(x), rtol=1e-4, atol=1e-6)
+    # experiments.sample on 2 processes: each drew its share of the 16 samples, both hold all of
+    # them, process 0 wrote them, and they are the one-process run's samples
+    assert second[0]["sample_sum"] == second[1]["sample_sum"]
+    with np.load(ref / "samples" / "final.npz") as want_s, np.load(run / "samples" / "final.npz") as got_s:
+        assert got_s["samples"].shape == (SAMPLES, 2) and int(got_s["step"]) == K
+        np.testing.assert_allclose(got_s["samples"], want_s["samples"], rtol=1e-4, atol=1e-5)
+        assert np.isclose(second[0]["sample_sum"], float(want_s["samples"].sum()), rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.slow
