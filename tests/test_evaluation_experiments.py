@@ -7,6 +7,8 @@ smaller input resolutions), so nothing is downloaded and the programs compile qu
 
 import json
 import os
+import pathlib
+import sys
 
 import jax
 import numpy as np
@@ -150,3 +152,25 @@ def test_reference_statistics_of_the_data_set(workdir, nets, tmp_path):
     # 8-bit data x = k / 127.5 - 1 quantize back to exactly their pixel values k
     k = np.arange(256, dtype=np.float32)
     np.testing.assert_array_equal(_sample_eval.to_pixels(k / 127.5 - 1.0), k)
+
+
+@pytest.mark.slow  # two fresh interpreters compile everything again; the fast test above covers 8 devices
+def test_two_processes_give_the_statistics_of_one(model, nets, tmp_path):
+    # 2 processes x 4 CPU devices on 127.0.0.1 (experiments/launch/local.py), each generating and
+    # featurizing its rows and keeping its own resume state; process 0 gathers and merges.
+    from experiments.launch import local
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    worker = os.path.join(root, "tests", "evaluation_mp_worker.py")
+    job = local.start([sys.executable, worker, str(tmp_path)], 2, devices_per_process=4, log_dir=str(tmp_path / "logs"),
+                      cwd=root, env={"JAX_ENABLE_X64": "1"})  # as tests/conftest.py sets for this process
+    codes = job.wait(600)
+    assert codes == [0, 0], [pathlib.Path(log).read_text()[-2000:] for log in job.logs]
+    assert sorted(os.listdir(tmp_path / "state")) == ["state_p0.npz", "state_p1.npz"]
+    single = _stats(model, nets, 8)
+    with np.load(tmp_path / "merged.npz") as z:
+        assert int(z["processes"]) == 2 and int(z["devices"]) == 8
+        np.testing.assert_allclose(z["fid_mean"], single.fid.mean, rtol=1e-5, atol=1e-6 * np.abs(single.fid.mean).max())
+        np.testing.assert_allclose(z["fid_m2"], single.fid.m2, rtol=1e-4, atol=1e-5 * np.abs(single.fid.m2).max())
+        np.testing.assert_allclose(z["dino_mean"], single.dino.mean, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(z["is_sum_p"], single.inception_score.sum_p, rtol=1e-5, atol=1e-9)
