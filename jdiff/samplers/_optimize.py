@@ -232,7 +232,7 @@ def optimize_grid(
         if num_steps is None:
             raise ValueError("`num_steps` is required when no `init` grid is given")
         init = karras_grid(path, num_steps, t_start=t_start, t_end=t_end)
-    init = jnp.asarray(init, x_T.dtype)
+    init = jnp.asarray(init, jnp.result_type(float))  # the clock's dtype, not x_T's (float32 would round t_min)
     if init.ndim != 1 or init.shape[0] < 2 or (num_steps is not None and init.shape[0] != num_steps + 1):
         raise ValueError(f"`init` must be a 1-D grid of num_steps + 1 = {num_steps and num_steps + 1} times; got "
                          f"shape {init.shape}")
