@@ -37,9 +37,13 @@ _JDIFF_NAME = re.compile(r"`(jdiff(?:\.[A-Za-z_][A-Za-z0-9_]*)+)(?:\([^`]*\))?`"
 
 
 def public_modules():
-    """"jdiff" and its public submodules, as `import jdiff` declares them."""
+    """"jdiff" and its public submodules: those `import jdiff` declares (`jdiff._SUBMODULES`),
+    then any other top-level module or package of jdiff/ whose name has no leading underscore."""
     jdiff = importlib.import_module("jdiff")
-    return ["jdiff"] + [f"jdiff.{name}" for name in jdiff._SUBMODULES]
+    names = list(jdiff._SUBMODULES)
+    found = sorted(p.stem for p in (ROOT / "jdiff").iterdir()
+                   if not p.name.startswith("_") and (p.suffix == ".py" or (p / "__init__.py").exists()))
+    return ["jdiff"] + [f"jdiff.{name}" for name in names + [n for n in found if n not in names]]
 
 
 def notebooks():
