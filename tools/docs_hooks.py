@@ -91,12 +91,17 @@ def notebook_page(path: pathlib.Path):
     """(markdown, {file name: bytes}) of a notebook with its stored outputs."""
     nb = json.loads(path.read_text())
     stem, images = path.stem, {}
-    out = [f"[Download the notebook]({path.name}) (it runs top to bottom on a CPU runtime; the first cell installs jdiff).\n"]
+    download = f"[Download the notebook]({path.name}) (it runs top to bottom on a CPU runtime; its first cell installs jdiff).\n"
+    out = []
     for i, cell in enumerate(nb["cells"]):
         source = "".join(cell["source"])
         if cell["cell_type"] == "markdown":
             out.append(rewrite_links(source, from_root=False) + "\n")
+            if i == 0:  # after the title and introduction
+                out.append(download)
             continue
+        if i == 0:
+            out.append(download)
         if cell["cell_type"] != "code" or not source.strip():
             continue
         out.append(f"```python\n{source}\n```\n")
