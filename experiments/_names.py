@@ -86,6 +86,7 @@ SOLVERS = {
     "euler": samplers.Euler,
     "heun": samplers.Heun,
     "dpm_solver": samplers.DPMSolver,
+    "dpm_solver_2m": samplers.DPMSolver2M,
     "dpmpp_2m": samplers.DPMSolverPP2M,
     "dpmpp_3m": samplers.DPMSolverPP3M,
     "dpmpp_2m_sde": samplers.DPMSolverPP2MSDE,
