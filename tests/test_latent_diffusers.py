@@ -16,7 +16,7 @@ import ml_dtypes
 import numpy as np
 import pytest
 from flax import nnx
-from safetensors.numpy import save_file
+from safetensors.numpy import load_file, save_file
 
 from jdiff import latent
 from jdiff.models import AutoencoderKL
@@ -252,6 +252,7 @@ def test_round_trip_through_the_diffusers_state_dict(tmp_path):
     assert set(sd) == set(diffusers_keys({**TINY, "in_channels": 1, "out_channels": 1, "block_out_channels": [4, 4]}))
     other = AutoencoderKL(1, block_out_channels=(4, 4), layers_per_block=1, latent_channels=2, norm_num_groups=2,
                           rngs=nnx.Rngs(8))
-    latent.load_diffusers_weights(other, sd)
+    save_file(sd, str(tmp_path / "w.safetensors"))  # through a file: the transposed arrays are written as laid out
+    latent.load_diffusers_weights(other, load_file(str(tmp_path / "w.safetensors")))
     for (p, a), (_, b) in zip(nnx.to_flat_state(nnx.state(ae, nnx.Param)), nnx.to_flat_state(nnx.state(other, nnx.Param))):
         np.testing.assert_array_equal(a[...], b[...], err_msg=str(p))

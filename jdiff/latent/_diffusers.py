@@ -188,7 +188,8 @@ def to_diffusers_state_dict(autoencoder: AutoencoderKL) -> dict[str, np.ndarray]
     out = {}
     for path, var in nnx.to_flat_state(nnx.state(autoencoder, nnx.Param)):
         a = np.asarray(var[...], np.float32)
-        out[_diffusers_key(path)] = a.transpose(3, 2, 0, 1) if a.ndim == 4 else a.T if a.ndim == 2 else a
+        a = a.transpose(3, 2, 0, 1) if a.ndim == 4 else a.T if a.ndim == 2 else a
+        out[_diffusers_key(path)] = np.ascontiguousarray(a)  # safetensors writes the buffer as laid out
     return out
 
 
