@@ -75,7 +75,11 @@ def test_committed_notebook_is_ready_for_colab(name):
     assert len(pictures) >= 3, f"{name} stores {len(pictures)} pictures"
 
 
-@pytest.mark.parametrize("name", sorted(FAST_ENV))
+# The tour (2-3 minutes of CPU) is slow: each of its pieces (the views on the oracle, the
+# solvers' orders, guidance, flow maps) has its own fast test; the quickstart runs in `make test`.
+@pytest.mark.parametrize(
+    "name", [pytest.param(n, marks=pytest.mark.slow) if n.startswith("tour") else n for n in sorted(FAST_ENV)]
+)
 def test_notebook_runs(name, tmp_path, monkeypatch):
     nb = _load(name)
     nb.cells = [c for c in nb.cells if "install" not in c.metadata.get("tags", [])]
