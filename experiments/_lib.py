@@ -8,7 +8,10 @@ Modules, by job: _config (config layout, value checks, ConfigError, flags, exit 
 (every name -> object), _data (training / held-out data), _state (optimizer, train state, EMA
 restore), _recipes (a config -> network, loss and sampler), _validate (the validation pass
 before anything is written), _loop (train_and_evaluate), _workdir (checking, writing, restoring
-and sampling a workdir), _images (sample grids).
+and sampling a workdir), _evaluate (held-out NLL and sample metrics of a workdir), _images
+(sample grids). Program modules (train, sample, evaluate, ...) hold only their absl flags and
+main: import their functions from here, since two programs in one process would define --workdir
+twice.
 """
 
 from experiments._config import (
@@ -23,6 +26,7 @@ from experiments._config import (
     parse_flags,
 )
 from experiments._data import holdout_fraction, load_all, load_data, load_heldout
+from experiments._evaluate import evaluate, format_table, heldout_data
 from experiments._images import save_samples
 from experiments._loop import train_and_evaluate
 from experiments._recipes import (
@@ -51,8 +55,11 @@ __all__ = [
     "check_trained_workdir",
     "check_values",
     "check_workdir",
+    "evaluate",
     "exit_on_error",
+    "format_table",
     "guidance_weight",
+    "heldout_data",
     "holdout_fraction",
     "init_train_state",
     "learning_rate_fn",

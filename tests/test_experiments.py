@@ -354,7 +354,6 @@ def test_data_holdout_is_left_out_of_training_and_is_what_evaluate_scores():
     """data.holdout = 0.1 on the 1,797 digits: training gets the 1,617 others, the 180 held-out
     examples are exactly evaluate's split (recorded as held out), disjoint from training, and
     the split is a function of the seed; holdout 0 trains on everything and evaluate says so."""
-    from experiments import evaluate
 
     config = get_config("digits_mlp")
     assert config.data.holdout == 0.1
@@ -366,7 +365,7 @@ def test_data_holdout_is_left_out_of_training_and_is_what_evaluate_scores():
     assert rows(np.concatenate([train.x, held.x])) == rows(_lib.load_all(config).x)  # a partition of the set
     train_rows = set(rows(train.x))
     assert sum(r in train_rows for r in rows(held.x)) == 0  # no held-out image is trained on
-    x, _, desc, from_training = evaluate.heldout_data(config, 256, None)
+    x, _, desc, from_training = _lib.heldout_data(config, 256, None)
     np.testing.assert_array_equal(x, held.x)
     assert from_training and "config.data.holdout=0.1" in desc
     np.testing.assert_array_equal(_lib.load_heldout(get_config("digits_mlp")).x, held.x)  # same seed, same split
@@ -374,7 +373,7 @@ def test_data_holdout_is_left_out_of_training_and_is_what_evaluate_scores():
     assert not np.array_equal(_lib.load_heldout(config).x, held.x)
     config.data.holdout = 0.0
     assert _lib.load_data(config).x.shape[0] == 1797 and _lib.load_heldout(config) is None
-    x, _, _, from_training = evaluate.heldout_data(config, 256, None)
+    x, _, _, from_training = _lib.heldout_data(config, 256, None)
     assert x.shape[0] == 180 and not from_training
     config.data.holdout = 1.5
     with pytest.raises(_lib.ConfigError, match=r"^config\.data\.holdout: .*\[0, 1\)"):

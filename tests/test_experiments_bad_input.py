@@ -21,7 +21,7 @@ import jax
 import numpy as np
 import pytest
 
-from experiments import _config, _lib, evaluate
+from experiments import _config, _lib
 from experiments.configs import digits_mlp
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -285,7 +285,7 @@ EVALUATE_CASES = [
 def test_sample_and_evaluate_bad_arguments_are_one_line(job, name, kwargs, start, accepted, files, trained, capsys):
     workdir = trained[0]
     kwargs = {k: v.format(files=files) if isinstance(v, str) else v for k, v in kwargs.items()}
-    fn = _lib.sample_workdir if job == "sample" else evaluate.evaluate
+    fn = _lib.sample_workdir if job == "sample" else _lib.evaluate
     before = snapshot(workdir)
     code, err = run_cli(capsys, lambda: fn(workdir, **kwargs))
     assert code == 2 and len(err) == 1 and ONE_LINE.match(err[0]), err
@@ -296,7 +296,7 @@ def test_sample_and_evaluate_bad_arguments_are_one_line(job, name, kwargs, start
 
 @pytest.mark.parametrize("job", ["sample", "evaluate"])
 def test_sample_and_evaluate_refuse_a_directory_that_is_not_a_trained_workdir(job, files, tmp_path, capsys):
-    fn = _lib.sample_workdir if job == "sample" else evaluate.evaluate
+    fn = _lib.sample_workdir if job == "sample" else _lib.evaluate
     expected = {str(tmp_path / "absent"): "is not a directory", str(files / "foreign"): "config.json does not exist"}
     empty = tmp_path / "empty"
     (empty / "checkpoints").mkdir(parents=True)

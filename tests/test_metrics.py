@@ -235,15 +235,15 @@ def test_evaluate_a_trained_toy_workdir(tmp_path):
     # untrained model have no ground truth; this checks the plumbing, the JSON and finiteness.
     import json
 
-    from experiments import _lib, evaluate
+    from experiments import _lib
     from experiments.configs import toy2d_fm
 
     workdir = str(tmp_path / "toy")
     _lib.train_and_evaluate(toy2d_fm.get_config("runlocal"), workdir)
-    res = evaluate.evaluate(workdir, num_examples=8, num_samples=64, batch_size=8, vlb_steps=10, elbo_time_samples=2)
+    res = _lib.evaluate(workdir, num_examples=8, num_samples=64, batch_size=8, vlb_steps=10, elbo_time_samples=2)
     with open(res["json"]) as f:
         saved = json.load(f)
     for k in ("ode_bpd", "vlb_bpd", "elbo_bpd", "ode_nfe", "sliced_wasserstein", "mmd_rbf", "precision", "recall"):
         assert math.isfinite(saved[k]), (k, saved[k])
     assert saved["continuous_data"] and saved["divergence"] == "exact" and saved["num_examples"] == 8
-    assert "ode_bpd" in evaluate.format_table(res)
+    assert "ode_bpd" in _lib.format_table(res)
