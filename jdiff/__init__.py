@@ -26,7 +26,7 @@ __version__ = "0.1.0"
 
 _SUBMODULES = (
     "adversarial", "analytic", "checkpoint", "data", "flowmaps", "guidance", "latent", "likelihood", "losses",
-    "metrics", "models", "parallel", "paths", "predictions", "samplers", "schedules", "training",
+    "metrics", "models", "nested", "parallel", "paths", "predictions", "samplers", "schedules", "training",
 )
 
 

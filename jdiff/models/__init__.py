@@ -6,6 +6,7 @@
     FlowMapMLP  residual MLP of two times, net(x, t, s, cond), for jdiff.flowmaps.FlowMap
     AutoencoderKL  the Stable Diffusion VAE layout (encode -> posterior, decode) for jdiff.latent
     DDGANMLP, DDGANConv  generator + discriminator pairs (GANPair) for jdiff.adversarial
+    NestedUNet  nested multi-resolution U-Net, net(levels, t, cond) -> levels, for jdiff.nested
 
 Every network takes the path time t in [0, 1] (a scalar or (B,)), cond = None or int
 class labels (B,) with a null class `num_classes` for classifier-free guidance, and a
@@ -28,4 +29,5 @@ from jdiff.models.embeddings import TimeEmbedding as TimeEmbedding
 from jdiff.models.embeddings import sinusoidal_embedding as sinusoidal_embedding
 from jdiff.models.flowmap_mlp import FlowMapMLP as FlowMapMLP
 from jdiff.models.mlp import MLP as MLP
+from jdiff.models.nested_unet import NestedUNet as NestedUNet
 from jdiff.models.unet import UNet as UNet

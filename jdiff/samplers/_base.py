@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jdiff._model import Model, check_model
+from jdiff.samplers import _pytree
 
 __all__ = ["AbstractSolver", "Prediction", "check_grid", "sample"]
 
@@ -139,6 +140,8 @@ def sample(
             `x` and a scalar t.
         x_T: the starting point at time grid[0] (e.g. `model.path.prior_sample`), any shape; the
             leading axis is the batch axis where a solver needs per-example norms (Langevin).
+            A pytree of such arrays (the levels of `jdiff.nested`) is sampled as one state,
+            raveled per example: the network then takes and returns that pytree.
         grid: strictly decreasing 1-D array of N + 1 times (see `jdiff.samplers.*_grid`); traced,
             so a new grid of the same length does not recompile a jitted caller.
         cond: conditioning passed to the model unchanged (any pytree, or None).
@@ -155,6 +158,11 @@ def sample(
     if not isinstance(solver, AbstractSolver):
         raise TypeError(f"`solver` must be a jdiff.samplers solver (an AbstractSolver); got {type(solver).__name__}")
     check_model(model)
+    if not _pytree.is_array(x_T):  # a pytree of levels (jdiff.nested): one raveled state
+        flat, spec = _pytree.ravel(x_T)
+        out = sample(solver, _pytree.raveled_model(model, spec), flat, grid, cond=cond, key=key,
+                     return_trajectory=return_trajectory, denoise_to_zero=denoise_to_zero)
+        return _pytree.unravel_output(out, spec, return_trajectory)
     x_T = jnp.asarray(x_T)
     if not jnp.issubdtype(x_T.dtype, jnp.floating):
         raise ValueError(f"`x_T` must be a floating-point array; got dtype {x_T.dtype}")
