@@ -11,6 +11,7 @@
     get_flowmap_loss("flowmaps.meanflow_loss")  -> jdiff.flowmaps.meanflow_loss
     get_flowmap_param("ddim_denoiser", sigma_data=0.5)  -> jdiff.flowmaps.DDIMDenoiser(0.5)
     get_gan_loss("adversarial.ddgan_loss")      -> jdiff.adversarial.ddgan_loss
+    get_nested_loss("nested.nested_loss")       -> jdiff.nested.nested_loss
     get_divergence("hutchinson", num_probes=4)  -> jdiff.likelihood.Hutchinson(num_probes=4)
 
 Each `get_*` raises a ValueError that names the argument and lists the accepted names; the
@@ -24,7 +25,7 @@ import functools
 import jax
 import numpy as np
 
-from jdiff import adversarial, data, flowmaps, likelihood, losses, models, paths, samplers
+from jdiff import adversarial, data, flowmaps, likelihood, losses, models, nested, paths, samplers
 from jdiff.data import images, sources, toy
 
 __all__ = [
@@ -36,6 +37,7 @@ __all__ = [
     "GRIDS",
     "LOSSES",
     "MODELS",
+    "NESTED_LOSSES",
     "PATHS",
     "SOLVERS",
     "TIME_SAMPLERS",
@@ -49,6 +51,7 @@ __all__ = [
     "get_grid",
     "get_loss",
     "get_model",
+    "get_nested_loss",
     "get_path",
     "get_solver",
     "get_time_sampler",
@@ -156,7 +159,7 @@ def get_weighting(name: str, **kwargs):
 
 
 MODELS = {"mlp": models.MLP, "unet": models.UNet, "dit": models.DiT, "flowmap_mlp": models.FlowMapMLP,
-          "ddgan_mlp": models.DDGANMLP, "ddgan_conv": models.DDGANConv}
+          "ddgan_mlp": models.DDGANMLP, "ddgan_conv": models.DDGANConv, "nested_unet": models.NestedUNet}
 
 
 def get_model(name: str, **kwargs):
@@ -249,6 +252,14 @@ GAN_LOSSES = {"adversarial.ddgan_loss": adversarial.ddgan_loss}
 def get_gan_loss(name: str):
     """An adversarial loss `loss(ddgan, discriminator, key, x0, *, cond, **options)` by name."""
     return _lookup(GAN_LOSSES, name, "adversarial loss")
+
+
+NESTED_LOSSES = {"nested.nested_loss": nested.nested_loss}
+
+
+def get_nested_loss(name: str):
+    """A nested (multi-resolution) loss `loss(model, key, x0, *, pyramid, weights, cond, **options)` by name."""
+    return _lookup(NESTED_LOSSES, name, "nested loss")
 
 
 DIVERGENCES = {"exact": None, "hutchinson": likelihood.Hutchinson}

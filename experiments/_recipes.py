@@ -18,6 +18,10 @@ Both go through `recipe.bind(net)`, the library object a network stands for:
     FlowMapRecipe     jdiff.flowmaps.FlowMap(net, path, param); trained with a jdiff.flowmaps loss
                       (consistency training / distillation from a jdiff.Model teacher, MeanFlow,
                       shortcut), sampled with jdiff.flowmaps.sample on config.flowmap.num_steps steps.
+    NestedRecipe      jdiff.Model(net, path, net.kind) of a nested network on the levels of a
+                      jdiff.nested.Pyramid; trained with nested.nested_loss (per-level weights,
+                      optionally progressive), sampled with any jdiff.samplers solver on the tuple of
+                      levels; the samples are the finest level's images.
     AdversarialRecipe jdiff.adversarial.DDGAN(net.generator, path, grid, latent_dim) of a GAN pair
                       (jdiff.models.DDGANMLP / DDGANConv); trained with adversarial.ddgan_loss
                       (both players in one step, two optimizers: experiments._state.build_optimizer),
@@ -27,6 +31,13 @@ Names in the config become objects here, through experiments._names: the loss's 
 and weighting (config.loss.time_sampler / weighting), label dropout
 (`jdiff.guidance.with_label_dropout`, config.loss.label_dropout), solvers, grids, the flow-map
 parameterization. Building a recipe compiles nothing.
+
+The `nested` section (multi-resolution diffusion, Gu et al. 2023):
+
+    factors           pooling factors of the levels, finest first: (1, 2, 4) for 28, 14, 7
+    shift_power       p of the levels' log-SNR shifts -p log(f_max / f_l) (nested.resolution_shifts)
+    weights           per-level loss weights, finest first
+    start_steps       progressive training: level l joins the loss at train step start_steps[l]
 
 The `gan` section (a denoising diffusion GAN, Xiao et al. 2022):
 
@@ -76,14 +87,15 @@ from experiments._config import (
     load_config_file,
     num_classes,
 )
-from jdiff import adversarial, flowmaps, guidance, samplers, training
+from jdiff import adversarial, flowmaps, guidance, nested, samplers, training
 from jdiff.paths import AbstractPath
 
-__all__ = ["AdversarialRecipe", "DiffusionRecipe", "FlowMapRecipe", "Recipe", "Sampler", "recipe_for"]
+__all__ = ["AdversarialRecipe", "DiffusionRecipe", "FlowMapRecipe", "NestedRecipe", "Recipe", "Sampler", "recipe_for"]
 
 PRECONDITIONINGS = ("none", "edm")
 TWO_TIME_MODELS = ("flowmap_mlp",)  # networks net(x, t, s, cond): flow maps only
 GAN_MODELS = ("ddgan_mlp", "ddgan_conv")  # generator + discriminator pairs: GAN configs only
+NESTED_MODELS = ("nested_unet",)  # networks of a tuple of levels: nested configs only
 TIME_INPUTS = ("t", "edm")
 TARGETS = ("online", "ema")
 CONSISTENCY_TRAINING = "flowmaps.consistency_training_loss"
@@ -239,11 +251,13 @@ class DiffusionRecipe(Recipe):
 
     def __init__(self, config):
         super().__init__(config)
-        if config.model.name in TWO_TIME_MODELS + GAN_MODELS:
-            section = "flowmap" if config.model.name in TWO_TIME_MODELS else "gan"
+        special = TWO_TIME_MODELS + GAN_MODELS + NESTED_MODELS
+        if config.model.name in special:
+            section = ("flowmap" if config.model.name in TWO_TIME_MODELS else
+                       "gan" if config.model.name in GAN_MODELS else "nested")
             raise ConfigError(f"config.model.name: {config.model.name!r} is a {section} network and needs a "
                               f"config.{section} section; accepted here: "
-                              f"{', '.join(n for n in _names.MODELS if n not in TWO_TIME_MODELS + GAN_MODELS)}")
+                              f"{', '.join(n for n in _names.MODELS if n not in special)}")
         if config.model.preconditioning not in PRECONDITIONINGS:
             raise ConfigError(f"config.model.preconditioning: unknown value {config.model.preconditioning!r}; "
                               f"accepted: {', '.join(PRECONDITIONINGS)}")
@@ -466,6 +480,97 @@ class FlowMapRecipe(Recipe):
         return ts, f"flowmap_{steps}"
 
 
+class NestedRecipe(Recipe):
+    """Nested multi-resolution diffusion (Gu et al. 2023): a network of the levels of a
+    `jdiff.nested.Pyramid` (config.nested) bound as one `jdiff.Model`, trained with
+    `nested.nested_loss` and sampled by any jdiff.samplers solver on the tuple of levels."""
+
+    def __init__(self, config):
+        super().__init__(config)
+        for section in ("flowmap", "gan", "guidance"):
+            if config.get(section, None) is not None:
+                raise ConfigError(f"config.{section}: a nested config (config.nested) has no {section} section")
+        if config.model.name not in NESTED_MODELS:
+            raise ConfigError(f"config.model.name: {config.model.name!r} does not take a tuple of levels; accepted "
+                              f"with a config.nested section: {', '.join(NESTED_MODELS)}")
+        if config.model.preconditioning != "none":
+            raise ConfigError(f"config.model.preconditioning: {config.model.preconditioning!r}; accepted with "
+                              "config.nested: none")
+        n = config.nested
+        self.pyramid = keyed("nested.factors", nested.Pyramid, tuple(n.factors), shift_power=n.shift_power)
+        levels = self.pyramid.num_levels
+        if self.pyramid.factors != tuple(2**i for i in range(levels)):
+            raise ConfigError(f"config.nested.factors: {tuple(n.factors)}; accepted: halving levels (1, 2, 4, ...), "
+                              "the resolutions of a nested U-Net")
+        if config.model.kwargs.get("num_levels", None) != levels:
+            raise ConfigError(f"config.model.kwargs.num_levels: {config.model.kwargs.get('num_levels', None)!r}; "
+                              f"accepted: {levels}, the levels of config.nested.factors")
+        for key in ("weights", "start_steps"):
+            value = tuple(n.get(key, ()))
+            if len(value) != levels or any(isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0
+                                           for v in value):
+                raise ConfigError(f"config.nested.{key}: {value!r}; accepted: {levels} numbers >= 0, finest level first")
+        self.weights, self.start_steps = tuple(n.weights), tuple(int(s) for s in n.start_steps)
+        name = config.loss.name
+        if name not in _names.NESTED_LOSSES:
+            raise ConfigError(f"config.loss.name: {name!r} is not a nested loss; accepted with config.nested: "
+                              f"{', '.join(_names.NESTED_LOSSES)}")
+        loss = _names.get_nested_loss(name)
+        self.loss = functools.partial(
+            loss, pyramid=self.pyramid, **_loss_options(config, loss, supplied=("pyramid", "weights", "return_levels")))
+        self._sampling()  # the sample section's names, checked
+
+    def bind(self, net) -> jdiff.Model:
+        """The `jdiff.Model` of the nested network (it takes and returns the tuple of levels)."""
+        return jdiff.Model(net, self.path, net.kind)
+
+    def build_loss(self):
+        """nested_loss with config.nested.weights, the per-level losses as metrics; with nonzero
+        start_steps a `training.ContextLoss` whose weights follow `nested.progressive_weights`."""
+        loss = self._with_label_dropout(self.loss)
+
+        def levels_loss(net, batch, key, weights):
+            total, levels = loss(self.bind(net), key, batch["x"], cond=self._cond(batch), weights=weights,
+                                 return_levels=True)
+            return total, {f"loss_level{i}": levels[:, i] for i in range(levels.shape[1])}
+
+        if not any(self.start_steps):
+            return lambda net, batch, key: levels_loss(net, batch, key, self.weights)
+
+        def progressive(net, batch, key, *, step, target):
+            return levels_loss(net, batch, key, nested.progressive_weights(self.weights, self.start_steps, step))
+
+        return training.ContextLoss(progressive)
+
+    def _sampling(self, solver=None, solver_kwargs=None, grid=None, num_steps=None):
+        s = self.config.sample
+        name = solver or s.solver
+        kwargs = kwargs_of(s.solver_kwargs) if solver is None else dict(solver_kwargs or {})
+        steps = int(num_steps or s.num_steps)
+        return (keyed("sample.solver", _names.get_solver, name, **kwargs),
+                keyed("sample.grid", _names.get_grid, grid or s.grid, self.path, steps), f"{name}_{steps}")
+
+    def make_sampler(self, graphdef, shape, *, num_steps=None, grid=None, cond=None, solver=None, solver_kwargs=None,
+                     weight=None) -> Sampler:
+        """Samples every level jointly from their priors; returns the finest level's images."""
+        if weight is not None:
+            raise ValueError("`weight`: classifier-free guidance is not wired for nested configs")
+        solver, ts, name = self._sampling(solver, solver_kwargs, grid, num_steps)
+        cond = self.labels(shape[0]) if cond is None else cond
+        path, pyramid = self.path, self.pyramid
+
+        @jax.jit
+        def fn(params, rest, key):
+            net = nnx.merge(graphdef, params, rest, copy=True)
+            net.eval()
+            k_prior, k_draw = jax.random.split(key)
+            x_T = pyramid.prior_sample(path, k_prior, shape[1:], shape[0])
+            levels = samplers.sample(solver, self.bind(net), x_T, ts, cond=cond, key=k_draw)
+            return pyramid.images(levels)[0]
+
+        return Sampler(fn, name)
+
+
 class AdversarialRecipe(Recipe):
     """A denoising diffusion GAN (Xiao et al. 2022): the generator of a GAN pair bound to its path and
     its T-step grid as a `jdiff.adversarial.DDGAN`, trained with `adversarial.ddgan_loss` (the
@@ -537,4 +642,6 @@ def recipe_for(config) -> Recipe:
         return FlowMapRecipe(config)
     if config.get("gan", None) is not None:
         return AdversarialRecipe(config)
+    if config.get("nested", None) is not None:
+        return NestedRecipe(config)
     return DiffusionRecipe(config)

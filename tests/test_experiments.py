@@ -28,6 +28,7 @@ CONFIGS = ["toy2d_fm", "digits_mlp", "toy_ct", "digits_cfg", "toy_ddgan",
            pytest.param("digits_vp", marks=pytest.mark.slow),
            pytest.param("digits_edm", marks=pytest.mark.slow),
            pytest.param("mnist5k", marks=pytest.mark.slow),
+           pytest.param("mnist5k_nested", marks=pytest.mark.slow),  # fast: test_nested_experiments on 8x8
            pytest.param("cifar10", marks=pytest.mark.slow)]
 
 
