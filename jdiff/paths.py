@@ -17,7 +17,9 @@ so that dx = f(t) x dt + g(t) dW has the marginals of the path.
 
 Times are arrays of any shape; every method is elementwise. `t_min`/`t_max` mark the
 range on which the path and its log-SNR are finite in float32; samplers integrate from
-`t_max` to `t_min` by default.
+`t_max` to `t_min` by default. The signatures say so in jaxtyping's notation:
+`Float[ArrayLike, "*t"] -> Float[Array, "*t"]`, a method returns the shape of its times
+(tests/test_typing.py checks every path against these annotations).
 
 Construction. A path's schedule parameters are its positional arguments, in the order its
 class lists them (`VEGeometric(0.002, 80.0)` is sigma_min, sigma_max); the time range is
@@ -41,6 +43,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
 __all__ = [
     "EDM",
@@ -151,64 +154,65 @@ class AbstractPath(eqx.Module):
         """Raise a ValueError naming a bad schedule parameter (concrete values only)."""
 
     @abc.abstractmethod
-    def alpha(self, t):
+    def alpha(self, t: Float[ArrayLike, "*t"]) -> Float[Array, "*t"]:
         """Signal coefficient alpha(t)."""
 
     @abc.abstractmethod
-    def sigma(self, t):
+    def sigma(self, t: Float[ArrayLike, "*t"]) -> Float[Array, "*t"]:
         """Noise coefficient sigma(t)."""
 
     # -- derivatives ---------------------------------------------------------------
-    def d_alpha(self, t):
+    def d_alpha(self, t: Float[ArrayLike, "*t"]) -> Float[Array, "*t"]:
         """d alpha / dt (forward-mode autodiff unless a subclass gives a closed form)."""
         t = _f(t)
         return jax.jvp(self.alpha, (t,), (jnp.ones_like(t),))[1]
 
-    def d_sigma(self, t):
+    def d_sigma(self, t: Float[ArrayLike, "*t"]) -> Float[Array, "*t"]:
         """d sigma / dt."""
         t = _f(t)
         return jax.jvp(self.sigma, (t,), (jnp.ones_like(t),))[1]
 
     # -- log-SNR -------------------------------------------------------------------
-    def log_snr(self, t):
+    def log_snr(self, t: Float[ArrayLike, "*t"]) -> Float[Array, "*t"]:
         """lambda(t) = log(alpha^2 / sigma^2)."""
         return 2.0 * (jnp.log(self.alpha(t)) - jnp.log(self.sigma(t)))
 
-    def d_log_snr(self, t):
+    def d_log_snr(self, t: Float[ArrayLike, "*t"]) -> Float[Array, "*t"]:
         """d lambda / dt = 2 (alpha'/alpha - sigma'/sigma) (negative)."""
         t = _f(t)
         return jax.jvp(self.log_snr, (t,), (jnp.ones_like(t),))[1]
 
-    def t_from_log_snr(self, lam):
+    def t_from_log_snr(self, lam: Float[ArrayLike, "*t"]) -> Float[Array, "*t"]:
         """Inverse of `log_snr` (bisection on [t_min, t_max] unless a closed form exists)."""
         return _bisect_decreasing(self.log_snr, lam, self.t_min, self.t_max)
 
     # -- SDE -----------------------------------------------------------------------
-    def drift(self, t):
+    def drift(self, t: Float[ArrayLike, "*t"]) -> Float[Array, "*t"]:
         """f(t) = d/dt log alpha(t): the forward SDE is dx = f x dt + g dW."""
         return self.d_alpha(t) / self.alpha(t)
 
-    def diffusion2(self, t):
+    def diffusion2(self, t: Float[ArrayLike, "*t"]) -> Float[Array, "*t"]:
         """g(t)^2 = d/dt sigma^2 - 2 f sigma^2."""
         s = self.sigma(t)
         return 2.0 * s * (self.d_sigma(t) - self.drift(t) * s)
 
     # -- sampling ------------------------------------------------------------------
-    def marginal(self, key, x0, t):
+    def marginal(self, key: PRNGKeyArray, x0: Float[Array, "*x"],
+                 t: Float[ArrayLike, "*t"]) -> tuple[Float[Array, "*x"], Float[Array, "*x"]]:
         """Sample x_t ~ p(x_t | x0). Returns (x_t, eps). `t` is a scalar or has shape x0.shape[:k]."""
         eps = jax.random.normal(key, jnp.shape(x0), jnp.result_type(x0))
         a, s = expand_to(self.alpha(t), x0, "t"), expand_to(self.sigma(t), x0, "t")
         return a * x0 + s * eps, eps
 
-    def prior_std(self):
+    def prior_std(self) -> Float[Array, ""]:
         """Standard deviation of the noise distribution N(0, sigma(t_max)^2 I) at t_max."""
         return self.sigma(jnp.asarray(self.t_max))
 
-    def prior_sample(self, key, shape, dtype=jnp.float32):
+    def prior_sample(self, key: PRNGKeyArray, shape: tuple[int, ...], dtype=jnp.float32) -> Float[Array, "*shape"]:
         """Draw x_T ~ N(0, sigma(t_max)^2 I), the sampler's starting point."""
         return self.prior_std().astype(dtype) * jax.random.normal(key, shape, dtype)
 
-    def prior_log_prob(self, x):
+    def prior_log_prob(self, x: Float[Array, "*x"]) -> Float[Array, ""]:
         """log N(x; 0, sigma(t_max)^2 I), summed over all axes of a single example."""
         s = self.prior_std()
         d = x.size

@@ -22,6 +22,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import jax.numpy as jnp
+from jaxtyping import Array, ArrayLike, Float
 
 from jdiff.paths import AbstractPath, expand_to
 
@@ -56,7 +57,8 @@ def _check_shapes(pred, x):
         raise ValueError(f"`pred` has shape {jnp.shape(pred)} but `x` has shape {jnp.shape(x)}; they must match")
 
 
-def to_x0_eps(pred, kind: str, x, t, path: AbstractPath):
+def to_x0_eps(pred: Float[Array, "*x"], kind: str, x: Float[Array, "*x"], t: Float[ArrayLike, "*t"],
+              path: AbstractPath) -> tuple[Float[Array, "*x"], Float[Array, "*x"]]:
     """Return (x0, eps) implied by a prediction `pred` of kind `kind` at (x, t)."""
     check_kind(kind)
     _check_shapes(pred, x)
@@ -77,7 +79,8 @@ def to_x0_eps(pred, kind: str, x, t, path: AbstractPath):
     return (s * pred - ds * x) / det, (da * x - a * pred) / det
 
 
-def from_x0_eps(x0, eps, kind: str, x, t, path: AbstractPath):
+def from_x0_eps(x0: Float[Array, "*x"], eps: Float[Array, "*x"], kind: str, x: Float[Array, "*x"],
+                t: Float[ArrayLike, "*t"], path: AbstractPath) -> Float[Array, "*x"]:
     """The prediction of kind `kind` implied by the pair (x0, eps) at (x, t)."""
     check_kind(kind)
     if kind == "x0":
@@ -93,7 +96,8 @@ def from_x0_eps(x0, eps, kind: str, x, t, path: AbstractPath):
     return da * x0 + ds * eps
 
 
-def convert(pred, from_kind: str, to_kind: str, x, t, path: AbstractPath):
+def convert(pred: Float[Array, "*x"], from_kind: str, to_kind: str, x: Float[Array, "*x"], t: Float[ArrayLike, "*t"],
+            path: AbstractPath) -> Float[Array, "*x"]:
     """Convert a prediction between kinds (identity when the kinds agree)."""
     check_kind(from_kind, "from_kind")
     check_kind(to_kind, "to_kind")
@@ -113,7 +117,7 @@ class Preconditioning(NamedTuple):
     c_noise: jnp.ndarray
 
 
-def edm_preconditioning(t, path: AbstractPath, sigma_data=0.5) -> Preconditioning:
+def edm_preconditioning(t: Float[ArrayLike, "*t"], path: AbstractPath, sigma_data: float = 0.5) -> Preconditioning:
     """Karras et al. (2022) preconditioning, written for any path.
 
     EDM's noise level is sigma_e = s / a (x_t / a = x0 + sigma_e eps). Its scalings, expressed
