@@ -22,8 +22,9 @@ from flax import nnx
 from experiments import _names, _workdir
 from experiments._config import ConfigError, Spec, check_flag
 from experiments._data import holdout_fraction, load_all, load_heldout
+from experiments._latent import LatentRecipe
 from experiments._recipes import DiffusionRecipe
-from jdiff import data, likelihood, metrics
+from jdiff import data, latent, likelihood, metrics
 
 DIGIT_SETS = ("digits", "mnist5k")
 
@@ -136,6 +137,29 @@ def sample_metrics(config, samples, heldout, key, labels=None):
     return res
 
 
+def latent_nll(recipe, make_model, params, x, label, key, *, divergence, rtol, batch_size) -> dict:
+    """Per-example latent likelihood of images x under a latent workdir's model: log p(z) in nats
+    of z = E(x) (the autoencoder's normalized posterior mode) and bits per latent dimension, and
+    the NFE. Not a pixel bits/dim (see `jdiff.latent.LATENT_LIKELIHOOD_NOTE`)."""
+    ae_graphdef, ae_state = nnx.split(recipe.autoencoder)
+
+    @jax.jit
+    def one(params, ae_state, xb, cb, k):
+        lm = latent.LatentModel.from_autoencoder(make_model(params), nnx.merge(ae_graphdef, ae_state),
+                                                 recipe.image_shape)
+        ll = latent.latent_log_likelihood(lm, xb, cond=cb, key=k, divergence=divergence, rtol=rtol, atol=rtol)
+        return ll.log_prob, ll.bits_per_latent_dim, ll.nfe
+
+    out = {"nats": [], "bits": [], "nfe": []}
+    for i, (a, b) in enumerate(_batches(x.shape[0], batch_size)):
+        cb = None if label is None else jnp.asarray(label[a:b])
+        lp, bits, nfe = one(params, ae_state, jnp.asarray(x[a:b], jnp.float32), cb, jax.random.fold_in(key, i))
+        out["nats"].append(-np.asarray(lp))
+        out["bits"].append(np.asarray(bits))
+        out["nfe"].append(np.asarray(nfe))
+    return {k: np.concatenate(v) for k, v in out.items()}
+
+
 def evaluate(workdir: str, *, num_examples=256, num_samples=1000, holdout=None, batch_size=64, divergence=None,
              num_probes=1, rtol=1e-5, vlb_steps=1000, elbo_time_samples=16, seed=0, out=None) -> dict:
     """Evaluate the latest checkpoint of `workdir`; writes and returns the results dict.
@@ -161,6 +185,7 @@ def evaluate(workdir: str, *, num_examples=256, num_samples=1000, holdout=None, 
     x, label = x[:num_examples], (None if label is None or not config.data.cond else label[:num_examples])
     key = jax.random.PRNGKey(seed)
     h = grey_level(x)
+    requested = divergence
     if divergence is None:  # exact trace up to 100 dimensions (D jvps per evaluation), else Hutchinson
         divergence = "exact" if math.prod(x.shape[1:]) <= 100 else "hutchinson"
     res = {
@@ -168,7 +193,25 @@ def evaluate(workdir: str, *, num_examples=256, num_samples=1000, holdout=None, 
         "heldout": heldout, "heldout_from_training": from_training,
     }
     t0 = time.perf_counter()
-    if not isinstance(recipe, DiffusionRecipe):  # a flow map has no PF-ODE density or diffusion bound
+    if isinstance(recipe, LatentRecipe) and isinstance(recipe.inner, DiffusionRecipe):
+        # the default estimator follows the latent's dimension (the trace is over it), not the images'
+        divergence = requested or ("exact" if math.prod(recipe.latent_shape) <= 100 else "hutchinson")
+        estimator = _names.get_divergence(divergence, **({"num_probes": num_probes} if divergence == "hutchinson"
+                                                          else {}))
+        nll = latent_nll(recipe, make_model, (ema.params, ema.rest), x, label, jax.random.fold_in(key, 0),
+                         divergence=estimator, rtol=rtol, batch_size=batch_size)
+        res.update({
+            "num_examples": int(x.shape[0]), "latent_shape": list(recipe.latent_shape), "divergence": divergence,
+            "num_probes": num_probes if divergence == "hutchinson" else None, "rtol": rtol,
+            "latent_nll_nats": float(np.mean(nll["nats"])),
+            "latent_bits_per_latent_dim": float(np.mean(nll["bits"])),
+            "latent_bits_per_latent_dim_se": (float(np.std(nll["bits"], ddof=1) / math.sqrt(nll["bits"].size))
+                                              if nll["bits"].size > 1 else None),
+            "ode_nfe": float(np.mean(nll["nfe"])),
+            "likelihood_note": latent.LATENT_LIKELIHOOD_NOTE,
+        })
+        res["likelihood_seconds"] = time.perf_counter() - t0
+    elif not isinstance(recipe, DiffusionRecipe):  # a flow map has no PF-ODE density or diffusion bound
         res["likelihood"] = "none: a flow map defines no density"
     else:
         res.update({

@@ -76,6 +76,7 @@ def train_and_evaluate(config, workdir: str, *, hooks=(), allow_config_change: b
     if jax.process_index() == 0 and run.config is not None:
         _workdir.write_config(run, config)  # resumed: rewritten only for a change allow_config_change allowed
     start = int(state.step)
+    dataset = recipe.prepare_data(dataset, workdir)  # a latent config: the training set's cached latents
     p_index, p_count = parallel.process_info()
     # grain for image sets, the in-memory iterator for vectors (config.data.pipeline); both resume
     # exactly from the checkpointed position

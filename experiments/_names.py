@@ -13,6 +13,8 @@
     get_gan_loss("adversarial.ddgan_loss")      -> jdiff.adversarial.ddgan_loss
     get_nested_loss("nested.nested_loss")       -> jdiff.nested.nested_loss
     get_divergence("hutchinson", num_probes=4)  -> jdiff.likelihood.Hutchinson(num_probes=4)
+    get_autoencoder("autoencoder_kl", **kwargs)  -> jdiff.models.AutoencoderKL(**kwargs)
+    get_discriminator("patch", **kwargs)  -> jdiff.latent.PatchDiscriminator(**kwargs)
 
 Each `get_*` raises a ValueError that names the argument and lists the accepted names; the
 config layer (`experiments._config`) turns it into a one-line error naming the config key.
@@ -25,11 +27,13 @@ import functools
 import jax
 import numpy as np
 
-from jdiff import adversarial, data, flowmaps, likelihood, losses, models, nested, paths, samplers
+from jdiff import adversarial, data, flowmaps, latent, likelihood, losses, models, nested, paths, samplers
 from jdiff.data import images, sources, toy
 
 __all__ = [
+    "AUTOENCODERS",
     "DATASETS",
+    "DISCRIMINATORS",
     "DIVERGENCES",
     "FLOWMAP_LOSSES",
     "FLOWMAP_PARAMS",
@@ -43,7 +47,9 @@ __all__ = [
     "TIME_SAMPLERS",
     "TOY_SETS",
     "WEIGHTINGS",
+    "get_autoencoder",
     "get_dataset",
+    "get_discriminator",
     "get_divergence",
     "get_flowmap_loss",
     "get_flowmap_param",
@@ -274,3 +280,19 @@ def get_divergence(name: str, **kwargs):
             raise ValueError(f"the exact divergence takes no options; got {', '.join(kwargs)}")
         return None
     return cls(**kwargs)
+
+
+AUTOENCODERS = {"autoencoder_kl": models.AutoencoderKL}
+
+
+def get_autoencoder(name: str, **kwargs):
+    """An autoencoder for jdiff.latent by name with its keyword arguments (e.g. rngs, block_out_channels)."""
+    return _lookup(AUTOENCODERS, name, "autoencoder")(**kwargs)
+
+
+DISCRIMINATORS = {"patch": latent.PatchDiscriminator}
+
+
+def get_discriminator(name: str, **kwargs):
+    """An autoencoder's GAN discriminator by name with its keyword arguments (in_channels, ch, num_layers, rngs)."""
+    return _lookup(DISCRIMINATORS, name, "discriminator")(**kwargs)

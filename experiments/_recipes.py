@@ -76,7 +76,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 import jdiff
-from experiments import _names, _state
+from experiments import _latent, _names, _state
 from experiments._config import (
     ConfigError,
     build_path,
@@ -216,6 +216,11 @@ class Recipe(abc.ABC):
     def restore_ema(self, workdir: str) -> _state.EMAWeights:
         """(graphdef, params, rest, step): the EMA weights of the latest checkpoint in `workdir`."""
         return _state.restore_ema(self.config, nnx.jit(self._create)(jax.random.PRNGKey(0)), workdir)
+
+    def prepare_data(self, dataset, workdir: str):
+        """The training set the loop iterates over, given the loaded one and the run's workdir (the
+        identity; a latent config's recipe returns the cached latents, experiments._latent)."""
+        return dataset
 
     def labels(self, n: int):
         """Labels 0, 1, 2, ... cycling over the classes for n samples (None if unconditional)."""
@@ -635,9 +640,9 @@ class AdversarialRecipe(Recipe):
         return self._sampler(graphdef, shape, cond, draw, f"ddgan_{self.num_steps}")
 
 
-def recipe_for(config) -> Recipe:
-    """The recipe of `config`: FlowMapRecipe when it has a `flowmap` section, AdversarialRecipe
-    when it has a `gan` section, else DiffusionRecipe."""
+def _pixel_recipe_for(config) -> Recipe:
+    """The pixel-space recipe of `config`: FlowMapRecipe when it has a `flowmap` section,
+    AdversarialRecipe for a `gan` section, NestedRecipe for a `nested` section, else DiffusionRecipe."""
     if config.get("flowmap", None) is not None:
         return FlowMapRecipe(config)
     if config.get("gan", None) is not None:
@@ -645,3 +650,16 @@ def recipe_for(config) -> Recipe:
     if config.get("nested", None) is not None:
         return NestedRecipe(config)
     return DiffusionRecipe(config)
+
+
+def recipe_for(config) -> Recipe:
+    """The recipe of `config`: experiments._latent.AutoencoderRecipe for a config with an
+    `autoencoder` section; else the pixel-space recipe above, wrapped in
+    experiments._latent.LatentRecipe (cached latents in, decoded samples out) when the config has
+    a `latent` section."""
+    if config.get("autoencoder", None) is not None:
+        return _latent.AutoencoderRecipe(config)
+    recipe = _pixel_recipe_for(config)
+    if config.get("latent", None) is not None:
+        return _latent.LatentRecipe(config, recipe)
+    return recipe

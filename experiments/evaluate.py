@@ -12,7 +12,10 @@ run from its last finished shard (experiments/_sample_eval.py, docs/evaluation.m
 
 Writes <workdir>/eval/step_<step>.json (or --out) and prints it as a table. Everything is
 computed with the EMA weights of the latest checkpoint. The likelihoods need a diffusion
-model (a jdiff.Model); a flow-map workdir gets the sample metrics only.
+model (a jdiff.Model); a flow-map workdir gets the sample metrics only. A latent workdir (a
+config with a `latent` section) gets the LATENT likelihood: the PF-ODE log p(z) of the
+held-out images' normalized latents z = E(x) (`jdiff.latent.latent_log_likelihood`), in nats and
+bits per latent dimension, with `likelihood_note` saying it is not a pixel bits/dim (no bounds).
 
 Held-out data. Toy 2-D sets are sampled afresh (a seed the training set never used), so
 they are truly held out. Image sets use the split training left out: config.data.holdout > 0

@@ -144,3 +144,35 @@ def random_torch_weights(net, seed=0):
             a = 0.5 * rng.standard_normal(shape)
         out[key] = a.astype(np.float32)
     return out
+
+
+def random_autoencoder(seed=0, **kwargs):
+    """A `jdiff.models.AutoencoderKL(**kwargs)` with random NumPy weights, built without an
+    initialization program (eager or jitted threefry initialization of even a tiny one compiles for
+    tens of seconds on a busy 2-core CPU): conv / linear kernels N(0, 1 / fan_in), biases
+    N(0, 0.05^2), GroupNorm gains 1 + N(0, 0.1^2); the latent normalization is the kwargs' one."""
+    import numpy as np
+    from flax import nnx
+
+    from jdiff.models import AutoencoderKL
+
+    abstract = nnx.eval_shape(lambda: AutoencoderKL(**kwargs, rngs=nnx.Rngs(0)))
+    graphdef, params, rest = nnx.split(abstract, nnx.Param, ...)
+    rng = np.random.default_rng(seed)
+
+    def param(path, s):
+        name = " ".join(str(getattr(k, "key", "")) for k in path)  # DictKeys, then the Variable's value
+        if "kernel" in name:
+            a = rng.standard_normal(s.shape) / np.sqrt(np.prod(s.shape[:-1]))
+        elif "bias" in name:
+            a = 0.05 * rng.standard_normal(s.shape)
+        else:  # GroupNorm scale
+            a = 1.0 + 0.1 * rng.standard_normal(s.shape)
+        return jnp.asarray(a, s.dtype)
+
+    params = jax.tree_util.tree_map_with_path(param, params)
+    rest = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), rest)
+    ae = nnx.merge(graphdef, params, rest)
+    ae.scale[...] = jnp.asarray(kwargs.get("scaling_factor", 1.0), jnp.float32)
+    ae.shift[...] = jnp.asarray(kwargs.get("shift_factor", 0.0), jnp.float32)
+    return ae
