@@ -131,6 +131,7 @@ _LINEAR_SOLVERS = {
     "heun": S.Heun(),
     "lms_2": S.LMS(order=2),
     "lms_3": S.LMS(order=3),
+    "lms_3_sigma": S.LMS(order=3, clock="sigma"),  # Adams-Bashforth in sigma_e, its Heun start too
     "pc_lms_3": S.PredictorCorrector(S.LMS(order=3), n_corrector=0),
 }
 
@@ -213,8 +214,9 @@ def test_euler_in_the_sigma_clock_is_ddim(name):
     model = _oracle(path, "v")
     x = path.prior_sample(jax.random.PRNGKey(6), (16, 2), jnp.float64)
     g = S.karras_grid(path, 7)
-    np.testing.assert_allclose(S.sample(S.Euler(clock="sigma"), model, x, g), S.sample(S.DDIM(), model, x, g),
-                               rtol=1e-9, atol=1e-9)
+    ddim = S.sample(S.DDIM(), model, x, g)
+    np.testing.assert_allclose(S.sample(S.Euler(clock="sigma"), model, x, g), ddim, rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(S.sample(S.LMS(order=1, clock="sigma"), model, x, g), ddim, rtol=1e-9, atol=1e-9)
 
 
 def test_auto_clock_is_sigma_on_ve_and_far_more_accurate_there():
@@ -228,18 +230,22 @@ def test_auto_clock_is_sigma_on_ve_and_far_more_accurate_there():
     ref = S.solve_pf_ode(model, x, solver=diffrax.Dopri8(), rtol=1e-10, atol=1e-10).sample
     g = S.karras_grid(ve, 10)
     err = {}
-    for solver in ("euler", "heun"):
-        cls = {"euler": S.Euler, "heun": S.Heun}[solver]
+    for solver in ("euler", "heun", "lms"):
+        cls = {"euler": S.Euler, "heun": S.Heun, "lms": S.LMS}[solver]
         out = {c: S.sample(cls(clock=c), model, x, g) for c in ("auto", "t", "sigma")}
         np.testing.assert_array_equal(out["auto"], out["sigma"])
         err[solver] = {c: float(jnp.sqrt(jnp.mean((y - ref) ** 2))) for c, y in out.items()}
     assert err["euler"]["sigma"] < 0.3 * err["euler"]["t"], err
     assert err["heun"]["sigma"] < 0.5 * err["heun"]["t"], err
+    assert err["lms"]["sigma"] < 0.5 * err["lms"]["t"], err
     xv = vp.prior_sample(jax.random.PRNGKey(8), (8, 2), jnp.float64)
     mv, gv = _oracle(vp, "eps"), S.karras_grid(vp, 5)
     np.testing.assert_array_equal(S.sample(S.Heun(), mv, xv, gv), S.sample(S.Heun(clock="t"), mv, xv, gv))
+    np.testing.assert_array_equal(S.sample(S.LMS(), mv, xv, gv), S.sample(S.LMS(clock="t"), mv, xv, gv))
     with pytest.raises(ValueError, match="clock"):
         S.Euler(clock="lambda")
+    with pytest.raises(ValueError, match="clock"):
+        S.LMS(clock="lambda")
     with pytest.raises(ValueError, match="variant"):
         S.DPMSolver2M(variant="heun")
 

@@ -12,7 +12,7 @@ min(order, i + 1), chosen by `jnp.where` on scalar coefficients (no `lax.cond`).
 orders too (diffusers' option of the same name), which helps at small N, where the last
 steps are the longest in log-SNR.
 
-Clocks. Euler and Heun integrate the PF-ODE in a clock: `clock="t"` is the path's own time
+Clocks. Euler, Heun and LMS integrate the PF-ODE in a clock: `clock="t"` is the path's own time
 (x' = u(x, t)); `clock="sigma"` is the EDM / k-diffusion convention on any path, the scaled
 state y = x / alpha in the noise level sigma_e = sigma / alpha, where the ODE reads
 dy / d sigma_e = eps_hat (Karras et al. 2022, eq. 4 with s = alpha). On a variance-exploding
@@ -660,26 +660,34 @@ class UniPC(AbstractSolver):
 
 
 class LMS(AbstractSolver):
-    """Linear multistep (Adams-Bashforth) on the PF-ODE velocity in the path's clock.
+    """Linear multistep (Adams-Bashforth) on the PF-ODE in a clock (see the module docstring).
 
-    x_s = x_t + sum_j c_j u(x_{i-j}, t_{i-j}), c_j the integral over [t, s] of the Lagrange
-    basis polynomial through the last `order` grid times (variable steps; k-diffusion's
+    clock="t": x_s = x_t + sum_j c_j u(x_{i-j}, t_{i-j}), c_j the integral over [t, s] of the
+    Lagrange basis polynomial through the last `order` grid times (variable steps; k-diffusion's
     `sample_lms` integrates these polynomials with scipy on the host, here Gauss-Legendre
-    quadrature with `order` nodes is exact for them and runs inside the scan). Warm-up
-    with lower orders at steps 1 .. order - 2. For order >= 3 step 0 is a Heun step (one
-    extra model evaluation): a first-order start (k-diffusion's) has local error O(h^2) and
-    caps the global order at 2. With the Heun start every warm-up step has local error
-    O(h^3), so the global order is `order`; order 4 would need a third-order start and
-    is not offered. NFE = N (+ 1 for order 3). `lower_order_final`: order min(order, i + 1, N - i).
+    quadrature with `order` nodes is exact for them and runs inside the scan). clock="sigma":
+    the same in y = x / alpha over sigma_e = sigma / alpha, where the ODE reads dy / d sigma_e =
+    eps_hat (k-diffusion's sample_lms on a VE path, where y = x); order 1 there is DDIM.
+    clock="auto" (default): "sigma" on a path with constant alpha (VEGeometric, EDM), else "t".
+
+    Warm-up with lower orders at steps 1 .. order - 2. For order >= 3 step 0 is a Heun step in
+    the same clock (one extra model evaluation): a first-order start (k-diffusion's) has local
+    error O(h^2) and caps the global order at 2. With the Heun start every warm-up step has
+    local error O(h^3), so the global order is `order`; order 4 would need a third-order start
+    and is not offered. NFE = N (+ 1 for order 3). `lower_order_final`: order
+    min(order, i + 1, N - i).
     """
 
     order_p: int
     lower_order_final: bool
+    clock: str
 
-    def __init__(self, order=3, lower_order_final=False):
+    def __init__(self, order=3, lower_order_final=False, clock="auto"):
         _check_order(order, (1, 2, 3))
+        _check_clock(clock)
         self.order_p = order
         self.lower_order_final = bool(lower_order_final)
+        self.clock = clock
 
     @property
     def order(self):
@@ -692,8 +700,18 @@ class LMS(AbstractSolver):
     def has_start_step(self):
         return self.order_p >= 3
 
+    @staticmethod
+    def _sigma(path, t):
+        """EDM's noise level sigma_e = sigma / alpha = exp(-lambda / 2) (lambda: full log-SNR)."""
+        return jnp.exp(-0.5 * path.log_snr(t))
+
     def start_step(self, f, x, state, t, s, key):
         u_hist, t_hist = state
+        if _resolve_clock(self.clock, f.path) == "sigma":  # Heun in sigma_e (as Heun(clock="sigma"))
+            x_r, c = _sigma_clock_euler(f.path, x, t, s)
+            eps_t = f(x, t)[1]
+            x_s = x_r + (0.5 * c) * (eps_t + f(x_r + c * eps_t, s)[1])
+            return x_s, (_push(u_hist, eps_t), _push(t_hist, self._sigma(f.path, t)))
         u = f.velocity(x, t)
         x_e = x + (s - t) * u
         x_s = x + (0.5 * (s - t)) * (u + f.velocity(x_e, s))
@@ -701,13 +719,21 @@ class LMS(AbstractSolver):
 
     def init(self, f, x, grid):
         k = self.order_p - 1
-        # dummy past times above the start: distinct, so every Lagrange basis is finite
-        t_hist = grid[0] + jnp.arange(1, k + 1, dtype=grid.dtype)
+        start = self._sigma(f.path, grid[0]) if _resolve_clock(self.clock, f.path) == "sigma" else grid[0]
+        # dummy past clock values above the start: distinct, so every Lagrange basis is finite
+        t_hist = start + jnp.arange(1, k + 1, dtype=grid.dtype)
         return jnp.zeros((k,) + jnp.shape(x), jnp.result_type(x)), t_hist
 
     def step(self, f, x, state, i, t, s, key):
         u_hist, t_hist = state
-        u = f.velocity(x, t)
+        path = f.path
+        sigma_clock = _resolve_clock(self.clock, path) == "sigma"
+        if sigma_clock:
+            # x_s = (a_s / a_t) x + a_s sum_j c_j eps_j, the c_j integrals over [sigma_e(t), sigma_e(s)]
+            u, ratio, a_s = f(x, t)[1], path.alpha(s) / path.alpha(t), path.alpha(s)
+            t, s = self._sigma(path, t), self._sigma(path, s)
+        else:
+            u = f.velocity(x, t)
         nodes, weights = np.polynomial.legendre.leggauss(self.order_p)
         half, mid = 0.5 * (s - t), 0.5 * (s + t)
         tau = mid + half * jnp.asarray(nodes, t.dtype)  # quadrature points in [s, t]
@@ -727,7 +753,10 @@ class LMS(AbstractSolver):
         for q in range(2, self.order_p + 1):
             w = jnp.where(q_i == q, ws[q - 1], w)
         us = jnp.concatenate([u[None], u_hist], axis=0)
-        return x + _combine(w, us), (_push(u_hist, u), _push(t_hist, t))
+        new_state = (_push(u_hist, u), _push(t_hist, t))
+        if sigma_clock:
+            return ratio * x + a_s * _combine(w, us), new_state
+        return x + _combine(w, us), new_state
 
 
 # ---------------------------------------------------------------------------------
