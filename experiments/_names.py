@@ -3,6 +3,8 @@
     get_path("vp_cosine")                 -> jdiff.VPCosine()
     get_solver("dpmpp_2m")                -> jdiff.samplers.DPMSolverPP2M()
     get_grid("karras", path, 18)          -> jdiff.samplers.karras_grid(path, 18)
+    get_clock("sigma")                    -> "sigma", the `clock=` of samplers.Euler / Heun / LMS
+    get_grid_objective("local_error")     -> jdiff.samplers.LocalError()
     get_time_sampler("lognormal", p_mean=-1.2)  -> a jdiff.losses time sampler
     get_weighting("min_snr", gamma=5.0)   -> jdiff.losses.MinSNR(5.0)
     get_model("unet", **kwargs)           -> jdiff.models.UNet(**kwargs)
@@ -32,6 +34,7 @@ from jdiff.data import images, sources, toy
 
 __all__ = [
     "AUTOENCODERS",
+    "CLOCKS",
     "DATASETS",
     "DISCRIMINATORS",
     "DIVERGENCES",
@@ -39,6 +42,7 @@ __all__ = [
     "FLOWMAP_PARAMS",
     "GAN_LOSSES",
     "GRIDS",
+    "GRID_OBJECTIVES",
     "LOSSES",
     "MODELS",
     "NESTED_LOSSES",
@@ -48,6 +52,7 @@ __all__ = [
     "TOY_SETS",
     "WEIGHTINGS",
     "get_autoencoder",
+    "get_clock",
     "get_dataset",
     "get_discriminator",
     "get_divergence",
@@ -55,6 +60,7 @@ __all__ = [
     "get_flowmap_param",
     "get_gan_loss",
     "get_grid",
+    "get_grid_objective",
     "get_loss",
     "get_model",
     "get_nested_loss",
@@ -128,6 +134,27 @@ GRIDS = {
 def get_grid(name: str, path: paths.AbstractPath, num_steps: int, **kwargs):
     """A time grid by name for `path` with `num_steps` steps (and the grid's keyword options)."""
     return _lookup(GRIDS, name, "grid")(path, num_steps, **kwargs)
+
+
+# The integration clock of the solvers that take `clock=` (samplers.Euler, Heun, LMS): the
+# library's values are these names.
+CLOCKS = {"auto": "auto", "t": "t", "sigma": "sigma"}
+
+
+def get_clock(name: str) -> str:
+    """The `clock=` value of a solver by name ("auto", "t" or "sigma")."""
+    return _lookup(CLOCKS, name, "clock")
+
+
+GRID_OBJECTIVES = {
+    "global_error": samplers.GlobalError,
+    "local_error": samplers.LocalError,
+}
+
+
+def get_grid_objective(name: str, **kwargs):
+    """An objective of `samplers.optimize_grid` by name, with its keyword options."""
+    return _lookup(GRID_OBJECTIVES, name, "grid objective")(**kwargs)
 
 
 TIME_SAMPLERS = {

@@ -314,8 +314,14 @@ class DiffusionRecipe(Recipe):
         name = solver or s.solver
         kwargs = kwargs_of(s.solver_kwargs) if solver is None else dict(solver_kwargs or {})
         steps = int(num_steps or s.num_steps)
-        grid = grid or s.grid
-        if grid.endswith(".npy"):  # a saved grid (samplers.save_grid, e.g. of samplers.optimize_grid)
+        grid = s.grid if grid is None else grid
+        if not isinstance(grid, str):  # the times themselves (e.g. a grid fitted by `fit_grid`)
+            ts = jnp.asarray(grid)
+            if num_steps is not None and int(num_steps) != ts.shape[0] - 1:
+                raise ConfigError(f"config.sample.grid: the given grid has {ts.shape[0] - 1} steps, not num_steps = "
+                                  f"{num_steps}; leave num_steps out with a given grid")
+            steps = ts.shape[0] - 1
+        elif grid.endswith(".npy"):  # a saved grid (samplers.save_grid, e.g. of samplers.optimize_grid)
             ts = keyed("sample.grid", samplers.load_grid, grid, self.path)
             if num_steps is not None and int(num_steps) != ts.shape[0] - 1:
                 raise ConfigError(f"config.sample.grid: {grid!r} has {ts.shape[0] - 1} steps, not num_steps = "
@@ -334,6 +340,36 @@ class DiffusionRecipe(Recipe):
             return samplers.sample(solver, guide(model), x_T, ts, cond=cond, key=key)
 
         return self._sampler(graphdef, shape, cond, draw, name)
+
+    def fit_grid(self, graphdef, params, rest, shape, key, *, objective, iterations: int, learning_rate: float,
+                 init=None, num_steps=None, cond=None, solver=None, solver_kwargs=None, weight=None,
+                 progress=None) -> tuple[samplers.OptimizedGrid, str]:
+        """`jdiff.samplers.optimize_grid` of the sampler `make_sampler` would build, on the weights
+        (params, rest) of `graphdef`: the solver's `num_steps`-step grid for this model (guided
+        as its samples are), fitted on `shape[0]` prior draws of `key` (one jitted program).
+
+        init: the starting grid's name or .npy file (default config.sample.grid). objective: a
+        `samplers` grid objective (GlobalError(), LocalError()). Returns (result, output name).
+        """
+        solver, ts, name = self._sampling(solver, solver_kwargs, init, num_steps)
+        if solver.stochastic:
+            raise ConfigError(f"config.sample.solver: {name.rsplit('_', 1)[0]!r} draws noise with these options; "
+                              "accepted: a deterministic solver (grids are fitted for deterministic solvers)")
+        guide = self._guide(guidance_weight(self.config, weight))
+        cond = self.labels(shape[0]) if cond is None else cond
+        path = self.path
+
+        @jax.jit
+        def fit(params, rest, key):
+            net = nnx.merge(graphdef, params, rest, copy=True)
+            net.eval()  # dropout off
+            k_prior, k_fit = jax.random.split(key)
+            x_fit = path.prior_sample(k_prior, shape, jnp.float32)
+            return samplers.optimize_grid(solver, guide(self.bind(net)), k_fit, x_fit, objective=objective, init=ts,
+                                          cond=cond, iterations=iterations, learning_rate=learning_rate,
+                                          progress=progress)
+
+        return fit(params, rest, key), name
 
 
 class _OneTimeNet(eqx.Module):

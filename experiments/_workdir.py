@@ -26,18 +26,21 @@ import ml_collections
 import numpy as np
 
 from experiments import _images, _names, _state, _validate
-from experiments._config import ConfigError, Spec, check_flag, load_config
-from experiments._recipes import Recipe
-from jdiff import checkpoint, parallel
+from experiments._config import ConfigError, Spec, check_flag, kwargs_of, load_config
+from experiments._recipes import DiffusionRecipe, Recipe
+from jdiff import checkpoint, parallel, samplers
 
 __all__ = [
     "Workdir",
     "atomic_path",
     "atomic_write",
+    "check_grid_options",
     "check_output",
     "check_trained_workdir",
     "check_workdir",
     "checkpoint_steps",
+    "clock_kwargs",
+    "fit_grid",
     "restore",
     "restore_state",
     "sample_workdir",
@@ -271,32 +274,141 @@ def sampler_flags(solver, grid, solver_kwargs):
         raise ConfigError(f"--solver: {str(e).splitlines()[0]}; accepted: --num_steps and --grid only") from e
 
 
+GRID_OPTIONS = {  # sample_workdir(optimize={...}) key: (flag, default, what it accepts)
+    "objective": ("--optimize_objective", "global_error", None),
+    "iterations": ("--optimize_steps", 100, Spec("int", 1)),
+    "learning_rate": ("--optimize_lr", 0.05, Spec("float", 0.0, lo_open=True)),
+    "num_samples": ("--optimize_samples", 64, Spec("int", 1)),
+    "init": ("--optimize_init", None, Spec("str", none="config.sample.grid")),
+}
+
+
+def check_grid_options(grid, optimize) -> dict | None:
+    """The --grid=optimize options (GRID_OPTIONS keys) with their defaults, checked; None without
+    --grid=optimize (then no option may be given)."""
+    optimize = dict(optimize or {})
+    for key in optimize:
+        if key not in GRID_OPTIONS:
+            raise ConfigError(f"optimize: unknown option {key!r}; accepted: {', '.join(GRID_OPTIONS)}")
+    if grid != "optimize":
+        for key in optimize:
+            raise ConfigError(f"{GRID_OPTIONS[key][0]}: applies with --grid=optimize only; accepted: "
+                              "--grid=optimize to fit the grid, or no optimize flags")
+        return None
+    out = {}
+    for key, (flag, default, spec) in GRID_OPTIONS.items():
+        value = optimize.get(key, default)
+        if spec is not None:
+            check_flag(flag, value, spec)
+        out[key] = value
+    try:
+        out["objective"] = _names.get_grid_objective(out["objective"])
+    except ValueError as e:
+        raise ConfigError(f"--optimize_objective: {e}") from None
+    if out["init"] == "optimize":
+        raise ConfigError("--optimize_init: 'optimize' is not a starting grid; accepted: a grid name ("
+                          f"{', '.join(_names.GRIDS)}) or a .npy file")
+    return out
+
+
+def clock_kwargs(config, solver, solver_kwargs, clock):
+    """(solver, solver_kwargs) with --clock added (the config's solver and options when `solver`
+    is None); a clock for a solver without one is a one-line ConfigError."""
+    if clock is None:
+        return solver, solver_kwargs
+    try:
+        value = _names.get_clock(clock)
+    except ValueError as e:
+        raise ConfigError(f"--clock: {e}") from None
+    if solver is None:
+        solver = config.sample.solver
+        solver_kwargs = {**kwargs_of(config.sample.solver_kwargs), **(solver_kwargs or {})}
+    with_clock = [n for n, cls in _names.SOLVERS.items() if "clock" in inspect.signature(cls).parameters]
+    if solver in _names.SOLVERS and solver not in with_clock:
+        raise ConfigError(f"--clock: solver {solver!r} has no clock option; accepted: a solver that integrates in "
+                          f"a clock: {', '.join(with_clock)}")
+    return solver, {**(solver_kwargs or {}), "clock": value}
+
+
 def sample_workdir(workdir: str, config=None, *, solver: str | None = None, num_steps: int | None = None,
                    grid: str | None = None, num_samples: int | None = None, seed: int = 0, out: str | None = None,
-                   solver_kwargs=None):
+                   solver_kwargs=None, clock: str | None = None, optimize: dict | None = None,
+                   progress=print):
     """Sample the EMA weights of `workdir` with any solver / number of steps (the recipe's
     `make_sampler`; flow-map workdirs take num_steps and grid only).
 
     Writes `out`.png (a grid) and `out`.npz (samples, step, and labels for conditional models),
     each atomically; `out` defaults to workdir/samples/<sampler name>, e.g. heun_20. Returns
     (samples, png, npz). Every argument is checked before anything is sampled or written.
+
+    clock: the `clock=` of a solver that takes one (euler, heun, lms; experiments._names.CLOCKS).
+    grid="optimize": fit the solver's num_steps-step grid to this model first
+    (`jdiff.samplers.optimize_grid`, through `recipe.fit_grid`) with the options `optimize`
+    (GRID_OPTIONS: objective "global_error" | "local_error", iterations, learning_rate,
+    num_samples prior draws of fold_in(seed, 1), init: the starting grid), reporting its
+    progress through `progress(line)`, write it next to the samples as `out`_grid.npy
+    (`samplers.save_grid`; `out` defaults to workdir/samples/<sampler name>_optimized) and
+    sample on it.
     """
     parallel.initialize_distributed()  # under a launcher (JAX_NUM_PROCESSES > 1): every process draws its share
     check_flag("--num_steps", num_steps, _COUNT)
     check_flag("--num_samples", num_samples, _COUNT)
+    options = check_grid_options(grid, optimize)
     if out is not None:
         check_output(out + ".png", "--out")
     config, recipe, ema = restore(workdir, config)
+    solver, solver_kwargs = clock_kwargs(config, solver, solver_kwargs, clock)
     n = int(num_samples or config.sample.num_samples)
-    with sampler_flags(solver, grid, solver_kwargs):
+    suffix = ""
+    if options is not None:
+        grid, _ = fit_grid(recipe, ema, config, solver, solver_kwargs, num_steps, seed, options, progress)
+        suffix = "_optimized"
+        num_steps = None  # the grid's length
+    with sampler_flags(solver, None if options else grid, solver_kwargs):
         sampler = recipe.make_sampler(ema.graphdef, (n, *config.data.shape), solver=solver, num_steps=num_steps,
                                       grid=grid, solver_kwargs=solver_kwargs)
     x = _state.draw_samples(sampler.draw, ema.params, ema.rest, jax.random.PRNGKey(seed), n)  # each process its share
-    out = out or os.fspath(checkpoint.as_path(workdir) / "samples" / sampler.name)
+    out = out or os.fspath(checkpoint.as_path(workdir) / "samples" / (sampler.name + suffix))
     if jax.process_index() == 0:
+        if options is not None:
+            with atomic_path(out + "_grid.npy") as tmp:
+                samplers.save_grid(tmp, grid)
+            progress(f"wrote {out}_grid.npy")
         _images.save_samples(out + ".png", x)  # written atomically
         labels = recipe.labels(n)
         extra = {} if labels is None else {"labels": np.asarray(labels)}
         with atomic_path(out + ".npz") as tmp:
             np.savez(tmp, samples=x, step=ema.step, **extra)
     return x, out + ".png", out + ".npz"
+
+
+def fit_grid(recipe, ema, config, solver, solver_kwargs, num_steps, seed, options, progress, *, cond=None,
+             weight=None):
+    """The grid `recipe.fit_grid` fits for --grid=optimize (options: `check_grid_options`), and
+    the sampler name; progress(line) reports every tenth update."""
+    if not isinstance(recipe, DiffusionRecipe):
+        raise ConfigError("--grid: 'optimize' fits the time grid of a jdiff.samplers solver; accepted: a grid name "
+                          "or a .npy file for a flow-map or GAN workdir")
+    iterations = options["iterations"]
+    every = max(1, iterations // 10)
+
+    def report(i, rms):
+        if i % every == 0 or i == iterations - 1:
+            progress(f"optimize_grid: update {i + 1}/{iterations}, objective (rms) {rms:.5g}")
+
+    init = options["init"]
+    with sampler_flags(solver, None, solver_kwargs):
+        try:
+            result, name = recipe.fit_grid(
+                ema.graphdef, ema.params, ema.rest, (options["num_samples"], *config.data.shape),
+                jax.random.fold_in(jax.random.PRNGKey(seed), 1), objective=options["objective"],
+                iterations=iterations, learning_rate=options["learning_rate"], init=init, num_steps=num_steps,
+                solver=solver, solver_kwargs=solver_kwargs, cond=cond, weight=weight, progress=report)
+        except ConfigError as e:
+            msg, key = str(e), "config.sample.grid"
+            if init is not None and msg.startswith(key + ":"):
+                raise ConfigError("--optimize_init" + msg[len(key):]) from e
+            raise
+    progress(f"optimize_grid: objective (rms) {float(np.sqrt(result.initial_loss)):.5g} on the initial grid -> "
+             f"{float(np.sqrt(result.loss)):.5g}")
+    return np.asarray(result.grid), name

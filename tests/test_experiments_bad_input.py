@@ -266,6 +266,21 @@ SAMPLE_CASES = [
     ("solver_option_typo", {"solver": "heun", "solver_kwargs": {"eta": 1.0}}, "--solver_kwargs: ", "s_churn"),
     ("unknown_grid", {"grid": "cosine"}, "--grid: unknown grid 'cosine'", "karras"),
     ("out_under_a_file", {"out": "{files}/a_file/x"}, "--out: cannot create {files}/a_file/x.png", "parent folders"),
+    ("clock_unknown", {"solver": "euler", "clock": "lambda"}, "--clock: unknown clock 'lambda'", "sigma"),
+    ("clock_for_a_solver_without_one", {"solver": "dpmpp_2m", "clock": "sigma"},
+     "--clock: solver 'dpmpp_2m' has no clock option", "euler, heun, lms"),
+    ("optimize_objective_unknown", {"grid": "optimize", "optimize": {"objective": "kl"}},
+     "--optimize_objective: unknown grid objective 'kl'", "local_error"),
+    ("optimize_steps_zero", {"grid": "optimize", "optimize": {"iterations": 0}}, "--optimize_steps: 0 is out of range",
+     "an int >= 1"),
+    ("optimize_lr_negative", {"grid": "optimize", "optimize": {"learning_rate": -0.1}},
+     "--optimize_lr: -0.1 is out of range", "a float > 0"),
+    ("optimize_init_unknown", {"grid": "optimize", "optimize": {"init": "cosine"}},
+     "--optimize_init: unknown grid 'cosine'", "karras"),
+    ("optimize_flag_without_optimize", {"optimize": {"iterations": 5}},
+     "--optimize_steps: applies with --grid=optimize only", "--grid=optimize"),
+    ("optimize_stochastic_solver", {"grid": "optimize", "solver": "ddpm"}, "--solver: 'ddpm' draws noise",
+     "a deterministic solver"),
 ]
 EVALUATE_CASES = [
     ("batch_zero", {"batch_size": 0}, "--batch_size: 0 is out of range", "an int >= 1"),
@@ -332,6 +347,8 @@ def test_entry_points_as_subprocesses(files, trained, tmp_path):
             (f"error: config.data.kwargs.path: {files}/truncated.npz cannot be read", "numpy.savez"),
         ("sample", f"--workdir={workdir}", "--solver_kwargs=eta"):
             ("error: --solver_kwargs: 'eta' is not name=number", "eta=1.0"),
+        ("sample", f"--workdir={workdir}", "--grid=optimize", "--optimize_objective=kl"):
+            ("error: --optimize_objective: unknown grid objective 'kl'", "global_error"),
     }
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
     env.pop("XLA_FLAGS", None)
@@ -345,6 +362,45 @@ def test_entry_points_as_subprocesses(files, trained, tmp_path):
         assert len(lines) == 1 and ONE_LINE.match(lines[0]) and lines[0].startswith(start), (argv, err)
         assert accepted in lines[0].split("; accepted: ", 1)[1], lines[0]
     assert snapshot(workdir) == before and not os.path.exists(fresh)
+
+
+def test_sample_grid_optimize_fits_writes_and_samples_on_the_grid(trained, tmp_path):
+    """--grid=optimize (through sample_workdir, as experiments.sample calls it) on the trained
+    workdir: the fitted 4-step DPM-Solver++(2M) grid is written next to the samples, lies in the
+    path's range with the initial grid's ends, the samples are the ones --grid=<that file> gives,
+    progress is reported, and on 64 other prior draws it is closer than the initial uniform grid
+    to this model's PF-ODE endpoint (a 200-step DPM-Solver++(3M) solve; the fit used Tsit5)."""
+    from flax import nnx
+
+    from jdiff import samplers as S
+
+    workdir, out, lines = trained[0], str(tmp_path / "opt"), []
+    options = {"iterations": 12, "num_samples": 16, "learning_rate": 0.1, "init": "uniform"}
+    x, png, npz = _lib.sample_workdir(workdir, solver="dpmpp_2m", num_steps=4, grid="optimize", num_samples=8,
+                                      out=out, optimize=options, progress=lines.append)
+    assert os.path.exists(png) and os.path.exists(npz)
+    config, recipe, ema = _lib.restore(workdir)
+    path = recipe.path
+    grid = np.asarray(S.load_grid(out + "_grid.npy", path))
+    uniform = np.asarray(S.uniform_grid(path, 4))
+    assert grid.shape == (5,) and bool(np.all(np.diff(grid) < 0))
+    np.testing.assert_allclose(grid[[0, -1]], uniform[[0, -1]], rtol=1e-6)
+    assert np.max(np.abs(grid - uniform)) > 1e-3  # it moved
+    assert [line for line in lines if "update 1/12," in line or "update 12/12," in line], lines
+    assert lines[-1] == f"wrote {out}_grid.npy", lines
+    again, _, _ = _lib.sample_workdir(workdir, solver="dpmpp_2m", grid=out + "_grid.npy", num_samples=8,
+                                      out=str(tmp_path / "again"))
+    np.testing.assert_array_equal(again, x)
+
+    net = nnx.merge(ema.graphdef, ema.params, ema.rest)
+    net.eval()
+    model = recipe.bind(net)
+    run = jax.jit(lambda g, x_T: S.sample(S.DPMSolverPP2M(), model, x_T, g))
+    x_T = path.prior_sample(jax.random.PRNGKey(99), (64, *config.data.shape), np.float32)
+    ref = S.sample(S.DPMSolverPP3M(), model, x_T, S.log_snr_grid(path, 200))  # converged to ~1e-6
+    rms = {name: float(np.sqrt(np.mean((run(g, x_T) - ref) ** 2))) for name, g in (("uniform", uniform),
+                                                                                   ("optimised", grid))}
+    assert rms["optimised"] < 0.7 * rms["uniform"], rms
 
 
 def test_kwargs_overrides_add_entries_to_a_locked_config():
