@@ -387,8 +387,8 @@ def fit_grid(recipe, ema, config, solver, solver_kwargs, num_steps, seed, option
     """The grid `recipe.fit_grid` fits for --grid=optimize (options: `check_grid_options`), and
     the sampler name; progress(line) reports every tenth update."""
     if not isinstance(recipe, DiffusionRecipe):
-        raise ConfigError("--grid: 'optimize' fits the time grid of a jdiff.samplers solver; accepted: a grid name "
-                          "or a .npy file for a flow-map or GAN workdir")
+        raise ConfigError(f"--grid: 'optimize' fits the grid of a diffusion workdir's solver, not of a "
+                          f"{type(recipe).__name__} workdir; accepted: a grid name ({', '.join(_names.GRIDS)})")
     iterations = options["iterations"]
     every = max(1, iterations // 10)
 
