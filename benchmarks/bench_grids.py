@@ -4,6 +4,9 @@
     python benchmarks/bench_grids.py --only grids --iterations 50 --fit 64    # a quick run
     python benchmarks/bench_grids.py --only clock,lower_order_final,targets,diffusers
 
+The digits row of the grid table (Frechet digit distance against 100-NFE samples of a trained
+digits model) is benchmarks/bench_grids_digits.py.
+
 Problem: the 3-component 2-D mixture of tests/helpers.mixture_2d on the EDM noise range
 (VEGeometric(0.002, 80): sigma from 80 down to 0.002), its exact denoiser as an "x0" model,
 float64. Error: RMS distance of the sample to the exact PF-ODE endpoint (diffrax Dopri8,
@@ -14,7 +17,7 @@ prior samples. Tables:
    four fixed grids and on grids optimised with GlobalError (vs a Tsit5 solve of the fit
    batch) and LocalError (no reference), each started from the fixed grid its own objective
    ranks best on the fit batch.
-2. clock: Euler and Heun in the path's clock (t = log sigma) and in the sigma clock.
+2. clock: Euler, Heun and LMS (orders 2, 3) in the path's clock (t = log sigma) and in the sigma clock.
 3. lower_order_final: the multistep solvers with and without it (Karras and log-SNR grids).
 4. targets: the best solver/grid at NFE 10 and 20 against the targets 0.1 and 0.02.
 5. diffusers: DPM-Solver++(3M) on the discrete linear-beta DDPM schedule (1000 steps, betas
@@ -120,12 +123,13 @@ def bench_grids(p, iterations, lr):
 
 def bench_clock(p):
     rows = []
-    for name, cls in (("euler", S.Euler), ("heun", S.Heun)):
+    for name, cls in (("euler", S.Euler), ("heun", S.Heun), ("lms_2", lambda clock: S.LMS(2, clock=clock)),
+                      ("lms_3", lambda clock: S.LMS(3, clock=clock))):
         for g in ("karras", "log_snr"):
             for n in (5, 10, 20):
                 e = {c: p.rms(cls(clock=c), GRIDS[g](p.path, n)) for c in ("t", "sigma")}
                 rows.append([name, g, str(n), fmt(e["t"]), fmt(e["sigma"]), f"{e['t'] / e['sigma']:.1f}"])
-    table("Clock: Euler / Heun on VEGeometric(0.002, 80) in the path's t (log sigma) and in sigma "
+    table("Clock: Euler / Heun / LMS on VEGeometric(0.002, 80) in the path's t (log sigma) and in sigma "
           "(clock='auto' picks sigma here)", ["solver", "grid", "steps", "clock t", "clock sigma", "ratio"], rows)
 
 
