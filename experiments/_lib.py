@@ -38,7 +38,14 @@ from experiments._recipes import (
 )
 from experiments._state import EMAWeights, init_train_state, learning_rate_fn
 from experiments._validate import check_batch_split, check_config, validate
-from experiments._workdir import check_trained_workdir, check_workdir, restore, sample_workdir
+from experiments._workdir import (
+    check_trained_workdir,
+    check_workdir,
+    restore,
+    sample_class_rows,
+    sample_workdir,
+    solver_options,
+)
 
 __all__ = [
     "EXIT_BAD_INPUT",
@@ -70,8 +77,10 @@ __all__ = [
     "parse_flags",
     "recipe_for",
     "restore",
+    "sample_class_rows",
     "sample_workdir",
     "save_samples",
+    "solver_options",
     "train_and_evaluate",
     "validate",
 ]

@@ -22,13 +22,14 @@ import tempfile
 from typing import NamedTuple
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
 from experiments import _images, _names, _state, _validate
-from experiments._config import ConfigError, Spec, check_flag, kwargs_of, load_config
+from experiments._config import ConfigError, Spec, check_flag, guidance_weight, kwargs_of, load_config
 from experiments._recipes import DiffusionRecipe, Recipe
-from jdiff import checkpoint, parallel, samplers
+from jdiff import checkpoint, metrics, parallel, samplers, training
 
 __all__ = [
     "Workdir",
@@ -412,3 +413,78 @@ def fit_grid(recipe, ema, config, solver, solver_kwargs, num_steps, seed, option
     progress(f"optimize_grid: objective (rms) {float(np.sqrt(result.initial_loss)):.5g} on the initial grid -> "
              f"{float(np.sqrt(result.loss)):.5g}")
     return np.asarray(result.grid), name
+
+
+# -- classifier-free guidance: one row per class (configs with a `guidance` section) ---------
+
+
+def sample_class_rows(workdir, config=None, *, weight=None, per_class=None, solver=None, num_steps=None, grid=None,
+                      num_samples=None, seed=0, out=None, solver_kwargs=None, accuracy=True, clock=None,
+                      optimize=None, progress=print):
+    """Sample a class-conditional workdir with classifier-free guidance, one row per class.
+
+    weight: CFG weight (default config.guidance.weight; 1 = the conditional model).
+    per_class: samples per class (default (num_samples or config.sample.num_samples) // num_classes).
+    Writes <out>.png (row c = class c) and <out>.npz (samples, labels, step, guidance_weight);
+    <out> defaults to workdir/samples/cfg<weight>_<solver>_<steps>. With `accuracy` and the
+    digits data, also trains jdiff.metrics' digit classifier (seed 0) and returns the
+    fraction of samples it assigns to their class. Returns (samples, labels, png, npz, accuracy).
+    clock, grid="optimize" and `optimize`: as in `_lib.sample_workdir` (the grid is fitted on
+    the guided model and its class rows, written as <out>_grid.npy).
+    """
+    count = Spec("int", 1, none="the default")
+    for flag, value in (("--per_class", per_class), ("--num_samples", num_samples), ("--num_steps", num_steps)):
+        check_flag(flag, value, count)
+    check_flag("--guidance_weight", weight, Spec("float", none="config.guidance.weight"))
+    options = check_grid_options(grid, optimize)
+    if out is not None:
+        check_output(out + ".png", "--out")
+    config, recipe, ema = restore(workdir, config)
+    if recipe.num_classes is None:
+        raise ConfigError("config.model.kwargs.num_classes: class rows need a class-conditional model "
+                               "(data.cond = 'label' and num_classes set)")
+    weight = guidance_weight(config, weight)
+    weight = 1.0 if weight is None else weight  # no guidance section: the conditional model
+    per_class = int(per_class or max(int(num_samples or config.sample.num_samples) // recipe.num_classes, 1))
+    labels = jnp.repeat(jnp.arange(recipe.num_classes), per_class)  # row c of the grid is class c
+    solver, solver_kwargs = clock_kwargs(config, solver, solver_kwargs, clock)
+    suffix = ""
+    if options is not None:
+        fit_labels = jnp.arange(options["num_samples"]) % recipe.num_classes
+        grid, _ = fit_grid(recipe, ema, config, solver, solver_kwargs, num_steps, seed, options, progress,
+                                    cond=fit_labels, weight=weight)
+        suffix, num_steps = "_optimized", None
+    # The training loop's sample grids go through the same guided sampler (recipe.make_sampler).
+    with sampler_flags(solver, None if options else grid, solver_kwargs):
+        sampler = recipe.make_sampler(ema.graphdef, (labels.shape[0], *config.data.shape), solver=solver,
+                                      num_steps=num_steps, grid=grid, solver_kwargs=solver_kwargs, cond=labels,
+                                      weight=weight)
+    x = np.asarray(jax.device_get(sampler(ema.params, ema.rest, jax.random.PRNGKey(seed))))
+    out = out or os.path.join(os.path.abspath(workdir), "samples", f"cfg{weight:g}_{sampler.name}{suffix}")
+    if options is not None:
+        with atomic_path(out + "_grid.npy") as tmp:
+            samplers.save_grid(tmp, grid)
+        progress(f"wrote {out}_grid.npy")
+    training.save_image_grid(out + ".png", x, ncol=per_class, scale=max(1, 128 // x.shape[1]))  # atomically
+    with atomic_path(out + ".npz") as tmp:
+        np.savez(tmp, samples=x, labels=np.asarray(labels), step=ema.step, guidance_weight=weight)
+    acc = None
+    if accuracy and config.data.name == "digits":
+        clf, _ = metrics.train_digit_classifier(0)
+        acc = float(metrics.classifier_accuracy(clf, x, labels))
+    return x, np.asarray(labels), out + ".png", out + ".npz", acc
+
+
+def solver_options(items) -> dict:
+    """--solver_kwargs name=value items as {name: float}; a malformed one is a one-line ConfigError."""
+    out = {}
+    for item in items:
+        name, eq, value = item.partition("=")
+        try:
+            if not (eq and name.isidentifier()):
+                raise ValueError
+            out[name] = float(value)
+        except ValueError:
+            raise ConfigError(f"--solver_kwargs: {item!r} is not name=number; accepted: comma-separated "
+                                   "name=value options with float values, e.g. eta=1.0") from None
+    return out

@@ -28,17 +28,11 @@ is sampled or written; a bad one fails with one line and exit code 2, and files 
 atomically, so the workdir is never left with half a file.
 """
 
-import os
 
-import jax
-import jax.numpy as jnp
-import numpy as np
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from experiments import _lib, _workdir
-from experiments._config import Spec, check_flag
-from jdiff import metrics, samplers, training
+from experiments import _lib
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (default: <workdir>/config.json).",
                                           lock_config=True)
@@ -69,88 +63,13 @@ _PER_CLASS = flags.DEFINE_integer("per_class", None, "Samples per class row (def
 flags.mark_flags_as_required(["workdir"])
 
 
-# -- classifier-free guidance: one row per class (configs with a `guidance` section) ---------
-
-
-def sample_class_rows(workdir, config=None, *, weight=None, per_class=None, solver=None, num_steps=None, grid=None,
-                      num_samples=None, seed=0, out=None, solver_kwargs=None, accuracy=True, clock=None,
-                      optimize=None, progress=print):
-    """Sample a class-conditional workdir with classifier-free guidance, one row per class.
-
-    weight: CFG weight (default config.guidance.weight; 1 = the conditional model).
-    per_class: samples per class (default (num_samples or config.sample.num_samples) // num_classes).
-    Writes <out>.png (row c = class c) and <out>.npz (samples, labels, step, guidance_weight);
-    <out> defaults to workdir/samples/cfg<weight>_<solver>_<steps>. With `accuracy` and the
-    digits data, also trains jdiff.metrics' digit classifier (seed 0) and returns the
-    fraction of samples it assigns to their class. Returns (samples, labels, png, npz, accuracy).
-    clock, grid="optimize" and `optimize`: as in `_lib.sample_workdir` (the grid is fitted on
-    the guided model and its class rows, written as <out>_grid.npy).
-    """
-    count = Spec("int", 1, none="the default")
-    for flag, value in (("--per_class", per_class), ("--num_samples", num_samples), ("--num_steps", num_steps)):
-        check_flag(flag, value, count)
-    check_flag("--guidance_weight", weight, Spec("float", none="config.guidance.weight"))
-    options = _workdir.check_grid_options(grid, optimize)
-    if out is not None:
-        _workdir.check_output(out + ".png", "--out")
-    config, recipe, ema = _lib.restore(workdir, config)
-    if recipe.num_classes is None:
-        raise _lib.ConfigError("config.model.kwargs.num_classes: class rows need a class-conditional model "
-                               "(data.cond = 'label' and num_classes set)")
-    weight = _lib.guidance_weight(config, weight)
-    weight = 1.0 if weight is None else weight  # no guidance section: the conditional model
-    per_class = int(per_class or max(int(num_samples or config.sample.num_samples) // recipe.num_classes, 1))
-    labels = jnp.repeat(jnp.arange(recipe.num_classes), per_class)  # row c of the grid is class c
-    solver, solver_kwargs = _workdir.clock_kwargs(config, solver, solver_kwargs, clock)
-    suffix = ""
-    if options is not None:
-        fit_labels = jnp.arange(options["num_samples"]) % recipe.num_classes
-        grid, _ = _workdir.fit_grid(recipe, ema, config, solver, solver_kwargs, num_steps, seed, options, progress,
-                                    cond=fit_labels, weight=weight)
-        suffix, num_steps = "_optimized", None
-    # The training loop's sample grids go through the same guided sampler (recipe.make_sampler).
-    with _workdir.sampler_flags(solver, None if options else grid, solver_kwargs):
-        sampler = recipe.make_sampler(ema.graphdef, (labels.shape[0], *config.data.shape), solver=solver,
-                                      num_steps=num_steps, grid=grid, solver_kwargs=solver_kwargs, cond=labels,
-                                      weight=weight)
-    x = np.asarray(jax.device_get(sampler(ema.params, ema.rest, jax.random.PRNGKey(seed))))
-    out = out or os.path.join(os.path.abspath(workdir), "samples", f"cfg{weight:g}_{sampler.name}{suffix}")
-    if options is not None:
-        with _workdir.atomic_path(out + "_grid.npy") as tmp:
-            samplers.save_grid(tmp, grid)
-        progress(f"wrote {out}_grid.npy")
-    training.save_image_grid(out + ".png", x, ncol=per_class, scale=max(1, 128 // x.shape[1]))  # atomically
-    with _workdir.atomic_path(out + ".npz") as tmp:
-        np.savez(tmp, samples=x, labels=np.asarray(labels), step=ema.step, guidance_weight=weight)
-    acc = None
-    if accuracy and config.data.name == "digits":
-        clf, _ = metrics.train_digit_classifier(0)
-        acc = float(metrics.classifier_accuracy(clf, x, labels))
-    return x, np.asarray(labels), out + ".png", out + ".npz", acc
-
-
-def solver_options(items) -> dict:
-    """--solver_kwargs name=value items as {name: float}; a malformed one is a one-line ConfigError."""
-    out = {}
-    for item in items:
-        name, eq, value = item.partition("=")
-        try:
-            if not (eq and name.isidentifier()):
-                raise ValueError
-            out[name] = float(value)
-        except ValueError:
-            raise _lib.ConfigError(f"--solver_kwargs: {item!r} is not name=number; accepted: comma-separated "
-                                   "name=value options with float values, e.g. eta=1.0") from None
-    return out
-
-
 def main(argv):
     if not flags.FLAGS["verbosity"].present:  # orbax logs every save at INFO
         logging.set_verbosity(logging.WARNING)
     with _lib.exit_on_error():
         if len(argv) > 1:
             raise _lib.ConfigError(f"{argv[1]}: unexpected argument; accepted: --flag=value arguments only")
-        kwargs = solver_options(_SOLVER_KWARGS.value)
+        kwargs = _lib.solver_options(_SOLVER_KWARGS.value)
         optimize = {key: flag.value for key, flag in (("objective", _OPT_OBJECTIVE), ("iterations", _OPT_STEPS),
                                                        ("learning_rate", _OPT_LR), ("num_samples", _OPT_SAMPLES),
                                                        ("init", _OPT_INIT)) if flag.value is not None}
@@ -158,7 +77,7 @@ def main(argv):
         if config is None:
             config, _, _ = _lib.check_trained_workdir(_WORKDIR.value)
         if _GUIDANCE_WEIGHT.value is not None or "guidance" in config:
-            _, _, png, npz, acc = sample_class_rows(
+            _, _, png, npz, acc = _lib.sample_class_rows(
                 _WORKDIR.value, config, weight=_GUIDANCE_WEIGHT.value, per_class=_PER_CLASS.value, solver=_SOLVER.value,
                 num_steps=_NUM_STEPS.value, grid=_GRID.value, num_samples=_NUM_SAMPLES.value, seed=_SEED.value,
                 out=_OUT.value, solver_kwargs=kwargs, clock=_CLOCK.value, optimize=optimize)

@@ -478,13 +478,12 @@ def test_digits_cfg_sample_writes_one_row_per_class(tmp_path):
     import importlib
 
     from experiments import _lib
-    from experiments.sample import sample_class_rows
 
     config = importlib.import_module("experiments.configs.digits_cfg").get_config("runlocal")
     config.sample_every = 0
     workdir = str(tmp_path / "cfg")
     _lib.train_and_evaluate(config, workdir)
-    x, labels, png, npz, acc = sample_class_rows(workdir, weight=2.0, per_class=3, solver="euler", num_steps=3)
+    x, labels, png, npz, acc = _lib.sample_class_rows(workdir, weight=2.0, per_class=3, solver="euler", num_steps=3)
     assert x.shape == (30, 8, 8, 1) and bool(np.all(np.isfinite(x)))
     np.testing.assert_array_equal(labels, np.repeat(np.arange(10), 3))
     saved = np.load(npz)
