@@ -84,7 +84,7 @@ def get_config(arg=None):
         c.model.kwargs.depth = 1
         c.model.kwargs.num_heads = 2
         c.model.kwargs.patch_size = 4
-        c.batch_size = 4
+        c.batch_size = 8  # a multiple of the 8 CPU devices of the tests
         c.sample.num_samples = 2
         c.sample.num_steps = 2
     return c
