@@ -66,7 +66,9 @@ def test_autoencoder_checkpoint_carries_weights_and_latent_norm(tmp_path):
     config = get_config("mnist5k_autoencoder")
     recipe, _ = _lib.check_config(config)
     assert isinstance(recipe, _latent.AutoencoderRecipe)
-    net = recipe.build_model()
+    # the recipe's network (AutoencoderGAN without a discriminator) with NumPy weights: no init program
+    net = latent.AutoencoderGAN(random_autoencoder(3, in_channels=1, **config.model.kwargs.to_dict()), None)
+    assert nnx.graphdef(net) == nnx.graphdef(recipe.abstract_model())
     latent.set_latent_norm(net.autoencoder, 0.37, 0.05)
     _, _, state = _lib.init_train_state(config, net)
     ckpt = checkpoint.Checkpointer(str(tmp_path / "ae" / "checkpoints"), save_every=1)
