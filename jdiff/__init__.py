@@ -20,6 +20,7 @@ from jdiff.paths import Trigonometric as Trigonometric
 from jdiff.paths import VEGeometric as VEGeometric
 from jdiff.paths import VPCosine as VPCosine
 from jdiff.paths import VPLinear as VPLinear
+from jdiff.precision import Policy as Policy
 from jdiff.predictions import convert as convert
 
 __version__ = "0.1.0"

@@ -16,9 +16,12 @@ A `Model` is an immutable pytree (an `equinox.Module`): it passes through `jax.j
 pytrees) stays trainable. A plain Python function as `net` is held as static data, so a
 `Model` of a function is also a valid `jax.jit` argument (it recompiles for a new function).
 
-Precision is decided here, at the model boundary: the network is called with x as given and
-its prediction comes back in x's dtype, so a network computing in bfloat16 (or a float64
-oracle) never changes the precision of the sampler or loss that calls it.
+Precision is decided here, at the model boundary, by the model's `jdiff.Policy`: the network
+is called with x (and any floating-point `cond`) cast to the policy's compute dtype and the
+clock t in the state's precision (never below float32), and its prediction comes back in the
+state dtype, x's dtype promoted to at least float32 (`Policy.state_dtype`). So a network
+computing in bfloat16 (or a float64 oracle) never changes the precision of the sampler, loss or
+kind conversion that calls it.
 """
 
 from __future__ import annotations
@@ -32,8 +35,9 @@ import jax.numpy as jnp
 
 from jdiff import predictions
 from jdiff.paths import AbstractPath, expand_to
+from jdiff.precision import Policy, as_state
 
-__all__ = ["Model", "check_model", "edm_denoiser"]
+__all__ = ["Model", "call_at_boundary", "check_model", "check_policy", "edm_denoiser"]
 
 
 def check_model(model, name: str = "model"):
@@ -55,6 +59,39 @@ class _StaticFn(eqx.Module):
         return self.fn(*args, **kwargs)
 
 
+def check_policy(policy, name: str = "policy") -> Policy:
+    """None (the default `jdiff.Policy()`) or a `jdiff.Policy`."""
+    if policy is None:
+        return Policy()
+    if not isinstance(policy, Policy):
+        raise TypeError(f"`{name}` must be None or a jdiff.Policy (e.g. jdiff.Policy(compute_dtype='bfloat16')); "
+                        f"got {type(policy).__name__} {policy!r}")
+    return policy
+
+
+def _clock(t, dtype):
+    """The time as the network receives it: integer or sub-float32 times promoted to the state dtype."""
+    t = jnp.asarray(t)
+    if not jnp.issubdtype(t.dtype, jnp.floating) or jnp.finfo(t.dtype).bits < 32:
+        return t.astype(dtype)
+    return t
+
+
+def call_at_boundary(net, policy: Policy, x, t, cond, what: str = "network"):
+    """net(x, t, cond) under `policy`: inputs cast to the compute dtype, the prediction back to the
+    state dtype of x (checked to have x's shape). The one place where precision changes."""
+    x = jnp.asarray(x)
+    out_dtype = policy.state_dtype(x)
+    x_in = policy.cast_to_compute(x.astype(out_dtype))
+    pred = net(x_in, _clock(t, out_dtype), policy.cast_to_compute(cond))
+    if jnp.shape(pred) != jnp.shape(x):
+        raise ValueError(
+            f"the {what} returned shape {jnp.shape(pred)} for `x` of shape {jnp.shape(x)}; a prediction must "
+            "have the shape of x"
+        )
+    return jnp.asarray(pred, out_dtype)
+
+
 def _as_pytree_net(net):
     """Keep pytrees (nnx / equinox modules, jax.tree_util.Partial) as children; wrap the rest."""
     if not callable(net):
@@ -74,16 +111,20 @@ class Model(eqx.Module):
         path: the `jdiff.paths.AbstractPath` the network was trained on.
         kind: what `net` predicts: "eps", "x0", "v", "score" or "velocity"
             (see `jdiff.predictions`).
+        policy: the precision policy (`jdiff.Policy`; default: the network sees x in the state
+            dtype). With `Policy(compute_dtype="bfloat16")` the network gets x in bfloat16 and
+            the clock t in float32, and its prediction comes back in float32.
 
-    Calling the model returns the network's own prediction (of `kind`) in x's dtype; the
-    methods return every other view of the same field.
+    Calling the model returns the network's own prediction (of `kind`) in the state dtype (x's
+    dtype, promoted to at least float32); the methods return every other view of the same field.
     """
 
     net: Any
     path: AbstractPath
     kind: str = eqx.field(static=True)
+    policy: Policy = eqx.field(static=True)
 
-    def __init__(self, net, path: AbstractPath, kind: str):
+    def __init__(self, net, path: AbstractPath, kind: str, *, policy: Policy | None = None):
         if isinstance(net, Model):
             raise TypeError("`net` is already a jdiff.Model; use model.as_kind(kind) to change its kind")
         if not isinstance(path, AbstractPath):
@@ -92,25 +133,26 @@ class Model(eqx.Module):
         self.net = _as_pytree_net(net)
         self.path = path
         self.kind = predictions.check_kind(kind)
+        self.policy = check_policy(policy)
 
     # -- the network's own prediction -----------------------------------------------
     def __call__(self, x, t, cond=None):
-        """The network's prediction of `self.kind` at (x, t), in x's dtype."""
-        pred = self.net(x, t, cond)
-        if jnp.shape(pred) != jnp.shape(x):
-            raise ValueError(
-                f"the network of this {self.kind!r} model returned shape {jnp.shape(pred)} for `x` of shape "
-                f"{jnp.shape(x)}; a prediction must have the shape of x"
-            )
-        return jnp.asarray(pred, jnp.result_type(x))
+        """The network's prediction of `self.kind` at (x, t), in the state dtype of x."""
+        return call_at_boundary(self.net, self.policy, x, t, cond, f"network of this {self.kind!r} model")
+
+    def state(self, x, name: str = "x"):
+        """`x` in this model's state dtype (`Policy.state_dtype`), checked to be floating point."""
+        return as_state(x, self.policy, name=name)
 
     # -- every view of the same field -------------------------------------------------
     def x0_eps(self, x, t, cond=None):
         """(x0_hat, eps_hat): the denoiser E[x0 | x_t] and the matching noise prediction."""
+        x = self.state(x)
         return predictions.to_x0_eps(self(x, t, cond), self.kind, x, t, self.path)
 
     def predict(self, x, t, cond=None, *, kind: str):
         """The prediction of any `kind` ("x0", "eps", "v", "score", "velocity") at (x, t)."""
+        x = self.state(x)
         return predictions.convert(self(x, t, cond), self.kind, kind, x, t, self.path)
 
     def x0(self, x, t, cond=None):
@@ -142,6 +184,7 @@ class Model(eqx.Module):
         coefficient of dW.
         """
         path = self.path
+        x = self.state(x)
         x0, eps = self.x0_eps(x, t, cond)
         u = predictions.from_x0_eps(x0, eps, "velocity", x, t, path)
         g2 = path.diffusion2(t)
@@ -155,7 +198,7 @@ class Model(eqx.Module):
         predictions.check_kind(kind, "kind")
         if kind == self.kind:
             return self
-        return Model(_ConvertedTo(self, kind), self.path, kind)
+        return Model(_ConvertedTo(self, kind), self.path, kind, policy=self.policy.boundary_free)
 
 
 class _ConvertedTo(eqx.Module):
@@ -174,18 +217,23 @@ class _EDMNet(eqx.Module):
     net: Any
     path: AbstractPath
     sigma_data: float = eqx.field(static=True)
+    policy: Policy = eqx.field(static=True)
 
     def __call__(self, x, t, cond=None):
         c = predictions.edm_preconditioning(t, self.path, self.sigma_data)
         c_skip, c_out, c_in = (expand_to(v, x, "t") for v in c[:3])
-        return c_skip * x + c_out * self.net(c_in * x, c.c_noise, cond)
+        f = call_at_boundary(self.net, self.policy, c_in * x, c.c_noise, cond, "EDM network")
+        return c_skip * x + c_out * f
 
 
-def edm_denoiser(net, path: AbstractPath, sigma_data: float = 0.5) -> Model:
+def edm_denoiser(net, path: AbstractPath, sigma_data: float = 0.5, *, policy: Policy | None = None) -> Model:
     """The "x0" model of a raw network `net(x_in, c_noise, cond)` under EDM preconditioning.
 
     x0_hat = c_skip x + c_out net(c_in x, c_noise, cond) with the scalings of
     `jdiff.predictions.edm_preconditioning(t, path, sigma_data)` (Karras et al. 2022, written
-    for any path); train it with `jdiff.losses.edm_loss`.
+    for any path); train it with `jdiff.losses.edm_loss`. With a `policy`, the precision boundary
+    is around the raw network: c_skip x, the skip connection, stays in the state dtype.
     """
-    return Model(_EDMNet(_as_pytree_net(net), path, float(sigma_data)), path, "x0")
+    policy = check_policy(policy)
+    return Model(_EDMNet(_as_pytree_net(net), path, float(sigma_data), policy), path, "x0",
+                 policy=policy.boundary_free)
