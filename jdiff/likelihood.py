@@ -67,8 +67,10 @@ import jax
 import jax.numpy as jnp
 
 from jdiff import losses
+from jdiff._checks import check_batched, check_key
 from jdiff._model import Model, check_model
 from jdiff.samplers import diffrax_evals
+from jdiff.samplers._ode import check_time_span
 
 __all__ = [
     "BIN_WIDTH_8BIT",
@@ -154,7 +156,8 @@ def ode_log_likelihood(
     Args:
         model: a `jdiff.Model` (network, path, prediction kind); called on a batch of one
             (x[None], a scalar t, cond with a leading axis of one).
-        x: one example, any shape (e.g. (D,) or (H, W, C)); the data end of the ODE.
+        x: one example, any shape (e.g. (D,) or (H, W, C)); the data end of the ODE. Integrated
+            in `model.policy.state_dtype(x)` (at least float32: a bfloat16 x is promoted).
         cond: this example's conditioning (any pytree, unbatched) or None.
         key: PRNG key for the Hutchinson probes (with a `Hutchinson` divergence and no `probes`).
         divergence: None for the exact divergence (trace of the Jacobian, D forward passes; low
@@ -182,9 +185,9 @@ def ode_log_likelihood(
     x = jnp.asarray(x)
     if not jnp.issubdtype(x.dtype, jnp.floating):
         raise ValueError(f"`x` must be floating point (dequantize integer data first); got {x.dtype}")
+    x = model.state(x, "x")  # the augmented ODE state (x, log p): at least float32 whatever the network computes in
     path = model.path
-    t0 = path.t_min if t0 is None else t0
-    t1 = path.t_max if t1 is None else t1
+    t0, t1 = check_time_span(path, t0, t1, decreasing=False)
     solver = diffrax.Tsit5() if solver is None else solver
     if isinstance(solver, diffrax.AbstractSRK):
         raise TypeError(f"`solver` {type(solver).__name__} is an SDE solver; pass an explicit Runge-Kutta solver")
@@ -214,7 +217,7 @@ def ode_log_likelihood(
         if probes is None:
             if key is None:
                 raise ValueError("`key` (or `probes`) is required with a Hutchinson `divergence`")
-            probes = divergence.sample(key, x.shape, x.dtype)
+            probes = divergence.sample(check_key(key), x.shape, x.dtype)
         else:
             probes = jnp.asarray(probes, x.dtype)
             if probes.shape != (divergence.num_probes, *x.shape):
@@ -259,8 +262,13 @@ def ode_log_likelihood_batch(model: Model, x, *, cond=None, key=None, **kwargs) 
     and nfe of shape (N,).
     """
     check_model(model)
-    x = jnp.asarray(x)
+    x = check_batched(jnp.asarray(x), "x")
     n = x.shape[0]
+    if cond is not None:
+        for leaf in jax.tree_util.tree_leaves(cond):
+            if jnp.ndim(leaf) < 1 or jnp.shape(leaf)[0] != n:
+                raise ValueError(f"`cond` must have a leading axis of size {n} (one condition per example of `x`); "
+                                 f"got a leaf of shape {jnp.shape(leaf)}")
     keys = None if key is None else jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(n))
 
     def one(xi, ci, ki):
@@ -396,6 +404,7 @@ def elbo_bits_per_dim(
     units as in `vlb_bits_per_dim`. Returns `jdiff.losses.BoundTerms` of (B,) bits/dim.
     """
     check_model(model)
+    check_key(key)
     if isinstance(num_time_samples, bool) or not isinstance(num_time_samples, int) or num_time_samples < 1:
         raise ValueError(f"`num_time_samples` must be a positive integer; got {num_time_samples!r}")
 

@@ -24,7 +24,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jdiff._checks import check_batched, check_key, check_times_in_range
 from jdiff._model import Model, check_model
+from jdiff.precision import clock_dtype_ok
 from jdiff.samplers import _pytree
 
 __all__ = ["AbstractSolver", "Prediction", "check_grid", "sample"]
@@ -99,22 +101,34 @@ class AbstractSolver(eqx.Module):
         return self.step(f, x, state, 0, t, s, key)
 
 
-def check_grid(grid, name: str = "grid"):
+def check_grid(grid, name: str = "grid", *, path=None):
     """A 1-D array of at least 2 strictly decreasing times; checked on the host when concrete.
 
-    A traced grid (the usual case inside `jax.jit`) can only be checked for its shape.
+    The clock never runs below float32: a bfloat16 or float16 grid (which rounds t = 0.999 to
+    1.0) is refused. With `path`, concrete times must also lie in [path.t_min, path.t_max].
+    A traced grid (the usual case inside `jax.jit`) can only be checked for its shape and dtype.
     """
+    concrete = not isinstance(grid, jax.core.Tracer)
+    if concrete:  # a host copy first: jnp.asarray inside a jit trace would make a tracer of it
+        host = np.asarray(grid)
     grid = jnp.asarray(grid)
     if grid.ndim != 1 or grid.shape[0] < 2:
         raise ValueError(f"`{name}` must be a 1-D array of at least 2 decreasing times; got shape {grid.shape}")
-    if not isinstance(grid, jax.core.Tracer):
-        diffs = np.diff(np.asarray(grid, np.float64))
+    if not clock_dtype_ok(grid.dtype):
+        raise ValueError(
+            f"`{name}` must be float32 or float64 (the clock stays at least float32 whatever the network computes "
+            f"in: {grid.dtype} rounds t = 0.999 to 1.0, where alpha = 0); got dtype {grid.dtype}"
+        )
+    if path is not None and concrete:
+        check_times_in_range(host, path, name)
+    if concrete:
+        diffs = np.diff(host.astype(np.float64))
         if not np.all(diffs < 0):
             i = int(np.argmax(diffs >= 0))
             raise ValueError(
                 f"`{name}` must be strictly decreasing (t = 1 is noise, t = 0 data: sampling runs from "
-                f"grid[0] down to grid[-1]); got {name}[{i}] = {float(grid[i])} <= {name}[{i + 1}] = "
-                f"{float(grid[i + 1])}"
+                f"grid[0] down to grid[-1]); got {name}[{i}] = {float(host[i])} <= {name}[{i + 1}] = "
+                f"{float(host[i + 1])}"
             )
     return grid
 
@@ -138,12 +152,16 @@ def sample(
             EulerMaruyama(), PredictorCorrector(...)).
         model: a `jdiff.Model` (network, path, prediction kind); called with the whole batch
             `x` and a scalar t.
-        x_T: the starting point at time grid[0] (e.g. `model.path.prior_sample`), any shape; the
-            leading axis is the batch axis where a solver needs per-example norms (Langevin).
-            A pytree of such arrays (the levels of `jdiff.nested`) is sampled as one state,
-            raveled per example: the network then takes and returns that pytree.
-        grid: strictly decreasing 1-D array of N + 1 times (see `jdiff.samplers.*_grid`); traced,
-            so a new grid of the same length does not recompile a jitted caller.
+        x_T: the starting point at time grid[0] (e.g. `model.path.prior_sample`), shape
+            (batch, ...): the leading axis is the batch axis where a solver needs per-example
+            norms (Langevin). The state runs in `model.policy.state_dtype(x_T)`, at least
+            float32: a bfloat16 x_T is sampled in float32 (the network computes in the model's
+            policy's compute dtype). A pytree of such arrays (the levels of `jdiff.nested`) is
+            sampled as one state, raveled per example: the network then takes and returns that
+            pytree.
+        grid: strictly decreasing 1-D array of N + 1 times in [path.t_min, path.t_max] (see
+            `jdiff.samplers.*_grid`), float32 or float64; traced, so a new grid of the same
+            length does not recompile a jitted caller.
         cond: conditioning passed to the model unchanged (any pytree, or None).
         key: PRNG key, required by stochastic solvers; step i uses `fold_in(key, i)`.
         return_trajectory: also return the states at every grid time, shape (N + 1, *x_T.shape)
@@ -152,7 +170,7 @@ def sample(
             the "denoise to zero" last step of Song et al. (2021) and Karras et al. (2022).
 
     Returns:
-        The final sample, or (sample, trajectory) if `return_trajectory`.
+        The final sample (in the state dtype), or (sample, trajectory) if `return_trajectory`.
         The NFE is `solver.nfe(N) + denoise_to_zero`.
     """
     if not isinstance(solver, AbstractSolver):
@@ -163,13 +181,13 @@ def sample(
         out = sample(solver, _pytree.raveled_model(model, spec), flat, grid, cond=cond, key=key,
                      return_trajectory=return_trajectory, denoise_to_zero=denoise_to_zero)
         return _pytree.unravel_output(out, spec, return_trajectory)
-    x_T = jnp.asarray(x_T)
-    if not jnp.issubdtype(x_T.dtype, jnp.floating):
-        raise ValueError(f"`x_T` must be a floating-point array; got dtype {x_T.dtype}")
-    grid = check_grid(grid)
+    x_T = check_batched(model.state(x_T, "x_T"), "x_T")
+    grid = check_grid(grid, path=model.path)
     if solver.stochastic and key is None:
         raise ValueError(f"`key` is required: {type(solver).__name__} with these settings is stochastic")
-    # The clock runs in the sample's precision, so path coefficients do not promote x.
+    if key is not None:
+        check_key(key)
+    # The clock runs in the state's precision (at least float32), so path coefficients do not promote x.
     grid = grid.astype(x_T.dtype)
     num_steps = grid.shape[0] - 1
     f = Prediction(model, cond, num_steps)

@@ -14,9 +14,10 @@ import diffrax
 import jax
 import jax.numpy as jnp
 
+from jdiff._checks import check_batched, check_times_in_range
 from jdiff._model import Model, check_model
 
-__all__ = ["ODESolution", "diffrax_evals", "pf_ode_term", "solve_pf_ode"]
+__all__ = ["ODESolution", "check_time_span", "diffrax_evals", "pf_ode_term", "solve_pf_ode"]
 
 
 class ODESolution(NamedTuple):
@@ -66,6 +67,22 @@ def diffrax_evals(solver) -> tuple[int, int]:
     )
 
 
+def check_time_span(path, t0, t1, *, decreasing: bool = True):
+    """(t0, t1), defaults (t_max, t_min) of `path` (reversed for `decreasing=False`); concrete values must
+    lie in the path's range and run in the solve's direction."""
+    lo, hi = (path.t_min, path.t_max)
+    t0 = (hi if decreasing else lo) if t0 is None else t0
+    t1 = (lo if decreasing else hi) if t1 is None else t1
+    check_times_in_range(t0, path, "t0")
+    check_times_in_range(t1, path, "t1")
+    if not isinstance(t0, jax.core.Tracer) and not isinstance(t1, jax.core.Tracer):
+        ok = float(t0) > float(t1) if decreasing else float(t0) < float(t1)
+        if not ok:
+            want = "t0 > t1 (the solve runs from noise toward data)" if decreasing else "t0 < t1 (data to noise)"
+            raise ValueError(f"`t0` and `t1` must satisfy {want}; got t0={float(t0)}, t1={float(t1)}")
+    return t0, t1
+
+
 def solve_pf_ode(
     model: Model,
     x_T,
@@ -85,7 +102,8 @@ def solve_pf_ode(
     Args:
         model: a `jdiff.Model` (network, path, prediction kind).
         x_T: the state at t0 (any shape, the whole batch is one ODE state: the step size
-            is shared and controlled by the worst example, as in diffrax).
+            is shared and controlled by the worst example, as in diffrax), solved in
+            `model.policy.state_dtype(x_T)` (at least float32).
         cond: conditioning passed to the model unchanged.
         t0, t1: start and end times (defaults model.path.t_max, model.path.t_min).
         solver: an explicit Runge-Kutta diffrax solver (default diffrax.Tsit5()).
@@ -102,11 +120,14 @@ def solve_pf_ode(
     if isinstance(solver, diffrax.AbstractSRK):
         raise ValueError(f"`solver` {type(solver).__name__} is an SDE solver; use solve_reverse_sde")
     per_step, first = diffrax_evals(solver)
-    x_T = jnp.asarray(x_T)
+    x_T = check_batched(model.state(x_T, "x_T"), "x_T")  # the ODE state: at least float32 whatever the net computes in
     path = model.path
-    t0 = path.t_max if t0 is None else t0
-    t1 = path.t_min if t1 is None else t1
+    t0, t1 = check_time_span(path, t0, t1)
     saveat = diffrax.SaveAt(t1=True) if save_ts is None else diffrax.SaveAt(ts=jnp.asarray(save_ts))
+    # The clock in the state's precision: diffrax promotes the state to the times' dtype (float64
+    # Python times under x64 would turn a float32 state into float64).
+    t0, t1 = jnp.asarray(t0, x_T.dtype), jnp.asarray(t1, x_T.dtype)
+    dt0 = None if dt0 is None else jnp.asarray(dt0, x_T.dtype)
     sol = diffrax.diffeqsolve(
         pf_ode_term(model, cond=cond),
         solver,

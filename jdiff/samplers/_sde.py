@@ -23,8 +23,9 @@ import jax
 import jax.numpy as jnp
 import lineax as lx
 
+from jdiff._checks import check_batched, check_key
 from jdiff._model import Model, check_model
-from jdiff.samplers._ode import diffrax_evals
+from jdiff.samplers._ode import check_time_span, diffrax_evals
 
 __all__ = ["SDESolution", "solve_reverse_sde"]
 
@@ -72,16 +73,14 @@ def solve_reverse_sde(
     per_step, _ = diffrax_evals(solver)
     if (num_steps is None) == (dt is None):
         raise ValueError("give exactly one of `num_steps` (an int >= 1) and `dt` (a positive step)")
-    t0 = float(path.t_max if t0 is None else t0)
-    t1 = float(path.t_min if t1 is None else t1)
-    if not t0 > t1:
-        raise ValueError(f"`t0` must exceed `t1` (the reverse SDE runs toward the data); got t0={t0}, t1={t1}")
+    check_key(key)
+    t0, t1 = (float(t) for t in check_time_span(path, t0, t1))
     span = t0 - t1
     if num_steps is None:
         num_steps = int(round(span / dt))
     if not isinstance(num_steps, int) or num_steps < 1:
         raise ValueError(f"`num_steps` must be an int >= 1; got {num_steps!r}")
-    x_T = jnp.asarray(x_T)
+    x_T = check_batched(model.state(x_T, "x_T"), "x_T")  # the SDE state: at least float32 whatever the net computes in
     shape, dtype = x_T.shape, x_T.dtype
 
     def drift(tau, y, args):
@@ -99,7 +98,10 @@ def solve_reverse_sde(
     levy = diffrax.SpaceTimeLevyArea if isinstance(solver, diffrax.AbstractSRK) else diffrax.BrownianIncrement
     bm = diffrax.UnsafeBrownianPath(shape=jax.ShapeDtypeStruct(y0.shape, dtype), key=key, levy_area=levy)
     terms = diffrax.MultiTerm(diffrax.ODETerm(drift), diffrax.ControlTerm(diffusion, bm))
+    # The forward clock in the state's precision (Python floats are float64 under x64, and diffrax
+    # promotes the state to the times' dtype).
+    tau1, dtau = jnp.asarray(span, dtype), jnp.asarray(span / num_steps, dtype)
     sol = diffrax.diffeqsolve(
-        terms, solver, 0.0, span, span / num_steps, y0, max_steps=num_steps + 1, adjoint=diffrax.ForwardMode()
+        terms, solver, jnp.zeros((), dtype), tau1, dtau, y0, max_steps=num_steps + 1, adjoint=diffrax.ForwardMode()
     )
     return SDESolution(sol.ys[-1].reshape(shape), per_step * num_steps)
