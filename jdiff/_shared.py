@@ -9,7 +9,15 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
+from jdiff._checks import check_batched, check_key
 from jdiff.paths import AbstractPath, expand_to
+
+
+def loss_batch(owner, key, x0, name: str = "x0"):
+    """The (key, x0) of a loss, checked: a PRNG key, and x0 a floating-point batch (B, ...) promoted
+    to the state dtype of `owner` (a `jdiff.Model` or `flowmaps.FlowMap`): a bfloat16 batch trains
+    a bfloat16 network on float32 noise, times and errors."""
+    return check_key(key), check_batched(owner.state(x0, name), name)
 
 
 def noised(path: AbstractPath, x0, eps, t):

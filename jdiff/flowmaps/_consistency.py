@@ -8,7 +8,7 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
-from jdiff._shared import edm_sigma, noised, sum_data, t_from_log_edm_sigma
+from jdiff._shared import edm_sigma, loss_batch, noised, sum_data, t_from_log_edm_sigma
 from jdiff.flowmaps._flowmap import FlowMap, check_flow
 
 
@@ -136,6 +136,7 @@ def consistency_training_loss(
         huber_c: pseudo-Huber c; default 0.00054 sqrt(dim).
     """
     check_flow(flow)
+    key, x0 = loss_batch(flow, key, x0)
     path = flow.path
     target_flow = _target_flow(flow, target_flow)
     sigma_min, sigma_max = _edm_range(path, sigma_min, sigma_max)
@@ -184,6 +185,7 @@ def consistency_distillation_loss(
         huber_c: pseudo-Huber c; default 0.00054 sqrt(dim).
     """
     check_flow(flow)
+    key, x0 = loss_batch(flow, key, x0)
     path = flow.path
     target_flow = _target_flow(flow, target_flow)
     sigma_min, sigma_max = _edm_range(path, sigma_min, sigma_max)

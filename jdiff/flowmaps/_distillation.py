@@ -9,7 +9,7 @@ import jax.numpy as jnp
 
 from jdiff import samplers
 from jdiff._model import Model, check_model
-from jdiff._shared import mean_data, noised
+from jdiff._shared import loss_batch, mean_data, noised
 from jdiff.flowmaps._flowmap import per_example
 from jdiff.paths import AbstractPath, expand_to
 
@@ -78,6 +78,7 @@ def progressive_distillation_loss(
         num_student_steps: N (may be traced).
     """
     check_model(student, "student")
+    key, x0 = loss_batch(student, key, x0)
     path = student.path
     dtype = jnp.result_type(x0)
     n = jnp.shape(x0)[0]

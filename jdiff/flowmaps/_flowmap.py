@@ -9,8 +9,9 @@ import equinox as eqx
 import jax.numpy as jnp
 
 from jdiff import predictions
-from jdiff._model import _as_pytree_net
+from jdiff._model import _as_pytree_net, check_policy
 from jdiff.paths import AbstractPath, expand_to
+from jdiff.precision import Policy, as_state
 
 
 def per_example(t, x):
@@ -84,6 +85,9 @@ class FlowMap(eqx.Module):
         path: the `jdiff.paths.AbstractPath` whose PF-ODE the map follows.
         param: the skip/out scalings, `AverageVelocity()` (the default: net is the average
             velocity over [s, t]) or `DDIMDenoiser(sigma_data)` (consistency models, CTM).
+        policy: the precision policy (`jdiff.Policy`), applied around the raw network as in
+            `jdiff.Model`: net sees c_in x in the compute dtype and t, s in the state dtype
+            (at least float32); the skip c_skip x and the jump stay in the state dtype.
 
     Like `jdiff.Model` it is an immutable pytree: it passes through `jax.jit` and `jax.grad`,
     and an nnx network inside stays trainable.
@@ -92,8 +96,10 @@ class FlowMap(eqx.Module):
     net: Any
     path: AbstractPath
     param: AbstractFlowMapParam
+    policy: Policy = eqx.field(static=True)
 
-    def __init__(self, net, path: AbstractPath, param: AbstractFlowMapParam = _AVERAGE_VELOCITY):
+    def __init__(self, net, path: AbstractPath, param: AbstractFlowMapParam = _AVERAGE_VELOCITY, *,
+                 policy: Policy | None = None):
         if isinstance(net, FlowMap):
             raise TypeError("`net` is already a FlowMap; pass its raw network `flow.net`")
         if not isinstance(path, AbstractPath):
@@ -105,18 +111,29 @@ class FlowMap(eqx.Module):
         self.net = _as_pytree_net(net)
         self.path = path
         self.param = param
+        self.policy = check_policy(policy)
+
+    def state(self, x, name: str = "x"):
+        """`x` in this flow map's state dtype (`Policy.state_dtype`), checked to be floating point."""
+        return as_state(x, self.policy, name=name)
 
     def raw(self, x_in, t, s, cond=None):
-        """The network's output F(x_in, t, s, cond) with per-example times, in x_in's dtype."""
+        """The network's output F(x_in, t, s, cond) with per-example times, in the state dtype of x_in.
+
+        The precision boundary: the network gets x_in (and floating `cond`) in the policy's compute
+        dtype and t, s in the state dtype."""
+        x_in = self.state(x_in)
         t, s = per_example(t, x_in), per_example(s, x_in)
-        out = self.net(x_in, t, s, cond)
+        cast = self.policy.cast_to_compute
+        out = self.net(cast(x_in), t, s, cast(cond))
         if jnp.shape(out) != jnp.shape(x_in):
             raise ValueError(f"the flow map's network returned shape {jnp.shape(out)} for `x` of shape "
                              f"{jnp.shape(x_in)}; it must return the shape of x")
-        return jnp.asarray(out, jnp.result_type(x_in))
+        return jnp.asarray(out, x_in.dtype)
 
     def __call__(self, x, t, s, cond=None):
         """x_s = f(x, t, s, cond), with t and s scalars or one time per example (shape x.shape[:1])."""
+        x = self.state(x)
         t, s = per_example(t, x), per_example(s, x)
         c_skip, c_out, c_in = (expand_to(c, x, "t") for c in self.param.scalings(self.path, t, s))
         return c_skip * x + c_out * self.raw(c_in * x, t, s, cond)

@@ -7,7 +7,7 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
-from jdiff._shared import cond_velocity, noised, sum_data
+from jdiff._shared import cond_velocity, loss_batch, noised, sum_data
 from jdiff.flowmaps._flowmap import FlowMap, average_velocity_net
 from jdiff.losses import logit_normal_time
 from jdiff.paths import expand_to
@@ -90,6 +90,7 @@ def meanflow_loss(
         cond_drop_prob: the probability of dropping the class with guidance.
     """
     u = average_velocity_net(flow)
+    key, x0 = loss_batch(flow, key, x0)
     path = flow.path
     dtype = jnp.result_type(x0)
     n = jnp.shape(x0)[0]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from jdiff._checks import check_batched, check_key
 from jdiff.flowmaps._flowmap import FlowMap, check_flow
 from jdiff.samplers import check_grid
 
@@ -30,15 +31,18 @@ def sample(flow: FlowMap, x_T, grid, *, cond=None, key=None, gamma=0.0):
         gamma: re-noising fraction in [0, 1] (scalar, may be traced).
 
     Returns:
-        The samples at grid[-1], in x_T's dtype.
+        The samples at grid[-1], in the state dtype (`flow.policy.state_dtype(x_T)`, at least float32).
     """
     check_flow(flow)
     path = flow.path
-    grid = check_grid(grid).astype(jnp.result_type(x_T))
+    x_T = check_batched(flow.state(x_T, "x_T"), "x_T")
+    grid = check_grid(grid, path=path).astype(x_T.dtype)
     if key is None:
         if not (isinstance(gamma, (int, float)) and gamma == 0):
             raise ValueError("`key` is required when `gamma` is nonzero (re-noising draws fresh noise)")
         key = jax.random.key(0)  # unused: the noise is multiplied by gamma = 0
+    else:
+        check_key(key)
     gamma = jnp.asarray(gamma, grid.dtype)
 
     def step(x, inp):

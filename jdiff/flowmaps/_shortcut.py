@@ -7,7 +7,7 @@ import math
 import jax
 import jax.numpy as jnp
 
-from jdiff._shared import cond_velocity, mean_data, noised
+from jdiff._shared import cond_velocity, loss_batch, mean_data, noised
 from jdiff.flowmaps._flowmap import FlowMap, average_velocity_net
 from jdiff.paths import expand_to
 
@@ -42,6 +42,7 @@ def shortcut_loss(
         consistency_fraction: the fraction of the batch used for self-consistency examples.
     """
     u = average_velocity_net(flow)
+    key, x0 = loss_batch(flow, key, x0)
     path = flow.path
     levels = round(math.log2(max_steps))
     if 2**levels != max_steps or levels < 1:
@@ -64,8 +65,9 @@ def shortcut_loss(
         return losses[0]
     # Self-consistency part: 2d-steps on a grid that fits into [t_min, t_max].
     j = jax.random.randint(k_j, (n_sc,), 0, levels)
-    d = (delta * 2.0**j).astype(dtype)
-    m = jnp.floor(jax.random.uniform(k_m, (n_sc,), dtype) * (max_steps // 2) / 2.0**j) + 1.0  # 1 .. M / 2^(j+1)
+    scale = jnp.exp2(j.astype(dtype))  # 2^j in the state dtype (2.0**j of an int array is float64 under x64)
+    d = (delta * scale).astype(dtype)
+    m = jnp.floor(jax.random.uniform(k_m, (n_sc,), dtype) * (max_steps // 2) / scale) + 1.0  # 1 .. M / 2^(j+1)
     t = path.t_min + 2.0 * d * m
     x_sc, e_sc = x0[:n_sc], eps[:n_sc]
     c_sc = None if cond is None else jax.tree_util.tree_map(lambda c: c[:n_sc], cond)

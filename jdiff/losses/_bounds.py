@@ -7,12 +7,15 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
+from jdiff._checks import check_batched, check_times_in_range, is_concrete
 from jdiff._model import Model, check_model
-from jdiff._shared import noised, sum_data
+from jdiff._shared import loss_batch, noised, sum_data
 from jdiff.losses._regression import target_sq_error
 from jdiff.losses._time import sample_times, stratified_time, time_dtype, uniform_time
 from jdiff.paths import AbstractPath, expand_to
+from jdiff.precision import as_state
 
 # -----------------------------------------------------------------------------------
 # Discrete-time variational bound (Sohl-Dickstein et al. 2015; Ho et al. 2020), in nats
@@ -68,6 +71,7 @@ def q_posterior(path: AbstractPath, x0, x_t, s, t):
 
 def vlb_prior(path: AbstractPath, x0, t=None):
     """L_T = KL(q(x_T | x0) || N(0, sigma(t_max)^2 I)) per example, in nats (T = `t`, default t_max)."""
+    x0 = check_batched(as_state(x0, name="x0"), "x0")
     t = jnp.asarray(path.t_max if t is None else t, time_dtype(x0))
     a = expand_to(path.alpha(t), x0, "t")
     logvar = 2.0 * jnp.log(path.sigma(t))
@@ -84,7 +88,10 @@ def vlb_diffusion_term(model: Model, key, x0, s, t, *, cond=None):
     0.5 (SNR_s - SNR_t) ||x0 - x0_hat||^2. `s` < `t` are scalars or (B,) times of `model.path`.
     """
     check_model(model)
+    key, x0 = loss_batch(model, key, x0)
     path = model.path
+    check_times_in_range(s, path, "s")
+    check_times_in_range(t, path, "t")
     b, dt = jnp.shape(x0)[0], time_dtype(x0)
     s, t = jnp.broadcast_to(jnp.asarray(s, dt), (b,)), jnp.broadcast_to(jnp.asarray(t, dt), (b,))
     eps = jax.random.normal(key, jnp.shape(x0), jnp.result_type(x0))
@@ -104,7 +111,9 @@ def vlb_reconstruction(model: Model, key, x0, *, cond=None, t0=None, num_bins: i
     lie on the bin centres), or a density (continuous data) with `num_bins=None`.
     """
     check_model(model)
+    key, x0 = loss_batch(model, key, x0)
     path = model.path
+    check_times_in_range(t0, path, "t0")
     b, dt = jnp.shape(x0)[0], time_dtype(x0)
     t0 = jnp.broadcast_to(jnp.asarray(path.t_min if t0 is None else t0, dt), (b,))
     eps = jax.random.normal(key, jnp.shape(x0), jnp.result_type(x0))
@@ -116,6 +125,22 @@ def vlb_reconstruction(model: Model, key, x0, *, cond=None, t0=None, num_bins: i
     else:
         logp = discretized_gaussian_log_likelihood(x0, mean, log_scale, num_bins)
     return -sum_data(logp)
+
+
+def _check_increasing_grid(grid, path):
+    """The chain's grid t_0 < ... < t_T: 1-D, at least 2 times, strictly increasing and in the
+    path's range where concrete (the order of `jdiff.samplers` grids, reversed)."""
+    if jnp.ndim(grid) != 1 or jnp.shape(grid)[0] < 2:
+        raise ValueError(f"`grid` must be a 1-D array of at least 2 increasing times; got shape {jnp.shape(grid)}")
+    if is_concrete(grid):  # on the host: jnp.asarray inside a jit trace would make a tracer of it
+        host = np.asarray(grid)
+        check_times_in_range(host, path, "grid")
+        diffs = np.diff(host.astype(np.float64))
+        if not np.all(diffs > 0):
+            i = int(np.argmax(diffs <= 0))
+            raise ValueError(f"`grid` must be strictly increasing (t_0 = t_min near the data to t_T = t_max); got "
+                             f"grid[{i}] = {float(host[i])} >= grid[{i + 1}] = {float(host[i + 1])}")
+    return jnp.asarray(grid)
 
 
 class BoundTerms(NamedTuple):
@@ -161,9 +186,13 @@ def vlb_terms(
         sum_all_terms: sum the T diffusion terms exactly instead of the one-term estimate.
     """
     check_model(model)
+    key, x0 = loss_batch(model, key, x0)
     path = model.path
     dt = time_dtype(x0)
-    grid = jnp.linspace(path.t_min, path.t_max, num_steps + 1, dtype=dt) if grid is None else jnp.asarray(grid, dt)
+    if grid is None:
+        grid = jnp.linspace(path.t_min, path.t_max, num_steps + 1, dtype=dt)
+    else:
+        grid = _check_increasing_grid(grid, path).astype(dt)
     n = grid.shape[0] - 1
     key_rec, key_i, key_d = jax.random.split(key, 3)
     prior = vlb_prior(path, x0, grid[-1])
@@ -214,6 +243,7 @@ def vdm_terms(
     `antithetic`; `t` (scalar or (B,)) fixes them.
     """
     check_model(model)
+    key, x0 = loss_batch(model, key, x0)
     path = model.path
     key_t, key_eps, key_rec = jax.random.split(key, 3)
     sampler = stratified_time if antithetic else uniform_time

@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 
 from jdiff._model import Model, check_model
-from jdiff._shared import mean_data
+from jdiff._shared import loss_batch, mean_data
 from jdiff.losses._regression import target_sq_error
 from jdiff.losses._time import sample_times, uniform_time
 
@@ -89,6 +89,7 @@ def cfm_loss(
         (B,) per-example losses.
     """
     check_model(model)
+    key, x0 = loss_batch(model, key, x0)
     if coupling not in COUPLINGS:
         raise ValueError(f"unknown coupling {coupling!r} for `coupling`; accepted: {', '.join(COUPLINGS)}")
     key_t, key_eps, key_ot = jax.random.split(key, 3)
@@ -97,6 +98,8 @@ def cfm_loss(
         x1 = jax.random.normal(key_eps, jnp.shape(x0), jnp.result_type(x0))
     elif jnp.shape(x1) != jnp.shape(x0):
         raise ValueError(f"`x1` has shape {jnp.shape(x1)} but `x0` has shape {jnp.shape(x0)}; they must match")
+    else:
+        x1 = model.state(x1, "x1").astype(x0.dtype)
     if coupling != "independent":
         x1 = x1[ot_pairing(key_ot, x0, x1, method=coupling, epsilon=ot_epsilon)]
     return mean_data(target_sq_error(model, "velocity", x0, x1, t, cond))

@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 
 from jdiff._model import Model, check_model
-from jdiff._shared import mean_data, noised
+from jdiff._shared import loss_batch, mean_data, noised
 from jdiff.losses._time import lognormal_time, sample_times, uniform_time
 from jdiff.losses._weighting import EDMWeighting, check_weighting, loss_weight
 from jdiff.predictions import check_kind, from_x0_eps
@@ -60,6 +60,7 @@ def dsm_loss(
         (B,) per-example losses.
     """
     check_model(model)
+    key, x0 = loss_batch(model, key, x0)
     target = model.kind if target is None else check_kind(target, "target")
     check_weighting(weighting)
     key_t, key_eps = jax.random.split(key)

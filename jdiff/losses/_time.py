@@ -7,6 +7,7 @@ import math
 import jax
 import jax.numpy as jnp
 
+from jdiff._checks import check_time_shape, check_times_in_range
 from jdiff._shared import t_from_log_edm_sigma
 from jdiff.paths import AbstractPath
 
@@ -81,5 +82,6 @@ def sample_times(key, x0, path: AbstractPath, time_sampler, t):
     check_time_sampler(time_sampler)
     b = jnp.shape(x0)[0]
     if t is not None:
+        check_times_in_range(check_time_shape(t, b, "t"), path, "t")
         return jnp.broadcast_to(jnp.asarray(t, time_dtype(x0)), (b,))
     return time_sampler(key, (b,), path, time_dtype(x0))
