@@ -24,8 +24,9 @@ import math
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from jdiff import predictions
+from jdiff import _checks, predictions
 from jdiff._model import Model
 from jdiff.paths import AbstractPath
 
@@ -119,9 +120,29 @@ class GaussianMixture(eqx.Module):
     def _mask(self, cond):
         if cond is None:
             return None
+        return self.labels == self.check_class(cond)
+
+    def check_class(self, cond, name: str = "cond"):
+        """`cond` (an int or int array) must name classes that have components: a class without
+        one has no distribution. Raises a ValueError now when `cond` is concrete, at run time
+        (`equinox.error_if`) when it is traced. Returns `cond` as an array."""
         if self.labels is None:
-            raise ValueError("class-conditional quantities need `labels` on the GaussianMixture")
-        return self.labels == cond
+            raise ValueError(f"`{name}` was given but this GaussianMixture has no `labels` (class-conditional "
+                             "quantities need labels=(K,) on construction)")
+        classes = sorted({int(v) for v in np.asarray(self.labels).tolist()}) if _checks.is_concrete(self.labels) else None
+        accepted = f"the mixture's classes {classes}" if classes is not None else "a class of the mixture's `labels`"
+        dtype = jnp.result_type(cond)
+        if not jnp.issubdtype(dtype, jnp.integer):
+            raise ValueError(f"`{name}` must be integer class labels, one of {accepted}; got dtype {dtype}")
+        message = f"`{name}` names a class with no component; accepted: {accepted}"
+        if _checks.is_concrete(cond, self.labels):  # before any jnp call (a tracer inside jit)
+            arr = np.asarray(cond)
+            bad = ~np.isin(arr, np.asarray(self.labels))
+            if np.any(bad):
+                raise ValueError(f"{message}; got {int(arr.reshape(-1)[int(np.argmax(bad.reshape(-1)))])}")
+            return jnp.asarray(cond)
+        cond = jnp.asarray(cond)
+        return eqx.error_if(cond, ~jnp.any(cond[..., None] == self.labels, axis=-1), message)
 
     def _as(self, x, t, path):
         x = jnp.asarray(x)
@@ -175,8 +196,10 @@ class GaussianMixture(eqx.Module):
         return jax.nn.logsumexp(per_class, axis=0) - jax.nn.logsumexp(logits)
 
     def sample_class(self, key, n: int, cond: int):
-        """n samples from the class-conditional data distribution p_0(x | c)."""
-        mask = self._mask(jnp.asarray(cond))
+        """n samples from the class-conditional data distribution p_0(x | c) (`cond` a class of `labels`)."""
+        if jnp.ndim(cond) != 0:
+            raise ValueError(f"`cond` must be one class label (a scalar int); got shape {jnp.shape(cond)}")
+        mask = self._mask(cond)
         w = jnp.where(mask, self.weights, 0.0)
         return GaussianMixture(w, self.means, self.covs).sample(key, n)
 
@@ -203,4 +226,8 @@ class _MixtureNet(eqx.Module):
         gm, path, kind = self.mixture, self.path, self.kind
         if cond is None:
             return jax.vmap(lambda xi, ti: gm.predict(xi, ti, path, kind=kind))(x, tb)
+        if jnp.shape(cond) != (n,):
+            raise ValueError(f"`cond` of the mixture's model must be None or one class label per example, shape "
+                             f"({n},); got shape {jnp.shape(cond)}")
+        cond = gm.check_class(cond)
         return jax.vmap(lambda xi, ti, ci: gm.predict(xi, ti, path, ci, kind=kind))(x, tb, cond)

@@ -43,8 +43,10 @@ import jax
 import jax.numpy as jnp
 
 from jdiff import predictions
+from jdiff._checks import check_batched, check_key, check_labels, check_time_shape, check_times_in_range
 from jdiff._model import Model, _as_pytree_net, check_model
 from jdiff.paths import AbstractPath, expand_to
+from jdiff.precision import as_state
 
 __all__ = [
     "autoguidance",
@@ -72,6 +74,13 @@ def _check_interval(interval):
     if isinstance(lo, (int, float)) and isinstance(hi, (int, float)) and not 0 <= lo <= hi <= 1:
         raise ValueError(f"`interval` must be a pair (t_lo, t_hi) with 0 <= t_lo <= t_hi <= 1; got {interval!r}")
     return tuple(interval)
+
+
+def _check_rescale(rescale):
+    """phi of CFG rescale: a number in [0, 1] where concrete."""
+    if isinstance(rescale, (int, float)) and not 0 <= rescale <= 1:
+        raise ValueError(f"`rescale` must be in [0, 1] (phi of CFG rescale, 0 = off); got {rescale!r}")
+    return rescale
 
 
 def _check_space(space):
@@ -217,7 +226,8 @@ def classifier_free(
     """
     check_model(model, "model")
     net = _ClassifierFreeNet(
-        model, w, null_cond, _check_interval(interval), rescale, _check_space(space), not _is_zero(rescale)
+        model, w, null_cond, _check_interval(interval), _check_rescale(rescale), _check_space(space),
+        not _is_zero(rescale),
     )
     return Model(net, model.path, model.kind)
 
@@ -278,7 +288,8 @@ def autoguidance(
             f"{type(weak_model.path).__name__} model"
         )
     net = _AutoguidedNet(
-        model, weak_model, w, _check_interval(interval), rescale, _check_space(space), not _is_zero(rescale)
+        model, weak_model, w, _check_interval(interval), _check_rescale(rescale), _check_space(space),
+        not _is_zero(rescale),
     )
     return Model(net, model.path, model.kind)
 
@@ -296,9 +307,13 @@ class _ClassifierGuidedNet(eqx.Module):
 
     def __call__(self, x, t, cond=None):
         _check_batched(x, "classifier_guidance")
+        if cond is None:
+            raise ValueError("the classifier_guidance-guided model needs `cond` (the class to guide towards, passed "
+                             "to `log_prob_fn(x, t, cond)`); got cond=None")
         model, path, kind = self.model, self.model.path, self.model.kind
+        x = model.state(x)
         pred = model(x, t, cond)
-        grad = jax.grad(lambda x_: jnp.sum(self.log_prob_fn(x_, t, cond)))(x)
+        grad = jax.grad(lambda x_: jnp.sum(_check_log_prob(self.log_prob_fn(x_, t, cond), x_)))(x)
         score = predictions.convert(pred, kind, "score", x, t, path)
         scale_t = expand_to(_gate(self.scale, 0.0, t, self.interval), x, "scale")
         guided = predictions.convert(score + scale_t * grad, "score", kind, x, t, path)
@@ -346,14 +361,33 @@ def classifier_guidance(
     return Model(net, model.path, model.kind)
 
 
+def _check_log_prob(logp, x):
+    if jnp.shape(logp) != jnp.shape(x)[:1]:
+        raise ValueError(f"`log_prob_fn` must return one log-probability per example, shape {jnp.shape(x)[:1]}; got "
+                         f"shape {jnp.shape(logp)}")
+    return logp
+
+
+def _class_log_prob(logits, cond, name="cond"):
+    """log softmax(logits)[cond] per example, with `cond` checked against the logits' classes."""
+    if cond is None:
+        raise ValueError(f"`{name}` is required: the class labels (int array (batch,)) whose log-probability to take")
+    b, k = jnp.shape(logits)[0], jnp.shape(logits)[-1]
+    cond = jnp.asarray(cond)
+    if cond.shape != (b,):
+        raise ValueError(f"`{name}` must be one class label per example, shape ({b},); got shape {cond.shape}")
+    cond = check_labels(cond, k, name, what=f" (the classifier has {k} classes)")
+    logp = jax.nn.log_softmax(logits, axis=-1)
+    return jnp.take_along_axis(logp, cond[:, None], axis=-1)[:, 0]
+
+
 class _ClassifierLogProb(eqx.Module):
     """log softmax(logits_fn(x, t))[cond], the `log_prob_fn` of `classifier_log_prob`."""
 
     logits_fn: Any
 
     def __call__(self, x, t, cond):
-        logp = jax.nn.log_softmax(self.logits_fn(x, t), axis=-1)
-        return jnp.take_along_axis(logp, jnp.asarray(cond)[:, None], axis=-1)[:, 0]
+        return _class_log_prob(self.logits_fn(x, t), cond)
 
 
 def classifier_log_prob(logits_fn: Callable) -> Callable:
@@ -389,16 +423,24 @@ def noisy_classifier_loss(logits_fn: Callable, path: AbstractPath, key, x0, *, c
         raise TypeError(f"`path` must be a jdiff path (an AbstractPath); got {type(path).__name__}")
     if cond is None:
         raise ValueError("noisy_classifier_loss needs the class labels `cond` (int array (batch,))")
+    check_key(key)
+    x0 = check_batched(as_state(x0, name="x0"), "x0")
     k_t, k_x = jax.random.split(key)
     n = jnp.shape(x0)[0]
     if t is None:
-        t = jax.random.uniform(k_t, (n,), jnp.result_type(x0), path.t_min, path.t_max)
+        t = jax.random.uniform(k_t, (n,), x0.dtype, path.t_min, path.t_max)
+    else:
+        t = jnp.broadcast_to(jnp.asarray(check_times_in_range(check_time_shape(t, n), path), x0.dtype), (n,))
     x_t, _ = path.marginal(k_x, x0, t)
-    logp = jax.nn.log_softmax(logits_fn(x_t, t), axis=-1)
-    return -jnp.take_along_axis(logp, jnp.asarray(cond)[:, None], axis=-1)[:, 0]
+    return -_class_log_prob(logits_fn(x_t, t), cond)
 
 
 # -- conditional training -------------------------------------------------------------------
+
+
+def _check_probability(p):
+    if isinstance(p, (int, float)) and not 0 <= p <= 1:
+        raise ValueError(f"`p` must be a probability in [0, 1]; got {p}")
 
 
 def drop_labels(key, labels, p, null_class):
@@ -410,7 +452,10 @@ def drop_labels(key, labels, p, null_class):
     {0.1, 0.2}. Returns an array of the same shape and dtype as `labels`.
     """
     labels = jnp.asarray(labels)
-    drop = jax.random.bernoulli(key, p, labels.shape)
+    if not jnp.issubdtype(labels.dtype, jnp.integer):
+        raise ValueError(f"`labels` must be integer class labels; got dtype {labels.dtype}")
+    _check_probability(p)
+    drop = jax.random.bernoulli(check_key(key), p, labels.shape)
     return jnp.where(drop, jnp.asarray(null_class, labels.dtype), labels)
 
 
@@ -430,8 +475,7 @@ def with_label_dropout(loss: Callable, p, null_class) -> Callable:
     """
     if not callable(loss):
         raise TypeError(f"`loss` must be a jdiff loss loss(model, key, x0, *, cond, ...); got {type(loss).__name__}")
-    if isinstance(p, (int, float)) and not 0 <= p <= 1:
-        raise ValueError(f"`p` must be a probability in [0, 1]; got {p}")
+    _check_probability(p)
 
     def wrapped(model, key, x0, *, cond, **kwargs):
         if cond is None:
