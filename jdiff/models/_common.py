@@ -40,10 +40,17 @@ def axes(*names) -> dict:
     return {"out_sharding": names, "eager_sharding": False}
 
 
-def zeros_linear(din, dout, *, dtype, rngs, names=("embed", "mlp")):
+def norm_dtype(dtype):
+    """The dtype normalisation layers compute and return in: float32 at least under a low-precision
+    compute dtype (bfloat16 statistics and rescaling lose the small differences a norm divides),
+    None (the input's) when the network computes in its input's dtype."""
+    return None if dtype is None else jnp.promote_types(dtype, jnp.float32)
+
+
+def zeros_linear(din, dout, *, dtype, rngs, names=("embed", "mlp"), param_dtype=jnp.float32):
     """A Linear layer initialized to output exactly zero (residual branches, adaLN-Zero)."""
     return nnx.Linear(din, dout, kernel_init=nnx.initializers.zeros, bias_init=nnx.initializers.zeros,
-                      dtype=dtype, rngs=rngs, kernel_metadata=axes(*names))
+                      dtype=dtype, param_dtype=param_dtype, rngs=rngs, kernel_metadata=axes(*names))
 
 
 class Attention(nnx.Module):
@@ -55,13 +62,15 @@ class Attention(nnx.Module):
     """
 
     def __init__(self, dim: int, num_heads: int, *, zero_out: bool = False, kernel_init=None, dtype=None,
-                 rngs: nnx.Rngs):
+                 param_dtype=jnp.float32, rngs: nnx.Rngs):
         if dim % num_heads:
             raise ValueError(f"`num_heads`={num_heads} must divide the width {dim}")
         self.num_heads = num_heads
         kw = {} if kernel_init is None else dict(kernel_init=kernel_init)
+        kw["param_dtype"] = param_dtype
         self.qkv = nnx.Linear(dim, 3 * dim, dtype=dtype, rngs=rngs, kernel_metadata=axes("embed", "heads"), **kw)
-        self.out = (zeros_linear(dim, dim, dtype=dtype, rngs=rngs, names=("heads", "embed")) if zero_out
+        self.out = (zeros_linear(dim, dim, dtype=dtype, param_dtype=param_dtype, rngs=rngs, names=("heads", "embed"))
+                    if zero_out
                     else nnx.Linear(dim, dim, dtype=dtype, rngs=rngs, kernel_metadata=axes("heads", "embed"), **kw))
 
     def __call__(self, h):

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jdiff.models._common import Attention, axes, check_input, check_model_kind, zeros_linear
+from jdiff.models._common import Attention, axes, check_input, check_model_kind, norm_dtype, zeros_linear
 from jdiff.models.embeddings import TimeEmbedding, batch_times, check_unconditional, class_embedding_or_none
 
 __all__ = ["DiT"]
@@ -26,14 +26,15 @@ _FREQ_DIM = 256
 _LN_EPS = 1e-6
 
 
-def _xavier_linear(din, dout, *, dtype, rngs, names=("embed", "mlp")):
+def _xavier_linear(din, dout, *, dtype, rngs, names=("embed", "mlp"), param_dtype=jnp.float32):
     # DiT initializes every transformer Linear with Xavier-uniform weights and zero biases.
-    return nnx.Linear(din, dout, kernel_init=nnx.initializers.xavier_uniform(), dtype=dtype, rngs=rngs,
-                      kernel_metadata=axes(*names))
+    return nnx.Linear(din, dout, kernel_init=nnx.initializers.xavier_uniform(), dtype=dtype, param_dtype=param_dtype,
+                      rngs=rngs, kernel_metadata=axes(*names))
 
 
 def _layer_norm(dim, dtype, rngs):
-    return nnx.LayerNorm(dim, epsilon=_LN_EPS, use_bias=False, use_scale=False, dtype=dtype, rngs=rngs)
+    # No parameters (adaLN supplies shift and scale); computed and returned in float32 under bf16 compute.
+    return nnx.LayerNorm(dim, epsilon=_LN_EPS, use_bias=False, use_scale=False, dtype=norm_dtype(dtype), rngs=rngs)
 
 
 def _modulate(x, shift, scale):
@@ -56,14 +57,16 @@ def sincos_2d(dim: int, gh: int, gw: int) -> np.ndarray:
 
 
 class DiTBlock(nnx.Module):
-    def __init__(self, hidden: int, num_heads: int, mlp_ratio: float, *, dtype, rngs: nnx.Rngs):
+    def __init__(self, hidden: int, num_heads: int, mlp_ratio: float, *, dtype, rngs: nnx.Rngs,
+                 param_dtype=jnp.float32):
+        kw = {"dtype": dtype, "param_dtype": param_dtype, "rngs": rngs}
         self.norm1 = _layer_norm(hidden, dtype, rngs)
-        self.attn = Attention(hidden, num_heads, kernel_init=nnx.initializers.xavier_uniform(), dtype=dtype, rngs=rngs)
+        self.attn = Attention(hidden, num_heads, kernel_init=nnx.initializers.xavier_uniform(), **kw)
         self.norm2 = _layer_norm(hidden, dtype, rngs)
         mlp_hidden = int(hidden * mlp_ratio)
-        self.fc1 = _xavier_linear(hidden, mlp_hidden, dtype=dtype, rngs=rngs)
-        self.fc2 = _xavier_linear(mlp_hidden, hidden, dtype=dtype, rngs=rngs, names=("mlp", "embed"))
-        self.ada = zeros_linear(hidden, 6 * hidden, dtype=dtype, rngs=rngs)
+        self.fc1 = _xavier_linear(hidden, mlp_hidden, **kw)
+        self.fc2 = _xavier_linear(mlp_hidden, hidden, names=("mlp", "embed"), **kw)
+        self.ada = zeros_linear(hidden, 6 * hidden, **kw)
 
     def __call__(self, x, c):
         shift1, scale1, gate1, shift2, scale2, gate2 = jnp.split(self.ada(nnx.silu(c)), 6, axis=-1)
@@ -73,10 +76,11 @@ class DiTBlock(nnx.Module):
 
 
 class FinalLayer(nnx.Module):
-    def __init__(self, hidden: int, out_dim: int, *, dtype, rngs: nnx.Rngs):
+    def __init__(self, hidden: int, out_dim: int, *, dtype, rngs: nnx.Rngs, param_dtype=jnp.float32):
+        kw = {"dtype": dtype, "param_dtype": param_dtype, "rngs": rngs}
         self.norm = _layer_norm(hidden, dtype, rngs)
-        self.ada = zeros_linear(hidden, 2 * hidden, dtype=dtype, rngs=rngs)
-        self.linear = zeros_linear(hidden, out_dim, dtype=dtype, rngs=rngs, names=("embed", None))
+        self.ada = zeros_linear(hidden, 2 * hidden, **kw)
+        self.linear = zeros_linear(hidden, out_dim, names=("embed", None), **kw)
 
     def __call__(self, x, c):
         shift, scale = jnp.split(self.ada(nnx.silu(c)), 2, axis=-1)
@@ -95,14 +99,16 @@ class DiT(nnx.Module):
     time_scale: the sinusoidal embedding sees time_scale * t (1000 for path time; 1 for EDM c_noise).
     kind: the prediction kind it is trained to output (default "eps").
     out_channels: output channels (default C).
-    dtype: compute dtype; parameters stay float32.
+    dtype: compute dtype of the matmuls (e.g. jnp.bfloat16; None: the input's); LayerNorm then runs
+        in float32, as do the time features and the attention softmax.
+    param_dtype: dtype of the parameters (float32 master weights).
     """
 
     def __init__(self, image_size: int | Sequence[int], channels: int, *, patch_size: int = 2, hidden: int = 384,
                  depth: int = 12, num_heads: int = 6, mlp_ratio: float = 4.0, num_classes: int | None = None,
                  time_embedding: str = "sinusoidal", time_scale: float = 1000.0,
                  kind: str = "eps", out_channels: int | None = None,
-                 dtype=None, rngs: nnx.Rngs):
+                 dtype=None, param_dtype=jnp.float32, rngs: nnx.Rngs):
         self.kind = check_model_kind(kind)
         self.image_size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
         if any(s % patch_size for s in self.image_size):
@@ -116,13 +122,12 @@ class DiT(nnx.Module):
         sincos_2d(hidden, *self.grid)  # validates `hidden`
         self.hidden = hidden
         # A Linear on flattened patches is the DiT patch-embedding conv with kernel = stride = p.
-        self.patch = _xavier_linear(patch_size * patch_size * channels, hidden, dtype=dtype, rngs=rngs,
-                                    names=(None, "embed"))
-        self.time = TimeEmbedding(_FREQ_DIM, hidden, kind=time_embedding, time_scale=time_scale, dtype=dtype,
-                                  rngs=rngs)
-        self.label = class_embedding_or_none(num_classes, hidden, dtype, rngs)
-        self.blocks = nnx.List([DiTBlock(hidden, num_heads, mlp_ratio, dtype=dtype, rngs=rngs) for _ in range(depth)])
-        self.final = FinalLayer(hidden, patch_size * patch_size * self.out_channels, dtype=dtype, rngs=rngs)
+        kw = {"dtype": dtype, "param_dtype": param_dtype, "rngs": rngs}
+        self.patch = _xavier_linear(patch_size * patch_size * channels, hidden, names=(None, "embed"), **kw)
+        self.time = TimeEmbedding(_FREQ_DIM, hidden, kind=time_embedding, time_scale=time_scale, **kw)
+        self.label = class_embedding_or_none(num_classes, hidden, dtype, rngs, param_dtype)
+        self.blocks = nnx.List([DiTBlock(hidden, num_heads, mlp_ratio, **kw) for _ in range(depth)])
+        self.final = FinalLayer(hidden, patch_size * patch_size * self.out_channels, **kw)
 
     def __call__(self, x, t, cond=None):
         """x (B, H, W, C); t scalar or (B,) path time in [0, 1]; cond None or (B,) int labels."""

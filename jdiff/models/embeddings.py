@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jdiff._checks import check_labels
 from jdiff.models._common import axes
 
 __all__ = [
@@ -102,7 +103,7 @@ class TimeEmbedding(nnx.Module):
     """
 
     def __init__(self, dim: int, out: int, *, kind: str = "sinusoidal", time_scale: float = SINUSOIDAL_TIME_SCALE,
-                 dtype=None, rngs: nnx.Rngs):
+                 dtype=None, param_dtype=jnp.float32, rngs: nnx.Rngs):
         if kind not in TIME_EMBEDDINGS:
             raise ValueError(f"unknown time embedding {kind!r} for `time_embedding`; accepted: "
                              f"{', '.join(TIME_EMBEDDINGS)}")
@@ -110,8 +111,9 @@ class TimeEmbedding(nnx.Module):
         self.kind = kind
         self.time_scale = time_scale
         self.fourier = FourierFeatures(dim, rngs=rngs) if kind == "fourier" else None
-        self.dense1 = nnx.Linear(dim, out, dtype=dtype, rngs=rngs, kernel_metadata=axes(None, "embed"))
-        self.dense2 = nnx.Linear(out, out, dtype=dtype, rngs=rngs, kernel_metadata=axes("embed", "mlp"))
+        kw = {"dtype": dtype, "param_dtype": param_dtype, "rngs": rngs}
+        self.dense1 = nnx.Linear(dim, out, kernel_metadata=axes(None, "embed"), **kw)
+        self.dense2 = nnx.Linear(out, out, kernel_metadata=axes("embed", "mlp"), **kw)
 
     def __call__(self, t):
         feats = self.fourier(t) if self.kind == "fourier" else sinusoidal_embedding(t, self.dim, scale=self.time_scale)
@@ -121,10 +123,11 @@ class TimeEmbedding(nnx.Module):
 class ClassEmbedding(nnx.Module):
     """Class labels (B,) in 0..num_classes (num_classes = null class) -> (B, dim); None -> null."""
 
-    def __init__(self, num_classes: int, dim: int, *, dtype=None, rngs: nnx.Rngs):
+    def __init__(self, num_classes: int, dim: int, *, dtype=None, param_dtype=jnp.float32, rngs: nnx.Rngs):
         self.num_classes = num_classes
         # num_classes + 1 rows: the last is the null class (classifier-free guidance).
-        self.embed = nnx.Embed(num_classes + 1, dim, dtype=dtype, rngs=rngs, embedding_metadata=axes("vocab", "embed"))
+        self.embed = nnx.Embed(num_classes + 1, dim, dtype=dtype, param_dtype=param_dtype, rngs=rngs,
+                               embedding_metadata=axes("vocab", "embed"))
 
     def __call__(self, cond, batch: int):
         if cond is None:
@@ -133,14 +136,17 @@ class ClassEmbedding(nnx.Module):
         if cond.shape != (batch,) or not jnp.issubdtype(cond.dtype, jnp.integer):
             raise ValueError(f"`cond` must be None or integer class labels of shape ({batch},) in "
                              f"0..{self.num_classes} ({self.num_classes} = null class); got {cond.dtype} {cond.shape}")
+        # An out-of-range label would embed as NaN (or, negative, wrap to another class): refuse it,
+        # now when concrete, at run time (equinox.error_if) when traced.
+        cond = check_labels(cond, self.num_classes, "cond", null_class=True)
         return self.embed(cond)
 
 
-def class_embedding_or_none(num_classes, dim, dtype, rngs):
+def class_embedding_or_none(num_classes, dim, dtype, rngs, param_dtype=jnp.float32):
     """A ClassEmbedding, or None for an unconditional network (num_classes None or 0)."""
     if not num_classes:
         return None
-    return ClassEmbedding(num_classes, dim, dtype=dtype, rngs=rngs)
+    return ClassEmbedding(num_classes, dim, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
 
 
 def check_unconditional(cond, name):

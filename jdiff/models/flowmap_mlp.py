@@ -7,6 +7,7 @@ import math
 import jax.numpy as jnp
 from flax import nnx
 
+from jdiff.models._common import norm_dtype
 from jdiff.models.embeddings import (
     TimeEmbedding,
     batch_times,
@@ -35,27 +36,30 @@ class FlowMapMLP(nnx.Module):
     """
 
     def __init__(self, in_features: int, *, hidden: int = 128, depth: int = 3, num_classes: int | None = None,
-                 time_scale: float = 10.0, dtype=None, rngs: nnx.Rngs):
+                 time_scale: float = 10.0, dtype=None, param_dtype=jnp.float32, rngs: nnx.Rngs):
         self.in_features = in_features
-        self.time_t = TimeEmbedding(hidden, hidden, time_scale=time_scale, dtype=dtype, rngs=rngs)
-        self.time_d = TimeEmbedding(hidden, hidden, time_scale=time_scale, dtype=dtype, rngs=rngs)
-        self.label = class_embedding_or_none(num_classes, hidden, dtype, rngs)
-        self.inp = nnx.Linear(in_features, hidden, dtype=dtype, rngs=rngs)
-        self.norms = nnx.List([nnx.LayerNorm(hidden, dtype=dtype, rngs=rngs) for _ in range(depth)])
-        self.dense1 = nnx.List([nnx.Linear(hidden, hidden, dtype=dtype, rngs=rngs) for _ in range(depth)])
-        self.emb = nnx.List([nnx.Linear(hidden, hidden, dtype=dtype, rngs=rngs) for _ in range(depth)])
-        self.dense2 = nnx.List([nnx.Linear(hidden, hidden, kernel_init=nnx.initializers.zeros, dtype=dtype, rngs=rngs)
+        kw = {"dtype": dtype, "param_dtype": param_dtype, "rngs": rngs}
+        norm = {"dtype": norm_dtype(dtype), "param_dtype": param_dtype, "rngs": rngs}  # LayerNorm in float32 under bf16
+        self.time_t = TimeEmbedding(hidden, hidden, time_scale=time_scale, **kw)
+        self.time_d = TimeEmbedding(hidden, hidden, time_scale=time_scale, **kw)
+        self.label = class_embedding_or_none(num_classes, hidden, dtype, rngs, param_dtype)
+        self.inp = nnx.Linear(in_features, hidden, **kw)
+        self.norms = nnx.List([nnx.LayerNorm(hidden, **norm) for _ in range(depth)])
+        self.dense1 = nnx.List([nnx.Linear(hidden, hidden, **kw) for _ in range(depth)])
+        self.emb = nnx.List([nnx.Linear(hidden, hidden, **kw) for _ in range(depth)])
+        self.dense2 = nnx.List([nnx.Linear(hidden, hidden, kernel_init=nnx.initializers.zeros, **kw)
                                 for _ in range(depth)])
-        self.out_norm = nnx.LayerNorm(hidden, dtype=dtype, rngs=rngs)
-        self.out = nnx.Linear(hidden, in_features, dtype=dtype, rngs=rngs)
+        self.out_norm = nnx.LayerNorm(hidden, **norm)
+        self.out = nnx.Linear(hidden, in_features, **kw)
 
     def __call__(self, x, t, s, cond=None):
         """x (B, ...) with in_features values per example; t, s scalars or (B,); cond (B,) ints or None."""
         if x.ndim < 2 or math.prod(x.shape[1:]) != self.in_features:
             raise ValueError(f"`x` must have shape (B, ...) with {self.in_features} values per example; got {x.shape}")
         b = x.shape[0]
-        t = batch_times(jnp.asarray(t, x.dtype), x)
-        s = batch_times(jnp.asarray(s, x.dtype), x)
+        clock = jnp.promote_types(x.dtype, jnp.float32)  # times stay float32 under a bfloat16 x
+        t = batch_times(jnp.asarray(t, clock), x)
+        s = batch_times(jnp.asarray(s, clock), x)
         emb = self.time_t(t) + self.time_d(t - s)
         if self.label is None:
             check_unconditional(cond, "FlowMapMLP")

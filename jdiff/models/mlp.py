@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import math
 
+import jax.numpy as jnp
 from flax import nnx
 
-from jdiff.models._common import axes, check_model_kind
+from jdiff.models._common import axes, check_model_kind, norm_dtype
 from jdiff.models.embeddings import TimeEmbedding, batch_times, check_unconditional, class_embedding_or_none
 
 __all__ = ["MLP"]
@@ -15,13 +16,14 @@ __all__ = ["MLP"]
 class _Block(nnx.Module):
     """h + Linear(Dropout(SiLU(Linear(SiLU(LayerNorm(h))) + emb_proj(emb)))) with a zero-init last layer."""
 
-    def __init__(self, hidden, emb_dim, dropout, dtype, rngs):
-        self.norm = nnx.LayerNorm(hidden, dtype=dtype, rngs=rngs)
-        self.dense1 = nnx.Linear(hidden, hidden, dtype=dtype, rngs=rngs, kernel_metadata=axes("embed", "mlp"))
-        self.emb = nnx.Linear(emb_dim, hidden, dtype=dtype, rngs=rngs, kernel_metadata=axes("embed", "mlp"))
+    def __init__(self, hidden, emb_dim, dropout, dtype, rngs, param_dtype=jnp.float32):
+        kw = {"dtype": dtype, "param_dtype": param_dtype, "rngs": rngs}
+        self.norm = nnx.LayerNorm(hidden, dtype=norm_dtype(dtype), param_dtype=param_dtype, rngs=rngs)
+        self.dense1 = nnx.Linear(hidden, hidden, kernel_metadata=axes("embed", "mlp"), **kw)
+        self.emb = nnx.Linear(emb_dim, hidden, kernel_metadata=axes("embed", "mlp"), **kw)
         self.dropout = nnx.Dropout(dropout, rngs=rngs)
-        self.dense2 = nnx.Linear(hidden, hidden, kernel_init=nnx.initializers.zeros, dtype=dtype, rngs=rngs,
-                                 kernel_metadata=axes("mlp", "embed"))
+        self.dense2 = nnx.Linear(hidden, hidden, kernel_init=nnx.initializers.zeros,
+                                 kernel_metadata=axes("mlp", "embed"), **kw)
 
     def __call__(self, h, emb):
         r = self.dense1(nnx.silu(self.norm(h))) + self.emb(emb)
@@ -41,23 +43,27 @@ class MLP(nnx.Module):
     time_scale: the sinusoidal embedding sees time_scale * t (1000 for path time; 1 for EDM c_noise).
     kind: the prediction kind it is trained to output (static, read by training/sampling code).
     dropout: rate inside the residual blocks, active after model.train(), off after model.eval().
-    dtype: compute dtype (e.g. jnp.bfloat16); parameters stay float32.
+    dtype: compute dtype of the matmuls (e.g. jnp.bfloat16; None: the input's); LayerNorm then runs
+        in float32, as do the time features.
+    param_dtype: dtype of the parameters (float32 master weights).
     """
 
     def __init__(self, in_features: int, *, hidden: int = 256, depth: int = 3, num_classes: int | None = None,
                  time_embedding: str = "sinusoidal", time_scale: float = 1000.0,
                  kind: str = "velocity", dropout: float = 0.0,
-                 dtype=None, rngs: nnx.Rngs):
+                 dtype=None, param_dtype=jnp.float32, rngs: nnx.Rngs):
         self.kind = check_model_kind(kind)
         self.in_features = in_features
         self.num_classes = num_classes
         self.dtype = dtype
-        self.time = TimeEmbedding(hidden, hidden, kind=time_embedding, time_scale=time_scale, dtype=dtype, rngs=rngs)
-        self.label = class_embedding_or_none(num_classes, hidden, dtype, rngs)
-        self.inp = nnx.Linear(in_features, hidden, dtype=dtype, rngs=rngs, kernel_metadata=axes(None, "embed"))
-        self.blocks = nnx.List([_Block(hidden, hidden, dropout, dtype, rngs) for _ in range(depth)])
-        self.out_norm = nnx.LayerNorm(hidden, dtype=dtype, rngs=rngs)
-        self.out = nnx.Linear(hidden, in_features, dtype=dtype, rngs=rngs, kernel_metadata=axes("embed", None))
+        self.time = TimeEmbedding(hidden, hidden, kind=time_embedding, time_scale=time_scale, dtype=dtype,
+                                  param_dtype=param_dtype, rngs=rngs)
+        self.label = class_embedding_or_none(num_classes, hidden, dtype, rngs, param_dtype)
+        kw = {"dtype": dtype, "param_dtype": param_dtype, "rngs": rngs}
+        self.inp = nnx.Linear(in_features, hidden, kernel_metadata=axes(None, "embed"), **kw)
+        self.blocks = nnx.List([_Block(hidden, hidden, dropout, dtype, rngs, param_dtype) for _ in range(depth)])
+        self.out_norm = nnx.LayerNorm(hidden, dtype=norm_dtype(dtype), param_dtype=param_dtype, rngs=rngs)
+        self.out = nnx.Linear(hidden, in_features, kernel_metadata=axes("embed", None), **kw)
 
     def __call__(self, x, t, cond=None):
         """x (B, ...) with prod(x.shape[1:]) = in_features; t scalar or (B,) in [0, 1]; cond (B,) ints or None."""

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jdiff.models._common import Attention, axes, check_input, check_model_kind, num_groups
+from jdiff.models._common import Attention, axes, check_input, check_model_kind, norm_dtype, num_groups
 from jdiff.models.embeddings import TimeEmbedding, batch_times, check_unconditional, class_embedding_or_none
 
 __all__ = ["UNet"]
@@ -25,21 +25,25 @@ __all__ = ["UNet"]
 _SKIP_SCALE = 1.0 / math.sqrt(2.0)  # DDPM++ skip_rescale: keeps the residual stream's variance
 
 
-def _conv(cin, cout, k=3, *, stride=1, zero=False, dtype, rngs):
+def _conv(cin, cout, k=3, *, stride=1, zero=False, dtype, rngs, param_dtype=jnp.float32):
     kw = dict(kernel_init=nnx.initializers.zeros) if zero else {}
-    return nnx.Conv(cin, cout, (k, k), strides=(stride, stride), padding="SAME", dtype=dtype, rngs=rngs,
+    return nnx.Conv(cin, cout, (k, k), strides=(stride, stride), padding="SAME", dtype=dtype, param_dtype=param_dtype,
+                    rngs=rngs,
                     kernel_metadata=axes(None, None, "embed", "mlp"), **kw)
 
 
 class ResBlock(nnx.Module):
-    def __init__(self, cin: int, cout: int, emb_dim: int, dropout: float, *, dtype, rngs: nnx.Rngs):
-        self.norm1 = nnx.GroupNorm(cin, num_groups(cin), dtype=dtype, rngs=rngs)
-        self.conv1 = _conv(cin, cout, dtype=dtype, rngs=rngs)
-        self.emb = nnx.Linear(emb_dim, cout, dtype=dtype, rngs=rngs, kernel_metadata=axes("embed", "mlp"))
-        self.norm2 = nnx.GroupNorm(cout, num_groups(cout), dtype=dtype, rngs=rngs)
+    def __init__(self, cin: int, cout: int, emb_dim: int, dropout: float, *, dtype, rngs: nnx.Rngs,
+                 param_dtype=jnp.float32):
+        kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        norm = dict(dtype=norm_dtype(dtype), param_dtype=param_dtype, rngs=rngs)  # GroupNorm in float32
+        self.norm1 = nnx.GroupNorm(cin, num_groups(cin), **norm)
+        self.conv1 = _conv(cin, cout, **kw)
+        self.emb = nnx.Linear(emb_dim, cout, kernel_metadata=axes("embed", "mlp"), **kw)
+        self.norm2 = nnx.GroupNorm(cout, num_groups(cout), **norm)
         self.dropout = nnx.Dropout(dropout, rngs=rngs)
-        self.conv2 = _conv(cout, cout, zero=True, dtype=dtype, rngs=rngs)
-        self.skip = _conv(cin, cout, 1, dtype=dtype, rngs=rngs) if cin != cout else None
+        self.conv2 = _conv(cout, cout, zero=True, **kw)
+        self.skip = _conv(cin, cout, 1, **kw) if cin != cout else None
 
     def __call__(self, x, emb):
         h = self.conv1(nnx.silu(self.norm1(x)))
@@ -50,9 +54,9 @@ class ResBlock(nnx.Module):
 
 
 class AttnBlock(nnx.Module):
-    def __init__(self, ch: int, num_heads: int, *, dtype, rngs: nnx.Rngs):
-        self.norm = nnx.GroupNorm(ch, num_groups(ch), dtype=dtype, rngs=rngs)
-        self.attn = Attention(ch, num_heads, zero_out=True, dtype=dtype, rngs=rngs)
+    def __init__(self, ch: int, num_heads: int, *, dtype, rngs: nnx.Rngs, param_dtype=jnp.float32):
+        self.norm = nnx.GroupNorm(ch, num_groups(ch), dtype=norm_dtype(dtype), param_dtype=param_dtype, rngs=rngs)
+        self.attn = Attention(ch, num_heads, zero_out=True, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
 
     def __call__(self, x):
         b, h, w, c = x.shape
@@ -61,8 +65,8 @@ class AttnBlock(nnx.Module):
 
 
 class Upsample(nnx.Module):
-    def __init__(self, ch: int, *, dtype, rngs: nnx.Rngs):
-        self.conv = _conv(ch, ch, dtype=dtype, rngs=rngs)
+    def __init__(self, ch: int, *, dtype, rngs: nnx.Rngs, param_dtype=jnp.float32):
+        self.conv = _conv(ch, ch, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
 
     def __call__(self, x, size):
         # Nearest-neighbour to the skip's size: 2x, or 2x - 1 after an odd size (28 -> 14 -> 7 -> 4 -> 7).
@@ -85,7 +89,9 @@ class UNet(nnx.Module):
     time_scale: the sinusoidal embedding sees time_scale * t (1000 for path time; 1 for EDM c_noise).
     kind: the prediction kind it is trained to output (default "eps", as DDPM).
     out_channels: output channels (default C).
-    dtype: compute dtype (jnp.bfloat16 on accelerators); parameters stay float32.
+    dtype: compute dtype of the convolutions and matmuls (jnp.bfloat16 on accelerators; None: the
+        input's); GroupNorm then runs in float32, as do the time features and the attention softmax.
+    param_dtype: dtype of the parameters (float32 master weights).
     """
 
     def __init__(self, image_size: int | Sequence[int], channels: int, *, ch: int = 128,
@@ -93,7 +99,7 @@ class UNet(nnx.Module):
                  attn_resolutions: Sequence[int] = (16,), num_heads: int = 1, dropout: float = 0.1,
                  num_classes: int | None = None, time_embedding: str = "sinusoidal", time_scale: float = 1000.0,
                  kind: str = "eps",
-                 out_channels: int | None = None, dtype=None, rngs: nnx.Rngs):
+                 out_channels: int | None = None, dtype=None, param_dtype=jnp.float32, rngs: nnx.Rngs):
         self.kind = check_model_kind(kind)
         self.image_size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
         self.channels = channels
@@ -102,9 +108,10 @@ class UNet(nnx.Module):
         if not ch_mult or num_res_blocks < 1:
             raise ValueError(f"need a non-empty `ch_mult` and `num_res_blocks` >= 1; got {ch_mult}, {num_res_blocks}")
         emb_dim = 4 * ch
-        self.time = TimeEmbedding(ch, emb_dim, kind=time_embedding, time_scale=time_scale, dtype=dtype, rngs=rngs)
-        self.label = class_embedding_or_none(num_classes, emb_dim, dtype, rngs)
-        kw = dict(dtype=dtype, rngs=rngs)
+        self.time = TimeEmbedding(ch, emb_dim, kind=time_embedding, time_scale=time_scale, dtype=dtype,
+                                  param_dtype=param_dtype, rngs=rngs)
+        self.label = class_embedding_or_none(num_classes, emb_dim, dtype, rngs, param_dtype)
+        kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.conv_in = _conv(channels, ch, **kw)
 
         # Encoder: record each stored activation's channels for the decoder's concatenations.
@@ -137,7 +144,7 @@ class UNet(nnx.Module):
                 up.append(Upsample(cin, **kw))
                 res = sizes.pop()
         self.up = nnx.List(up)
-        self.norm_out = nnx.GroupNorm(cin, num_groups(cin), **kw)
+        self.norm_out = nnx.GroupNorm(cin, num_groups(cin), dtype=norm_dtype(dtype), param_dtype=param_dtype, rngs=rngs)
         self.conv_out = _conv(cin, out_channels or channels, zero=True, **kw)
         self.num_res_blocks = num_res_blocks
         self.num_levels = len(ch_mult)
