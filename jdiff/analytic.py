@@ -129,7 +129,8 @@ class GaussianMixture(eqx.Module):
         if self.labels is None:
             raise ValueError(f"`{name}` was given but this GaussianMixture has no `labels` (class-conditional "
                              "quantities need labels=(K,) on construction)")
-        classes = sorted({int(v) for v in np.asarray(self.labels).tolist()}) if _checks.is_concrete(self.labels) else None
+        concrete = _checks.is_concrete(self.labels)
+        classes = sorted({int(v) for v in np.asarray(self.labels).tolist()}) if concrete else None
         accepted = f"the mixture's classes {classes}" if classes is not None else "a class of the mixture's `labels`"
         dtype = jnp.result_type(cond)
         if not jnp.issubdtype(dtype, jnp.integer):
