@@ -94,6 +94,7 @@ __all__ = ["AdversarialRecipe", "DiffusionRecipe", "FlowMapRecipe", "NestedRecip
 
 PRECONDITIONINGS = ("none", "edm")
 TWO_TIME_MODELS = ("flowmap_mlp",)  # networks net(x, t, s, cond): flow maps only
+COMPUTE_DTYPES = ("float32", "bfloat16")  # config.model.compute_dtype (jdiff.Policy)
 GAN_MODELS = ("ddgan_mlp", "ddgan_conv")  # generator + discriminator pairs: GAN configs only
 NESTED_MODELS = ("nested_unet",)  # networks of a tuple of levels: nested configs only
 TIME_INPUTS = ("t", "edm")
@@ -197,7 +198,21 @@ class Recipe(abc.ABC):
         # a busy 2-core machine); every other stream (dropout) stays threefry.
         params_key = jax.random.key(jax.random.randint(key, (), 0, 2**31 - 1), impl="rbg")
         return _names.get_model(self.config.model.name, rngs=nnx.Rngs(key, params=params_key),
-                                **kwargs_of(self.config.model.kwargs))
+                                **self._dtype_kwargs(), **kwargs_of(self.config.model.kwargs))
+
+    @functools.cached_property
+    def policy(self) -> jdiff.Policy:
+        """The precision policy of config.model.compute_dtype: "float32" (the default) or "bfloat16"
+        (bf16 network compute, float32 master weights, optimizer state, clock and loss)."""
+        name = self.config.model.get("compute_dtype", "float32") or "float32"
+        if name not in COMPUTE_DTYPES:
+            raise ConfigError(f"config.model.compute_dtype: unknown value {name!r}; accepted: "
+                              f"{', '.join(COMPUTE_DTYPES)}")
+        return jdiff.Policy() if name == "float32" else jdiff.Policy(compute_dtype=name)
+
+    def _dtype_kwargs(self) -> dict:
+        """The network's dtype / param_dtype under `policy` (nothing for float32: every network takes that)."""
+        return {} if self.policy.compute_dtype is None else self.policy.network_kwargs()
 
     def abstract_model(self) -> nnx.Module:
         """The network of config.model built abstractly (shapes only): bad kwargs fail here."""
@@ -283,8 +298,8 @@ class DiffusionRecipe(Recipe):
         """The `jdiff.Model` of `net`: EDM-preconditioned (kind "x0") for model.preconditioning
         "edm", else the network itself with its prediction kind `net.kind`."""
         if self.config.model.preconditioning == "edm":
-            return jdiff.edm_denoiser(net, self.path, self.config.model.sigma_data)
-        return jdiff.Model(net, self.path, net.kind)
+            return jdiff.edm_denoiser(net, self.path, self.config.model.sigma_data, policy=self.policy)
+        return jdiff.Model(net, self.path, net.kind, policy=self.policy)
 
     def build_loss(self):
         loss = self._with_label_dropout(self.loss)
@@ -470,7 +485,7 @@ class FlowMapRecipe(Recipe):
         """The flow map of `net` under config.flowmap.param (a one-time network ignores s)."""
         if self.config.model.name not in TWO_TIME_MODELS:
             net = _OneTimeNet(net, self.path, self.config.flowmap.time_input == "edm")
-        return flowmaps.FlowMap(net, self.path, self.param)
+        return flowmaps.FlowMap(net, self.path, self.param, policy=self.policy)
 
     def build_loss(self):
         """The flow-map loss; consistency losses are a `training.ContextLoss`, given the train

@@ -245,7 +245,9 @@ def make_train_step(
                     f"`loss_fn` must return one loss per example (shape (B,)); got shape {jnp.shape(losses)}"
                 )
             _, _, new_rest = _split(model)
-            return jnp.mean(losses), (new_rest, extra)
+            # Reduced in float32 at least, whatever the network computes in (a bf16 mean of a large batch
+            # resolves the loss only to ~0.4 %, and its sum can round away small per-example values).
+            return jnp.mean(losses.astype(jnp.promote_types(losses.dtype, jnp.float32))), (new_rest, extra)
 
         (loss, (new_rest, extra)), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
         grad_norm = optax.global_norm(grads)

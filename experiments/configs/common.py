@@ -46,6 +46,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.kwargs = ml_collections.ConfigDict()
     c.model.preconditioning = "none"  # "edm": the network is EDM's F inside edm_denoiser
     c.model.sigma_data = 0.5
+    # "bfloat16": the network's matmuls and convolutions in bf16 with float32 master weights,
+    # optimizer state, norms, softmax, clock and loss (jdiff.Policy); "float32": all float32.
+    c.model.compute_dtype = "float32"
 
     c.path = ml_collections.ConfigDict()
     c.path.name = "linear"
