@@ -143,7 +143,8 @@ class GaussianMixture(eqx.Module):
                 raise ValueError(f"{message}; got {int(arr.reshape(-1)[int(np.argmax(bad.reshape(-1)))])}")
             return jnp.asarray(cond)
         cond = jnp.asarray(cond)
-        return eqx.error_if(cond, ~jnp.any(cond[..., None] == self.labels, axis=-1), message)
+        labels = jnp.reshape(self.labels, (1,) * cond.ndim + (-1,))  # explicit ranks: rank promotion may raise
+        return eqx.error_if(cond, ~jnp.any(cond[..., None] == labels, axis=-1), message)
 
     def _as(self, x, t, path):
         x = jnp.asarray(x)

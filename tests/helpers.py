@@ -42,6 +42,24 @@ def mixture_1d(dtype=jnp.float64):
     )
 
 
+def null_class_oracle(gm, path, kind):
+    """The exact model of `gm` with a null class for classifier-free guidance: cond == num_classes
+    selects the unconditional model (the mixture itself refuses a class with no component)."""
+    uncond = gm.as_model(path, kind)
+    null = gm.num_classes
+
+    def net(x, t, cond=None):
+        if cond is None:
+            return uncond(x, t)
+        cond = jnp.asarray(cond)
+        # The conditional oracle is evaluated on a valid class where cond is the null class, and
+        # the unconditional prediction is selected there.
+        pc = uncond(x, t, jnp.minimum(cond, null - 1))
+        return jnp.where((cond == null)[:, None], uncond(x, t), pc)
+
+    return jdiff.Model(net, path, kind)
+
+
 @contextlib.contextmanager
 def count_compiles():
     """Count XLA compilations inside the block: `with count_compiles() as n: ...; n()`."""
@@ -58,7 +76,7 @@ def count_compiles():
         jax.monitoring.unregister_event_duration_listener(listener)
 
 
-def callback_oracle(path, kind, gm=None, counter=None, differentiable=False):
+def callback_oracle(path, kind, gm=None, counter=None, differentiable=False, null_class=False):
     """The exact batched model of `gm` (default `mixture_2d()`) on `path` as a `jdiff.Model`
     whose network runs on the host through a callback.
 
@@ -70,13 +88,14 @@ def callback_oracle(path, kind, gm=None, counter=None, differentiable=False):
     keeps compile times down; the values are the oracle's own, bit for bit. `cond` (None or
     one class per example) goes to the class-conditional oracle. With a `counter` (a
     one-element list) every evaluation is counted; the callback is then an `io_callback`,
-    which XLA never merges or drops, so the count is the true NFE.
+    which XLA never merges or drops, so the count is the true NFE. With `null_class`, cond ==
+    num_classes is the unconditional model (`null_class_oracle`, for classifier-free guidance).
     """
     import jax.experimental
     import numpy as np
 
     gm = mixture_2d() if gm is None else gm
-    exact = gm.as_model(path, kind)
+    exact = null_class_oracle(gm, path, kind) if null_class else gm.as_model(path, kind)
     f = jax.jit(lambda x, t, *cond: exact(x, t, *cond))
 
     def host(x, t, *cond):

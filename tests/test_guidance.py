@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import all_paths, count_compiles, mixture_2d
+from helpers import all_paths, count_compiles, mixture_2d, null_class_oracle
 
 from experiments import _names
 from jdiff import Model, guidance, predictions, samplers
@@ -27,21 +27,7 @@ PATHS = all_paths()
 N = 64
 
 
-def _oracle(gm, path, kind):
-    """The exact model with a null class: cond == num_classes selects the unconditional model."""
-    uncond = gm.as_model(path, kind)
-    null = gm.num_classes
-
-    def net(x, t, cond=None):
-        if cond is None:
-            return uncond(x, t)
-        cond = jnp.asarray(cond)
-        # The conditional prediction is NaN for the null class (no component): evaluate it on a
-        # valid class there and select the unconditional one instead.
-        pc = uncond(x, t, jnp.minimum(cond, null - 1))
-        return jnp.where((cond == null)[:, None], uncond(x, t), pc)
-
-    return Model(net, path, kind)
+_oracle = null_class_oracle
 
 
 def _exact_log_prob(gm, path):
