@@ -14,10 +14,20 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jdiff.paths import AbstractPath
+
 
 def is_concrete(*values) -> bool:
     """True when no leaf is a tracer (values known while tracing)."""
     return not any(isinstance(v, jax.core.Tracer) for v in jax.tree_util.tree_leaves(values))
+
+
+def check_path(path, name: str = "path"):
+    """A jdiff path object (a name such as "vp_cosine" is looked up by experiments._names, not here)."""
+    if not isinstance(path, AbstractPath):
+        raise TypeError(f"`{name}` must be a jdiff path (an AbstractPath, e.g. jdiff.VPCosine()); got "
+                        f"{type(path).__name__} {path!r}")
+    return path
 
 
 def check_key(key, name: str = "key"):
@@ -54,6 +64,7 @@ def check_times_in_range(t, path, name: str = "t"):
     Outside it a path may be singular (alpha = 0 at t = 1 on the rectified-flow path, an
     infinite log-SNR): `path.t_min` / `path.t_max` say where it is finite in float32.
     """
+    check_path(path)
     if t is None or not is_concrete(t):
         return t
     arr = np.asarray(t).astype(np.float64)  # not jnp.asarray: inside a jit trace that makes a tracer

@@ -24,6 +24,7 @@ from typing import NamedTuple
 import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float
 
+from jdiff._checks import check_path
 from jdiff.paths import AbstractPath, expand_to
 
 __all__ = [
@@ -47,6 +48,7 @@ def check_kind(kind: str, name: str = "kind") -> str:
 
 
 def _coefs(path: AbstractPath, t, x):
+    check_path(path)
     a = expand_to(path.alpha(t), x, "t")
     s = expand_to(path.sigma(t), x, "t")
     return a, s
@@ -103,6 +105,7 @@ def convert(pred: Float[Array, "*x"], from_kind: str, to_kind: str, x: Float[Arr
     check_kind(to_kind, "to_kind")
     if from_kind == to_kind:
         _check_shapes(pred, x)
+        check_path(path)
         return pred
     x0, eps = to_x0_eps(pred, from_kind, x, t, path)
     return from_x0_eps(x0, eps, to_kind, x, t, path)

@@ -7,7 +7,7 @@ import math
 import jax
 import jax.numpy as jnp
 
-from jdiff._checks import check_time_shape, check_times_in_range
+from jdiff._checks import check_path, check_time_shape, check_times_in_range
 from jdiff._shared import t_from_log_edm_sigma
 from jdiff.paths import AbstractPath
 
@@ -18,6 +18,7 @@ def _dtype(dtype):
 
 def _affine(u, path: AbstractPath):
     """Map u in [0, 1] to [t_min, t_max]."""
+    check_path(path)
     return path.t_min + (path.t_max - path.t_min) * u
 
 
@@ -80,6 +81,7 @@ def check_time_sampler(time_sampler):
 def sample_times(key, x0, path: AbstractPath, time_sampler, t):
     """One time per example (B,), drawn by `time_sampler` unless given as `t` (scalar or (B,))."""
     check_time_sampler(time_sampler)
+    check_path(path)
     b = jnp.shape(x0)[0]
     if t is not None:
         check_times_in_range(check_time_shape(t, b, "t"), path, "t")

@@ -132,12 +132,12 @@ class ClassEmbedding(nnx.Module):
     def __call__(self, cond, batch: int):
         if cond is None:
             cond = jnp.full((batch,), self.num_classes, jnp.int32)
-        cond = jnp.asarray(cond)
-        if cond.shape != (batch,) or not jnp.issubdtype(cond.dtype, jnp.integer):
+        shape, dtype = jnp.shape(cond), jnp.result_type(cond)  # no jnp.asarray: inside a trace it makes a tracer
+        if shape != (batch,) or not jnp.issubdtype(dtype, jnp.integer):
             raise ValueError(f"`cond` must be None or integer class labels of shape ({batch},) in "
-                             f"0..{self.num_classes} ({self.num_classes} = null class); got {cond.dtype} {cond.shape}")
+                             f"0..{self.num_classes} ({self.num_classes} = null class); got {dtype} {shape}")
         # An out-of-range label would embed as NaN (or, negative, wrap to another class): refuse it,
-        # now when concrete, at run time (equinox.error_if) when traced.
+        # now when concrete (a constant inside a trace too), at run time (equinox.error_if) when traced.
         cond = check_labels(cond, self.num_classes, "cond", null_class=True)
         return self.embed(cond)
 

@@ -16,12 +16,14 @@ import os
 import jax.numpy as jnp
 import numpy as np
 
+from jdiff._checks import check_path
 from jdiff.paths import AbstractPath
 
 __all__ = ["uniform_grid", "log_snr_grid", "karras_grid", "quadratic_grid", "save_grid", "load_grid"]
 
 
 def _ends(path, num_steps, t_start, t_end):
+    check_path(path)
     if not isinstance(num_steps, int) or isinstance(num_steps, bool) or num_steps < 1:
         raise ValueError(f"`num_steps` must be a Python int >= 1 (it fixes the grid length); got {num_steps!r}")
     dtype = jnp.result_type(float)
