@@ -230,6 +230,7 @@ VALUES = {
     "model.name": _str(),
     "model.preconditioning": _str(),
     "model.sigma_data": _float(0.0, lo_open=True, required=False),
+    "model.compute_dtype": _str(none="float32", required=False),  # "float32" or "bfloat16" (jdiff.Policy)
     "path.name": _str(),
     "loss.name": _str(),
     "loss.time_sampler": _str(none="the loss's default", required=False),
