@@ -27,6 +27,7 @@ import numpy as np
 from jdiff._model import _as_pytree_net
 from jdiff.losses import q_posterior
 from jdiff.paths import AbstractPath, expand_to
+from jdiff.precision import as_state
 from jdiff.samplers import check_grid, uniform_grid
 
 __all__ = ["DDGAN", "DEFAULT_NUM_STEPS", "check_ddgan", "ddgan_grid", "posterior_sample", "sample"]
@@ -159,9 +160,9 @@ def sample(ddgan: DDGAN, key, x_T, *, cond=None, return_trajectory: bool = False
         The samples (the last step's x0_hat), or (samples, trajectory).
     """
     check_ddgan(ddgan)
-    x_T = jnp.asarray(x_T)
-    if not jnp.issubdtype(x_T.dtype, jnp.floating):
-        raise ValueError(f"`x_T` must be a floating-point array; got dtype {x_T.dtype}")
+    # The state and the clock at least float32 (jdiff.precision): a bfloat16 x_T rounded the grid's
+    # t_max = 0.999 to 1.0.
+    x_T = as_state(x_T, name="x_T")
     grid = ddgan.grid.astype(x_T.dtype)
     n = ddgan.num_steps
 
