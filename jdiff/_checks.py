@@ -40,7 +40,7 @@ def check_key(key, name: str = "key"):
     shape = getattr(key, "shape", None)
     if dtype is not None and dtype == jnp.uint32 and shape is not None and len(shape) >= 1 and shape[-1] in (2, 4):
         return key
-    got = type(key).__name__ + (f" of dtype {dtype} and shape {tuple(shape)}" if dtype is not None else f" {key!r}")
+    got = type(key).__name__ + (f" of dtype {dtype} and shape {jnp.shape(key)}" if dtype is not None else f" {key!r}")
     raise TypeError(f"`{name}` must be a PRNG key (jax.random.key(seed) or jax.random.PRNGKey(seed)); got {got}")
 
 
