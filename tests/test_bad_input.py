@@ -291,8 +291,8 @@ def test_euler_maruyama_safe_step_counts_on_ve():
     """Explicit Euler-Maruyama on VE's reverse SDE multiplies the state by 1 - 2 h ln(sigma_max /
     sigma_min) per step while the noise dominates (score ~ -x / sigma^2): its variance relative to
     the path's grows unless (1 - a)^2 e^a < 1 for a = 2 h ln(4e4), i.e. h < 0.07 (uniform grid:
-    N >= 15). At N = 8 the samples reach |x| ~ 1e4; at N = 16, the smallest safe N measured in
-    docs/precision.md, they are samples of the mixture."""
+    N >= 15). At N = 8 the samples reach |x| ~ 1e4; at N = 16 (docs/precision.md's table, from
+    benchmarks/sde_stability.py: sound from N = 14 on) they are samples of the mixture."""
     path = jdiff.VEGeometric()
     model = GM.as_model(path, "eps")
     x_T = path.prior_sample(jax.random.PRNGKey(0), (1000, 2), F32)
