@@ -1,7 +1,7 @@
 """bfloat16 compute against float32: step time, and how far bfloat16 samples land from float32 ones.
 
     python benchmarks/bench_precision.py                       # both tables of docs/precision.md
-    python benchmarks/bench_precision.py --only speed --repeats 5
+    python benchmarks/bench_precision.py --only speed --repeats 5 --networks mlp,dit
     python benchmarks/bench_precision.py --only accuracy --paths ve,linear
 
 speed: the jitted train step (flow-matching loss, Adam, float32 master weights; `jdiff.training`)
@@ -51,16 +51,21 @@ BF16 = jdiff.Policy(compute_dtype="bfloat16")
 # ---------------------------------------------------------------------------------
 
 
-def _networks(policy):
+NETWORKS = {  # --networks key: (table name, builder, example shape)
+    "mlp": ("mlp 64-256x3 (make demo)",
+            lambda rngs, **kw: models.MLP(64, hidden=256, depth=3, kind="velocity", rngs=rngs, **kw), (64,)),
+    "unet": ("unet ch64 (digits_vp)",
+             lambda rngs, **kw: models.UNet(8, 1, ch=64, ch_mult=(1, 2), num_res_blocks=2, attn_resolutions=(4,),
+                                            dropout=0.0, kind="velocity", rngs=rngs, **kw), (8, 8, 1)),
+    "dit": ("dit 128x4 p2",
+            lambda rngs, **kw: models.DiT(8, 1, patch_size=2, hidden=128, depth=4, num_heads=4, kind="velocity",
+                                          rngs=rngs, **kw), (8, 8, 1)),
+}
+
+
+def _networks(policy, keys):
     kw = {} if policy.compute_dtype is None else policy.network_kwargs()
-    rngs = nnx.Rngs(0)
-    return {
-        "mlp 64-256x3 (make demo)": (models.MLP(64, hidden=256, depth=3, kind="velocity", rngs=rngs, **kw), (64,)),
-        "unet ch64 (digits_vp)": (models.UNet(8, 1, ch=64, ch_mult=(1, 2), num_res_blocks=2, attn_resolutions=(4,),
-                                              dropout=0.0, kind="velocity", rngs=rngs, **kw), (8, 8, 1)),
-        "dit 128x4 p2": (models.DiT(8, 1, patch_size=2, hidden=128, depth=4, num_heads=4, kind="velocity",
-                                    rngs=rngs, **kw), (8, 8, 1)),
-    }
+    return {NETWORKS[k][0]: (NETWORKS[k][1](nnx.Rngs(0), **kw), NETWORKS[k][2]) for k in keys}
 
 
 def _timers(net, shape, policy, x):
@@ -95,10 +100,10 @@ def _timers(net, shape, policy, x):
     return time_step, time_forward
 
 
-def speed(repeats: int, iters: int, batch: int):
+def speed(repeats: int, iters: int, batch: int, keys):
     x = jnp.asarray(images.load_digits().x[:batch], jnp.float32)
-    nets = {name: {"f32": _networks(jdiff.Policy())[name], "bf16": _networks(BF16)[name]}
-            for name in _networks(jdiff.Policy())}
+    f32, bf16 = _networks(jdiff.Policy(), keys), _networks(BF16, keys)
+    nets = {name: {"f32": f32[name], "bf16": bf16[name]} for name in f32}
     print(f"bfloat16 vs float32 on {jax.devices()[0].device_kind} ({jax.default_backend()}), batch {batch}, "
           f"median of {repeats} x {iters} calls\n")
     print("| network | f32 train step (ms) | bf16 train step (ms) | bf16 / f32 | f32 forward (ms) | "
@@ -229,12 +234,13 @@ def main():
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--iters", type=int, default=20)
     parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--networks", default=",".join(NETWORKS), help="speed: comma-separated of " + ",".join(NETWORKS))
     parser.add_argument("--paths", default=",".join(PATHS))
     parser.add_argument("--samples", type=int, default=64)
     parser.add_argument("--num_steps", type=int, default=16)
     args = parser.parse_args()
     if args.only in (None, "speed"):
-        speed(args.repeats, args.iters, args.batch)
+        speed(args.repeats, args.iters, args.batch, args.networks.split(","))
         print()
     if args.only in (None, "accuracy"):
         jax.config.update("jax_enable_x64", True)  # the host-side conversions run in float64, as in the tests
