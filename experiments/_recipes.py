@@ -210,6 +210,12 @@ class Recipe(abc.ABC):
                               f"{', '.join(COMPUTE_DTYPES)}")
         return jdiff.Policy() if name == "float32" else jdiff.Policy(compute_dtype=name)
 
+    def _float32_only(self, section: str):
+        """A recipe whose networks do not take a compute dtype refuses bfloat16 in one line."""
+        if self.policy.compute_dtype is not None:
+            raise ConfigError(f"config.model.compute_dtype: {self.config.model.compute_dtype!r} is not available with "
+                              f"a config.{section} section (its networks compute in float32); accepted: float32")
+
     def _dtype_kwargs(self) -> dict:
         """The network's dtype / param_dtype under `policy` (nothing for float32: every network takes that)."""
         return {} if self.policy.compute_dtype is None else self.policy.network_kwargs()
@@ -546,6 +552,7 @@ class NestedRecipe(Recipe):
         for section in ("flowmap", "gan", "guidance"):
             if config.get(section, None) is not None:
                 raise ConfigError(f"config.{section}: a nested config (config.nested) has no {section} section")
+        self._float32_only("nested")
         if config.model.name not in NESTED_MODELS:
             raise ConfigError(f"config.model.name: {config.model.name!r} does not take a tuple of levels; accepted "
                               f"with a config.nested section: {', '.join(NESTED_MODELS)}")
@@ -637,6 +644,7 @@ class AdversarialRecipe(Recipe):
         for section in ("flowmap", "guidance"):
             if config.get(section, None) is not None:
                 raise ConfigError(f"config.{section}: a GAN config (config.gan) has no {section} section")
+        self._float32_only("gan")
         if config.model.name not in GAN_MODELS:
             raise ConfigError(f"config.model.name: {config.model.name!r} is not a generator + discriminator pair; "
                               f"accepted with a config.gan section: {', '.join(GAN_MODELS)}")

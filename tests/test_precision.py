@@ -534,3 +534,10 @@ def test_config_switch_builds_bf16_networks_and_policies():
     config.model.compute_dtype = "float16x"
     with pytest.raises(ConfigError, match="config.model.compute_dtype"):
         _recipes.recipe_for(config).abstract_model()
+    # nested and GAN networks compute in float32 only: refused in one line, not ignored
+    for name in ("mnist5k_nested", "toy_ddgan"):
+        config = importlib.import_module(f"experiments.configs.{name}").get_config("runlocal")
+        config.model.compute_dtype = "bfloat16"
+        with pytest.raises(ConfigError, match=r"config.model.compute_dtype: 'bfloat16' is not available with a "
+                                              r"config.(nested|gan) section"):
+            _recipes.recipe_for(config)
