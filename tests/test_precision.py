@@ -448,6 +448,36 @@ def test_networks_compute_in_bf16_with_float32_norms_softmax_and_params(name):
     assert closed.out_avals[0].dtype == jnp.bfloat16  # the model boundary casts it to the state
 
 
+DDGAN_NETWORKS = {
+    "generator_mlp": (lambda **kw: models.GeneratorMLP(16, latent_dim=4, hidden=32, depth=1, num_classes=3, **kw),
+                      (4, 16), "generator"),
+    "generator_conv": (lambda **kw: models.GeneratorConv(8, 1, ch=8, ch_mult=(1, 2), latent_dim=4, num_classes=3,
+                                                         **kw), (4, 8, 8, 1), "generator"),
+    "discriminator_conv": (lambda **kw: models.DiscriminatorConv(8, 1, ch=8, ch_mult=(1, 2), num_classes=3, **kw),
+                           (4, 8, 8, 1), "discriminator"),
+}
+
+
+@pytest.mark.parametrize("name", list(DDGAN_NETWORKS))
+def test_ddgan_networks_compute_in_bf16_with_float32_norms_and_params(name):
+    """The DDGAN networks take the same dtype / param_dtype: bfloat16 matmuls and convolutions,
+    float32 parameters and normalisation statistics (read off the traced program)."""
+    build, shape, role = DDGAN_NETWORKS[name]
+    net = nnx.eval_shape(lambda: build(rngs=nnx.Rngs(0), **BF16.network_kwargs()))
+    assert all(p.dtype == F32 for p in jax.tree.leaves(nnx.state(net, nnx.Param)))
+    x = jax.ShapeDtypeStruct(shape, F32)
+    t = jax.ShapeDtypeStruct((shape[0],), F32)
+    c = jax.ShapeDtypeStruct((shape[0],), jnp.int32)
+    second = jax.ShapeDtypeStruct((shape[0], 4), F32) if role == "generator" else x  # z, or x_prev
+    graphdef, state = nnx.split(net)
+    closed = jax.make_jaxpr(lambda s, x, y, t, c: nnx.merge(graphdef, s)(x, y, t, c))(state, x, second, t, c)
+    eqns = list(_eqns(closed.jaxpr))
+    heavy = [e for e in eqns if e.primitive.name in ("dot_general", "conv_general_dilated")]
+    assert heavy and all(v.aval.dtype == jnp.bfloat16 for e in heavy for v in e.invars), name
+    norms = [e for e in eqns if e.primitive.name == "rsqrt"]  # the discriminator has no normalisation
+    assert (role == "discriminator" or norms) and all(e.invars[0].aval.dtype == F32 for e in norms), name
+
+
 # ---------------------------------------------------------------------------------
 # Training: float32 master weights and optimizer state, loss reduced in float32
 # ---------------------------------------------------------------------------------

@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jdiff.models._common import axes, check_input, num_groups, zeros_linear
+from jdiff.models._common import axes, check_input, norm_dtype, num_groups, zeros_linear
 from jdiff.models.embeddings import TimeEmbedding, batch_times, check_unconditional, class_embedding_or_none
 
 __all__ = [
@@ -62,11 +62,13 @@ def _check_latent(x, z, latent_dim):
 class _Mapping(nnx.Module):
     """z -> style: PixelNorm, then `layers` x (Linear, SiLU) (Xiao et al.'s z_transform)."""
 
-    def __init__(self, latent_dim: int, dim: int, layers: int, *, dtype, rngs):
-        self.layers = nnx.List([nnx.Linear(latent_dim if i == 0 else dim, dim, dtype=dtype, rngs=rngs,
+    def __init__(self, latent_dim: int, dim: int, layers: int, *, dtype, rngs, param_dtype=jnp.float32):
+        self.layers = nnx.List([nnx.Linear(latent_dim if i == 0 else dim, dim, dtype=dtype, param_dtype=param_dtype,
+                                           rngs=rngs,
                                            kernel_metadata=axes(None, "embed")) for i in range(max(layers, 1))])
 
     def __call__(self, z):
+        z = z.astype(jnp.promote_types(z.dtype, jnp.float32))  # PixelNorm's statistics in float32 at least
         z = z * jax.lax.rsqrt(jnp.mean(z * z, axis=-1, keepdims=True) + 1e-8)
         for layer in self.layers:
             z = nnx.silu(layer(z))
@@ -76,8 +78,8 @@ class _Mapping(nnx.Module):
 class _Style(nnx.Module):
     """gamma(style), beta(style) for an adaptive norm of `ch` features: gamma starts at 1, beta at 0."""
 
-    def __init__(self, style_dim: int, ch: int, *, dtype, rngs):
-        self.proj = zeros_linear(style_dim, 2 * ch, dtype=dtype, rngs=rngs)
+    def __init__(self, style_dim: int, ch: int, *, dtype, rngs, param_dtype=jnp.float32):
+        self.proj = zeros_linear(style_dim, 2 * ch, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
 
     def __call__(self, style):
         gamma, beta = jnp.split(self.proj(style), 2, axis=-1)
@@ -92,12 +94,16 @@ class _Style(nnx.Module):
 class _GenBlock(nnx.Module):
     """h + Linear(SiLU(Linear(SiLU(AdaLN(h; z)) ) + temb)), last layer zero-initialised."""
 
-    def __init__(self, hidden, style_dim, *, dtype, rngs):
-        self.norm = nnx.LayerNorm(hidden, use_scale=False, use_bias=False, dtype=dtype, rngs=rngs)
-        self.style = _Style(style_dim, hidden, dtype=dtype, rngs=rngs)
-        self.dense1 = nnx.Linear(hidden, hidden, dtype=dtype, rngs=rngs, kernel_metadata=axes("embed", "mlp"))
-        self.emb = nnx.Linear(hidden, hidden, dtype=dtype, rngs=rngs, kernel_metadata=axes("embed", "mlp"))
-        self.dense2 = nnx.Linear(hidden, hidden, kernel_init=nnx.initializers.zeros, dtype=dtype, rngs=rngs,
+    def __init__(self, hidden, style_dim, *, dtype, rngs, param_dtype=jnp.float32):
+        self.norm = nnx.LayerNorm(hidden, use_scale=False, use_bias=False, dtype=norm_dtype(dtype),
+                                  param_dtype=param_dtype, rngs=rngs)
+        self.style = _Style(style_dim, hidden, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.dense1 = nnx.Linear(hidden, hidden, dtype=dtype, param_dtype=param_dtype, rngs=rngs,
+                                 kernel_metadata=axes("embed", "mlp"))
+        self.emb = nnx.Linear(hidden, hidden, dtype=dtype, param_dtype=param_dtype, rngs=rngs,
+                              kernel_metadata=axes("embed", "mlp"))
+        self.dense2 = nnx.Linear(hidden, hidden, kernel_init=nnx.initializers.zeros, dtype=dtype,
+                                 param_dtype=param_dtype, rngs=rngs,
                                  kernel_metadata=axes("mlp", "embed"))
 
     def __call__(self, h, temb, style):
@@ -115,21 +121,25 @@ class GeneratorMLP(nnx.Module):
     num_classes: None (unconditional) or K classes with a null class K (class embedding added
         to the time embedding).
     output: "none" (x0_hat unbounded) or "tanh" (bounded to [-1, 1], for images).
-    dtype: compute dtype; parameters stay float32.
+    dtype: compute dtype (normalisation in float32 at least); param_dtype: dtype of the parameters
+        (float32 master weights).
     """
 
     def __init__(self, in_features: int, *, latent_dim: int = 32, hidden: int = 256, depth: int = 3,
                  z_layers: int = 2, num_classes: int | None = None, time_embedding: str = "sinusoidal",
-                 output: str = "none", dtype=None, rngs: nnx.Rngs):
+                 output: str = "none", dtype=None, param_dtype=jnp.float32, rngs: nnx.Rngs):
         self.in_features, self.latent_dim = in_features, latent_dim
         self.num_classes, self.output, self.dtype = num_classes, _check_output(output), dtype
-        self.time = TimeEmbedding(hidden, hidden, kind=time_embedding, dtype=dtype, rngs=rngs)
-        self.label = class_embedding_or_none(num_classes, hidden, dtype, rngs)
-        self.mapping = _Mapping(latent_dim, hidden, z_layers, dtype=dtype, rngs=rngs)
-        self.inp = nnx.Linear(in_features, hidden, dtype=dtype, rngs=rngs, kernel_metadata=axes(None, "embed"))
-        self.blocks = nnx.List([_GenBlock(hidden, hidden, dtype=dtype, rngs=rngs) for _ in range(depth)])
-        self.out_norm = nnx.LayerNorm(hidden, dtype=dtype, rngs=rngs)
-        self.out = nnx.Linear(hidden, in_features, dtype=dtype, rngs=rngs, kernel_metadata=axes("embed", None))
+        self.time = TimeEmbedding(hidden, hidden, kind=time_embedding, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.label = class_embedding_or_none(num_classes, hidden, dtype, rngs, param_dtype)
+        self.mapping = _Mapping(latent_dim, hidden, z_layers, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.inp = nnx.Linear(in_features, hidden, dtype=dtype, param_dtype=param_dtype, rngs=rngs,
+                              kernel_metadata=axes(None, "embed"))
+        self.blocks = nnx.List([_GenBlock(hidden, hidden, dtype=dtype, param_dtype=param_dtype,
+                                          rngs=rngs) for _ in range(depth)])
+        self.out_norm = nnx.LayerNorm(hidden, dtype=norm_dtype(dtype), param_dtype=param_dtype, rngs=rngs)
+        self.out = nnx.Linear(hidden, in_features, dtype=dtype, param_dtype=param_dtype, rngs=rngs,
+                              kernel_metadata=axes("embed", None))
 
     def __call__(self, x, z, t, cond=None):
         """x (B, ...) with prod(x.shape[1:]) = in_features; z (B, latent_dim); t scalar or (B,)."""
@@ -155,10 +165,13 @@ class GeneratorMLP(nnx.Module):
 class _DiscBlock(nnx.Module):
     """h + Linear(LeakyReLU(Linear(LeakyReLU(h)) + temb))."""
 
-    def __init__(self, hidden, *, dtype, rngs):
-        self.dense1 = nnx.Linear(hidden, hidden, dtype=dtype, rngs=rngs, kernel_metadata=axes("embed", "mlp"))
-        self.emb = nnx.Linear(hidden, hidden, dtype=dtype, rngs=rngs, kernel_metadata=axes("embed", "mlp"))
-        self.dense2 = nnx.Linear(hidden, hidden, dtype=dtype, rngs=rngs, kernel_metadata=axes("mlp", "embed"))
+    def __init__(self, hidden, *, dtype, rngs, param_dtype=jnp.float32):
+        self.dense1 = nnx.Linear(hidden, hidden, dtype=dtype, param_dtype=param_dtype, rngs=rngs,
+                                 kernel_metadata=axes("embed", "mlp"))
+        self.emb = nnx.Linear(hidden, hidden, dtype=dtype, param_dtype=param_dtype, rngs=rngs,
+                              kernel_metadata=axes("embed", "mlp"))
+        self.dense2 = nnx.Linear(hidden, hidden, dtype=dtype, param_dtype=param_dtype, rngs=rngs,
+                                 kernel_metadata=axes("mlp", "embed"))
 
     def __call__(self, h, temb):
         r = self.dense1(nnx.leaky_relu(h, _LEAK)) + self.emb(temb)
@@ -173,13 +186,16 @@ class DiscriminatorMLP(nnx.Module):
     """
 
     def __init__(self, in_features: int, *, hidden: int = 256, depth: int = 3, num_classes: int | None = None,
-                 time_embedding: str = "sinusoidal", dtype=None, rngs: nnx.Rngs):
+                 time_embedding: str = "sinusoidal", dtype=None, param_dtype=jnp.float32, rngs: nnx.Rngs):
         self.in_features, self.num_classes, self.dtype = in_features, num_classes, dtype
-        self.time = TimeEmbedding(hidden, hidden, kind=time_embedding, dtype=dtype, rngs=rngs)
-        self.label = class_embedding_or_none(num_classes, hidden, dtype, rngs)
-        self.inp = nnx.Linear(2 * in_features, hidden, dtype=dtype, rngs=rngs, kernel_metadata=axes(None, "embed"))
-        self.blocks = nnx.List([_DiscBlock(hidden, dtype=dtype, rngs=rngs) for _ in range(depth)])
-        self.out = nnx.Linear(hidden, 1, dtype=dtype, rngs=rngs, kernel_metadata=axes("embed", None))
+        self.time = TimeEmbedding(hidden, hidden, kind=time_embedding, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.label = class_embedding_or_none(num_classes, hidden, dtype, rngs, param_dtype)
+        self.inp = nnx.Linear(2 * in_features, hidden, dtype=dtype, param_dtype=param_dtype, rngs=rngs,
+                              kernel_metadata=axes(None, "embed"))
+        self.blocks = nnx.List([_DiscBlock(hidden, dtype=dtype, param_dtype=param_dtype,
+                                           rngs=rngs) for _ in range(depth)])
+        self.out = nnx.Linear(hidden, 1, dtype=dtype, param_dtype=param_dtype, rngs=rngs,
+                              kernel_metadata=axes("embed", None))
 
     def __call__(self, x_prev, x_t, t, cond=None):
         """x_prev, x_t (B, ...) with in_features values each; t scalar or (B,); returns (B,) logits."""
@@ -204,22 +220,24 @@ class DiscriminatorMLP(nnx.Module):
 # ---------------------------------------------------------------------------------------------
 
 
-def _conv(cin, cout, k=3, *, stride=1, zero=False, dtype, rngs):
+def _conv(cin, cout, k=3, *, stride=1, zero=False, dtype, rngs, param_dtype=jnp.float32):
     kw = {"kernel_init": nnx.initializers.zeros} if zero else {}
-    return nnx.Conv(cin, cout, (k, k), strides=(stride, stride), padding="SAME", dtype=dtype, rngs=rngs,
+    return nnx.Conv(cin, cout, (k, k), strides=(stride, stride), padding="SAME", dtype=dtype,
+                    param_dtype=param_dtype, rngs=rngs,
                     kernel_metadata=axes(None, None, "embed", "mlp"), **kw)
 
 
 class _AdaGNBlock(nnx.Module):
     """Residual block: AdaGN(z) -> SiLU -> conv3x3 (+ temb) -> AdaGN(z) -> SiLU -> conv3x3 (zero init)."""
 
-    def __init__(self, cin, cout, emb_dim, style_dim, *, dtype, rngs):
-        kw = {"dtype": dtype, "rngs": rngs}
-        self.norm1 = nnx.GroupNorm(cin, num_groups(cin), use_scale=False, use_bias=False, **kw)
+    def __init__(self, cin, cout, emb_dim, style_dim, *, dtype, rngs, param_dtype=jnp.float32):
+        kw = {"dtype": dtype, "param_dtype": param_dtype, "rngs": rngs}
+        norm = {**kw, "dtype": norm_dtype(dtype)}  # float32 statistics under a bfloat16 compute dtype
+        self.norm1 = nnx.GroupNorm(cin, num_groups(cin), use_scale=False, use_bias=False, **norm)
         self.style1 = _Style(style_dim, cin, **kw)
         self.conv1 = _conv(cin, cout, **kw)
         self.emb = nnx.Linear(emb_dim, cout, kernel_metadata=axes("embed", "mlp"), **kw)
-        self.norm2 = nnx.GroupNorm(cout, num_groups(cout), use_scale=False, use_bias=False, **kw)
+        self.norm2 = nnx.GroupNorm(cout, num_groups(cout), use_scale=False, use_bias=False, **norm)
         self.style2 = _Style(style_dim, cout, **kw)
         self.conv2 = _conv(cout, cout, zero=True, **kw)
         self.skip = _conv(cin, cout, 1, **kw) if cin != cout else None
@@ -246,16 +264,16 @@ class GeneratorConv(nnx.Module):
     def __init__(self, image_size: int | Sequence[int], channels: int, *, ch: int = 32,
                  ch_mult: Sequence[int] = (1, 2), num_res_blocks: int = 1, latent_dim: int = 32, z_layers: int = 2,
                  num_classes: int | None = None, time_embedding: str = "sinusoidal", output: str = "tanh",
-                 dtype=None, rngs: nnx.Rngs):
+                 dtype=None, param_dtype=jnp.float32, rngs: nnx.Rngs):
         self.image_size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
         self.channels, self.latent_dim, self.num_classes = channels, latent_dim, num_classes
         self.output, self.dtype = _check_output(output), dtype
         if not ch_mult or num_res_blocks < 1:
             raise ValueError(f"need a non-empty `ch_mult` and `num_res_blocks` >= 1; got {ch_mult}, {num_res_blocks}")
         emb_dim = style_dim = 4 * ch
-        kw = {"dtype": dtype, "rngs": rngs}
+        kw = {"dtype": dtype, "param_dtype": param_dtype, "rngs": rngs}
         self.time = TimeEmbedding(ch, emb_dim, kind=time_embedding, **kw)
-        self.label = class_embedding_or_none(num_classes, emb_dim, dtype, rngs)
+        self.label = class_embedding_or_none(num_classes, emb_dim, dtype, rngs, param_dtype)
         self.mapping = _Mapping(latent_dim, style_dim, z_layers, **kw)
         self.conv_in = _conv(channels, ch, **kw)
         down, skips, cin = [], [ch], ch
@@ -277,7 +295,8 @@ class GeneratorConv(nnx.Module):
             if i > 0:
                 up.append(_conv(cin, cin, **kw))  # after a nearest-neighbour upsampling
         self.up = nnx.List(up)
-        self.norm_out = nnx.GroupNorm(cin, num_groups(cin), **kw)
+        norm = {**kw, "dtype": norm_dtype(dtype)}
+        self.norm_out = nnx.GroupNorm(cin, num_groups(cin), **norm)
         self.conv_out = _conv(cin, channels, **kw)
         self.num_res_blocks, self.num_levels = num_res_blocks, len(ch_mult)
 
@@ -318,8 +337,8 @@ class _DownBlock(nnx.Module):
     """Xiao et al.'s DownConvBlock: LeakyReLU -> conv3x3 -> + temb -> LeakyReLU -> conv3x3, a
     residual 1x1 skip, optional stride-2 average pooling of both, output / sqrt(2)."""
 
-    def __init__(self, cin, cout, emb_dim, downsample, *, dtype, rngs):
-        kw = {"dtype": dtype, "rngs": rngs}
+    def __init__(self, cin, cout, emb_dim, downsample, *, dtype, rngs, param_dtype=jnp.float32):
+        kw = {"dtype": dtype, "param_dtype": param_dtype, "rngs": rngs}
         self.conv1 = _conv(cin, cout, **kw)
         self.emb = nnx.Linear(emb_dim, cout, kernel_metadata=axes("embed", "mlp"), **kw)
         self.conv2 = _conv(cout, cout, **kw)
@@ -350,15 +369,15 @@ class DiscriminatorConv(nnx.Module):
 
     def __init__(self, image_size: int | Sequence[int], channels: int, *, ch: int = 32,
                  ch_mult: Sequence[int] = (1, 2, 2), num_classes: int | None = None,
-                 time_embedding: str = "sinusoidal", dtype=None, rngs: nnx.Rngs):
+                 time_embedding: str = "sinusoidal", dtype=None, param_dtype=jnp.float32, rngs: nnx.Rngs):
         self.image_size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
         self.channels, self.num_classes, self.dtype = channels, num_classes, dtype
         if not ch_mult:
             raise ValueError("need a non-empty `ch_mult`")
         emb_dim = 4 * ch
-        kw = {"dtype": dtype, "rngs": rngs}
+        kw = {"dtype": dtype, "param_dtype": param_dtype, "rngs": rngs}
         self.time = TimeEmbedding(ch, emb_dim, kind=time_embedding, **kw)
-        self.label = class_embedding_or_none(num_classes, emb_dim, dtype, rngs)
+        self.label = class_embedding_or_none(num_classes, emb_dim, dtype, rngs, param_dtype)
         self.conv_in = _conv(2 * channels, ch, 1, **kw)
         blocks, cin = [], ch
         for i, mult in enumerate(ch_mult):
@@ -408,12 +427,13 @@ class DDGANMLP(GANPair):
 
     def __init__(self, in_features: int, *, latent_dim: int = 32, hidden: int = 256, depth: int = 3,
                  d_hidden: int | None = None, d_depth: int | None = None, z_layers: int = 2,
-                 num_classes: int | None = None, output: str = "none", dtype=None, rngs: nnx.Rngs):
+                 num_classes: int | None = None, output: str = "none", dtype=None, param_dtype=jnp.float32,
+                     rngs: nnx.Rngs):
         super().__init__(
             GeneratorMLP(in_features, latent_dim=latent_dim, hidden=hidden, depth=depth, z_layers=z_layers,
-                         num_classes=num_classes, output=output, dtype=dtype, rngs=rngs),
+                         num_classes=num_classes, output=output, dtype=dtype, param_dtype=param_dtype, rngs=rngs),
             DiscriminatorMLP(in_features, hidden=d_hidden or hidden, depth=d_depth or depth,
-                             num_classes=num_classes, dtype=dtype, rngs=rngs))
+                             num_classes=num_classes, dtype=dtype, param_dtype=param_dtype, rngs=rngs))
 
 
 class DDGANConv(GANPair):
@@ -426,10 +446,10 @@ class DDGANConv(GANPair):
     def __init__(self, image_size: int | Sequence[int], channels: int, *, ch: int = 32,
                  ch_mult: Sequence[int] = (1, 2), num_res_blocks: int = 1, latent_dim: int = 32, z_layers: int = 2,
                  d_ch: int | None = None, d_ch_mult: Sequence[int] = (1, 2, 2), num_classes: int | None = None,
-                 output: str = "tanh", dtype=None, rngs: nnx.Rngs):
+                 output: str = "tanh", dtype=None, param_dtype=jnp.float32, rngs: nnx.Rngs):
         super().__init__(
             GeneratorConv(image_size, channels, ch=ch, ch_mult=ch_mult, num_res_blocks=num_res_blocks,
                           latent_dim=latent_dim, z_layers=z_layers, num_classes=num_classes, output=output,
-                          dtype=dtype, rngs=rngs),
+                          dtype=dtype, param_dtype=param_dtype, rngs=rngs),
             DiscriminatorConv(image_size, channels, ch=d_ch or ch, ch_mult=d_ch_mult, num_classes=num_classes,
-                              dtype=dtype, rngs=rngs))
+                              dtype=dtype, param_dtype=param_dtype, rngs=rngs))
