@@ -1,4 +1,4 @@
-"""The jaxtyping shape annotations of the public functions hold, checked at test time as diffrax's
+"""The jaxtyping shape annotations of the public functions (paths, predictions, samplers, losses) hold, checked at test time as diffrax's
 tests do: each call below runs through `jaxtyped(typechecker=beartype)`, so an annotation that
 disagrees with what a function accepts or returns fails here, and a call whose shapes disagree
 with the annotation is refused before the function runs.
@@ -14,10 +14,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import all_paths
+from helpers import all_paths, mixture_2d
 from jaxtyping import TypeCheckError, jaxtyped
 
-from jdiff import predictions
+from jdiff import Model, losses, predictions, samplers
 from jdiff.paths import AbstractPath
 
 PATHS = all_paths()
@@ -59,10 +59,9 @@ def _marginal():
 def test_every_path_keeps_the_shape_of_its_times(path):
     lo, hi = path.t_min + 0.01 * (path.t_max - path.t_min), path.t_max - 0.01 * (path.t_max - path.t_min)
     times = [0.5 * (lo + hi), jnp.linspace(lo, hi, 6).reshape(2, 3)]
+    assert _method_of_one_time("alpha")(path, times[0]).shape == ()  # a Python float is a time of shape ()
     for name in ONE_TIME_METHODS:
-        fn = _method_of_one_time(name)
-        for t in times:
-            assert fn(path, t).shape == jnp.shape(t), name
+        assert _method_of_one_time(name)(path, times[1]).shape == (2, 3), name
     lam = path.log_snr(times[1])
     np.testing.assert_allclose(_t_from_log_snr()(path, lam), times[1], rtol=1e-5, atol=1e-6)
     x0 = jnp.ones((4, 3))
@@ -93,3 +92,30 @@ def test_conversions_keep_the_shape_of_x():
         convert(x[:, :1, :1], "eps", "x0", x, t, path)
     pre = checked(predictions.edm_preconditioning)(t, path)
     assert pre.c_skip.shape == t.shape
+
+
+def test_samplers_grids_and_losses_take_a_batch_and_return_one_loss_per_example():
+    path = PATHS["vp_cosine"]
+    model = mixture_2d(jnp.float32).as_model(path, "eps")
+    key = jax.random.key(2)
+    grid = checked(samplers.karras_grid)(path, 4)
+    x_T = path.prior_sample(key, (8, 2))
+    sample = checked(samplers.sample)
+    assert sample(samplers.DDIM(), model, x_T, grid).shape == x_T.shape
+    levels = {"low": x_T[:, :1], "high": x_T}  # a pytree state (jdiff.nested): one batch axis for all
+    assert jax.tree.map(jnp.shape, sample(samplers.Euler(), _pytree_model(path), levels, grid)) == {
+        "low": (8, 1), "high": (8, 2)}
+    with pytest.raises(TypeCheckError, match="grid"):  # a 2-D grid
+        sample(samplers.DDIM(), model, x_T, grid[None])
+    with pytest.raises(TypeCheckError, match="x_T"):  # levels with different batch sizes
+        sample(samplers.Euler(), _pytree_model(path), {"low": x_T[:4, :1], "high": x_T}, grid)
+    x0 = mixture_2d(jnp.float32).sample(key, 8)
+    for loss in (losses.dsm_loss, losses.ddpm_loss, losses.edm_loss, losses.cfm_loss, losses.vdm_loss):
+        assert checked(loss)(model, key, x0).shape == (8,), loss.__name__
+    with pytest.raises(TypeCheckError, match="x0"):  # no batch axis
+        checked(losses.dsm_loss)(model, key, x0[0, 0])
+
+
+def _pytree_model(path):
+    """A zero eps-prediction on a pytree state (what a nested network returns: one output per level)."""
+    return Model(lambda x, t, cond=None: jax.tree.map(jnp.zeros_like, x), path, "eps")

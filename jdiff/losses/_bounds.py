@@ -8,6 +8,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jaxtyping import Array, Float, PRNGKeyArray
 
 from jdiff._checks import check_batched, check_times_in_range, is_concrete
 from jdiff._model import Model, check_model
@@ -210,7 +211,7 @@ def vlb_terms(
     return BoundTerms(prior, diffusion, rec)
 
 
-def vlb(model: Model, key, x0, **options):
+def vlb(model: Model, key: PRNGKeyArray, x0: Float[Array, " batch *_rest"], **options) -> Float[Array, " batch"]:
     """The discrete-time negative ELBO per example in nats (the total of `vlb_terms`, same options)."""
     return vlb_terms(model, key, x0, **options).total
 
@@ -256,6 +257,6 @@ def vdm_terms(
     return BoundTerms(prior, diffusion, rec)
 
 
-def vdm_loss(model: Model, key, x0, **options):
+def vdm_loss(model: Model, key: PRNGKeyArray, x0: Float[Array, " batch *_rest"], **options) -> Float[Array, " batch"]:
     """The VDM continuous-time negative ELBO per example in nats (the total of `vdm_terms`, same options)."""
     return vdm_terms(model, key, x0, **options).total

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+from jaxtyping import Array, Float, PRNGKeyArray
 
 from jdiff._model import Model, check_model
 from jdiff._shared import loss_batch, mean_data
@@ -54,8 +55,8 @@ def ot_pairing(key, x0, x1, *, method: str = "exact", epsilon=1e-3, max_iteratio
 
 def cfm_loss(
     model: Model,
-    key,
-    x0,
+    key: PRNGKeyArray,
+    x0: Float[Array, " batch *_rest"],
     *,
     cond=None,
     coupling: str = "independent",
@@ -63,7 +64,7 @@ def cfm_loss(
     t=None,
     x1=None,
     ot_epsilon=1e-3,
-):
+) -> Float[Array, " batch"]:
     """Conditional flow matching (Lipman et al. 2023; Liu et al. 2023) on any path.
 
         loss_i = mean_d || u_hat(x_t, t) - (alpha'(t) x0 + sigma'(t) x1) ||^2,  x_t = alpha x0 + sigma x1,

@@ -6,6 +6,7 @@ import functools
 
 import jax
 import jax.numpy as jnp
+from jaxtyping import Array, Float, PRNGKeyArray
 
 from jdiff._model import Model, check_model
 from jdiff._shared import loss_batch, mean_data, noised
@@ -24,15 +25,15 @@ def target_sq_error(model: Model, target, x0, eps, t, cond):
 
 def dsm_loss(
     model: Model,
-    key,
-    x0,
+    key: PRNGKeyArray,
+    x0: Float[Array, " batch *_rest"],
     *,
     cond=None,
     target: str | None = None,
     weighting=None,
     time_sampler=uniform_time,
     t=None,
-):
+) -> Float[Array, " batch"]:
     """Weighted denoising score matching for any prediction kind and target space.
 
         loss_i = w(t_i) * mean_d (model.predict(x_t, t, cond, kind=target) - target_true)^2
@@ -70,7 +71,9 @@ def dsm_loss(
     return loss_weight(weighting, t, model.path, target) * err
 
 
-def ddpm_loss(model: Model, key, x0, *, cond=None, time_sampler=uniform_time, t=None):
+def ddpm_loss(
+    model: Model, key: PRNGKeyArray, x0: Float[Array, " batch *_rest"], *, cond=None, time_sampler=uniform_time, t=None
+) -> Float[Array, " batch"]:
     """DDPM's simple loss (Ho et al. 2020, eq. 14): mean_d ||eps - eps_hat(x_t, t)||^2, t uniform.
 
     Continuous-time form on `model.path`; the model may predict any kind (it is converted to eps).
@@ -79,7 +82,9 @@ def ddpm_loss(model: Model, key, x0, *, cond=None, time_sampler=uniform_time, t=
     return dsm_loss(model, key, x0, cond=cond, target="eps", weighting=None, time_sampler=time_sampler, t=t)
 
 
-def edm_loss(model: Model, key, x0, *, cond=None, p_mean=-1.2, p_std=1.2, sigma_data=0.5, t=None):
+def edm_loss(
+    model: Model, key: PRNGKeyArray, x0: Float[Array, " batch *_rest"], *, cond=None, p_mean=-1.2, p_std=1.2, sigma_data=0.5, t=None
+) -> Float[Array, " batch"]:
     """The EDM loss (Karras et al. 2022, eq. 8 and Table 1) on any path.
 
         loss_i = lambda(sigma_e) mean_d ||D(x_t, t) - x0||^2,  lambda = (sigma_e^2 + sd^2)/(sigma_e sd)^2,

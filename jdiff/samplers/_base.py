@@ -23,6 +23,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jaxtyping import Array, ArrayLike, Float, PyTree
 
 from jdiff._checks import check_batched, check_key, check_times_in_range
 from jdiff._model import Model, check_model
@@ -101,7 +102,7 @@ class AbstractSolver(eqx.Module):
         return self.step(f, x, state, 0, t, s, key)
 
 
-def check_grid(grid, name: str = "grid", *, path=None):
+def check_grid(grid, name: str = "grid", *, path=None) -> jax.Array:
     """A 1-D array of at least 2 strictly decreasing times; checked on the host when concrete.
 
     The clock never runs below float32: a bfloat16 or float16 grid (which rounds t = 0.999 to
@@ -136,8 +137,8 @@ def check_grid(grid, name: str = "grid", *, path=None):
 def sample(
     solver: AbstractSolver,
     model: Model,
-    x_T,
-    grid,
+    x_T: PyTree[Float[Array, " batch *_rest"]],
+    grid: Float[ArrayLike, " n"],
     *,
     cond=None,
     key=None,
@@ -182,16 +183,16 @@ def sample(
                      return_trajectory=return_trajectory, denoise_to_zero=denoise_to_zero)
         return _pytree.unravel_output(out, spec, return_trajectory)
     x_T = check_batched(model.state(x_T, "x_T"), "x_T")
-    grid = check_grid(grid, path=model.path)
+    times = check_grid(grid, path=model.path)
     if solver.stochastic and key is None:
         raise ValueError(f"`key` is required: {type(solver).__name__} with these settings is stochastic")
     if key is not None:
         check_key(key)
     # The clock runs in the state's precision (at least float32), so path coefficients do not promote x.
-    grid = grid.astype(x_T.dtype)
-    num_steps = grid.shape[0] - 1
+    times = times.astype(x_T.dtype)
+    num_steps = times.shape[0] - 1
     f = Prediction(model, cond, num_steps)
-    state = solver.init(f, x_T, grid)
+    state = solver.init(f, x_T, times)
 
     def body(carry, inputs):
         x, state = carry
@@ -204,12 +205,12 @@ def sample(
     start = 0
     if solver.has_start_step:
         k = None if key is None else jax.random.fold_in(key, 0)
-        x, state = solver.start_step(f, x, state, grid[0], grid[1], k)
+        x, state = solver.start_step(f, x, state, times[0], times[1], k)
         first, start = [x[None]], 1
-    steps = (jnp.arange(start, num_steps), grid[start:-1], grid[start + 1 :])
+    steps = (jnp.arange(start, num_steps), times[start:-1], times[start + 1 :])
     (x, _), traj = jax.lax.scan(body, (x, state), steps)
     if denoise_to_zero:
-        x = f(x, grid[-1])[0]
+        x = f(x, times[-1])[0]
     if not return_trajectory:
         return x
     parts = [x_T[None], *first, traj] + ([x[None]] if denoise_to_zero else [])

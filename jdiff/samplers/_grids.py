@@ -15,6 +15,7 @@ import os
 
 import jax.numpy as jnp
 import numpy as np
+from jaxtyping import Array, Float
 
 from jdiff._checks import check_path
 from jdiff.paths import AbstractPath
@@ -36,14 +37,14 @@ def _pin_ends(ts, t_start, t_end):
     return ts.at[0].set(t_start).at[-1].set(t_end)
 
 
-def uniform_grid(path: AbstractPath, num_steps: int, *, t_start=None, t_end=None):
+def uniform_grid(path: AbstractPath, num_steps: int, *, t_start=None, t_end=None) -> Float[Array, " n"]:
     """Equal steps in t: t_i = t_start + i / N (t_end - t_start)."""
     t_start, t_end, dtype = _ends(path, num_steps, t_start, t_end)
     u = jnp.arange(num_steps + 1, dtype=dtype) / num_steps
     return t_start + u * (t_end - t_start)
 
 
-def log_snr_grid(path: AbstractPath, num_steps: int, *, t_start=None, t_end=None):
+def log_snr_grid(path: AbstractPath, num_steps: int, *, t_start=None, t_end=None) -> Float[Array, " n"]:
     """Equal steps in log-SNR lambda = log(alpha^2 / sigma^2), mapped back by `path.t_from_log_snr`.
 
     This is the grid of DPM-Solver (Lu et al. 2022, "logSNR" time steps): the exponential
@@ -56,7 +57,9 @@ def log_snr_grid(path: AbstractPath, num_steps: int, *, t_start=None, t_end=None
     return _pin_ends(path.t_from_log_snr(lam0 + u * (lam1 - lam0)), t_start, t_end)
 
 
-def karras_grid(path: AbstractPath, num_steps: int, *, rho=7.0, t_start=None, t_end=None):
+def karras_grid(
+    path: AbstractPath, num_steps: int, *, rho=7.0, t_start=None, t_end=None
+) -> Float[Array, " n"]:
     """The EDM schedule (Karras et al. 2022, eq. 5) in EDM's noise level sigma_e = sigma / alpha.
 
     sigma_i = (sigma_max^(1/rho) + i/N (sigma_min^(1/rho) - sigma_max^(1/rho)))^rho, with
@@ -74,7 +77,7 @@ def karras_grid(path: AbstractPath, num_steps: int, *, rho=7.0, t_start=None, t_
     return _pin_ends(path.t_from_log_snr(lam), t_start, t_end)
 
 
-def quadratic_grid(path: AbstractPath, num_steps: int, *, t_start=None, t_end=None):
+def quadratic_grid(path: AbstractPath, num_steps: int, *, t_start=None, t_end=None) -> Float[Array, " n"]:
     """Steps growing linearly away from the data: t_i = t_end + (1 - i/N)^2 (t_start - t_end).
 
     The "quadratic" skip schedule of DDIM (Song et al. 2021a, Appendix D.2), continuous form.

@@ -13,6 +13,7 @@ from typing import NamedTuple
 import diffrax
 import jax
 import jax.numpy as jnp
+from jaxtyping import Array, Float
 
 from jdiff._checks import check_batched, check_times_in_range
 from jdiff._model import Model, check_model
@@ -85,7 +86,7 @@ def check_time_span(path, t0, t1, *, decreasing: bool = True):
 
 def solve_pf_ode(
     model: Model,
-    x_T,
+    x_T: Float[Array, " batch *_rest"],
     *,
     cond=None,
     t0=None,

@@ -22,6 +22,7 @@ import diffrax
 import jax
 import jax.numpy as jnp
 import lineax as lx
+from jaxtyping import Array, Float, PRNGKeyArray
 
 from jdiff._checks import check_batched, check_key
 from jdiff._model import Model, check_model
@@ -38,8 +39,8 @@ class SDESolution(NamedTuple):
 
 def solve_reverse_sde(
     model: Model,
-    key,
-    x_T,
+    key: PRNGKeyArray,
+    x_T: Float[Array, " batch *_rest"],
     *,
     cond=None,
     num_steps: int | None = None,
