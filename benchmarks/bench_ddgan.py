@@ -47,8 +47,9 @@ def train_ddgan(pair, path, grid, data_fn, steps, *, lr=1e-3, batch=256, r1_gamm
     latent = pair.generator.latent_dim
 
     def loss_fn(net, x0, key):
-        out = adversarial.ddgan_loss(adversarial.DDGAN(net.generator, path, grid, latent), net.discriminator, key,
-                                     x0, r1_gamma=r1_gamma)
+        out = adversarial.ddgan_loss(
+            adversarial.DDGAN(net.generator, path, grid, latent), net.discriminator, key, x0, r1_gamma=r1_gamma
+        )
         return out.loss, {"d_loss": out.d_loss, "g_loss": out.g_loss}
 
     def adam():
@@ -63,12 +64,16 @@ def train_ddgan(pair, path, grid, data_fn, steps, *, lr=1e-3, batch=256, r1_gamm
         def body(state, i):
             state, m = step_fn(state, data_fn(jax.random.fold_in(jax.random.key(7), start + i), batch))
             return state, (m["d_loss"], m["g_loss"], m["finite"])
+
         return jax.lax.scan(body, state, jnp.arange(chunk))
 
     for start in range(0, steps, chunk):
         state, (d, g, finite) = run(state, start)
-    print(f"  ddgan last chunk: d_loss {float(d.mean()):.3f}, g_loss {float(g.mean()):.3f}, "
-          f"finite {int(finite.sum())}/{chunk}", flush=True)
+    print(
+        f"  ddgan last chunk: d_loss {float(d.mean()):.3f}, g_loss {float(g.mean()):.3f}, "
+        f"finite {int(finite.sum())}/{chunk}",
+        flush=True,
+    )
     return graphdef, state
 
 
@@ -77,6 +82,7 @@ def ddgan_sampler(graphdef, path, grid, latent):
     def draw(params, rest, x_T, key):
         net = nnx.merge(graphdef, params, rest, copy=True)
         return adversarial.sample(adversarial.DDGAN(net.generator, path, grid, latent), key, x_T)
+
     return draw
 
 
@@ -111,17 +117,30 @@ def main():
     rows.append((f"DDGAN, T = {T} (raw weights)", T, float(sw(draw(state.params, state.rest, x_T, jax.random.key(5))))))
 
     net = models.FlowMapMLP(2, hidden=128, depth=3, rngs=nnx.Rngs(1))
-    secs = train(net, lambda m, k, x: flowmaps.shortcut_loss(flowmaps.FlowMap(m, lin), k, x), data_fn, args.steps,
-                 jax.random.key(11), batch=256)
+    secs = train(
+        net,
+        lambda m, k, x: flowmaps.shortcut_loss(flowmaps.FlowMap(m, lin), k, x),
+        data_fn,
+        args.steps,
+        jax.random.key(11),
+        batch=256,
+    )
     print(f"trained shortcut in {secs:.0f}s", flush=True)
     flow = flowmaps.FlowMap(net, lin)
-    x = jax.jit(lambda xt: flowmaps.sample(flow, xt, samplers.uniform_grid(lin, T)))(lin.prior_sample(jax.random.key(2),
-                                                                                                     (n, 2)))
+    x = jax.jit(lambda xt: flowmaps.sample(flow, xt, samplers.uniform_grid(lin, T)))(
+        lin.prior_sample(jax.random.key(2), (n, 2))
+    )
     rows.append((f"shortcut flow map, {T} steps", T, float(sw(x))))
 
     eps_net = models.MLP(2, hidden=128, depth=3, kind="eps", rngs=nnx.Rngs(2))
-    secs = train(eps_net, lambda m, k, x: losses.ddpm_loss(jdiff.Model(m, vp, "eps"), k, x), data_fn, args.steps,
-                 jax.random.key(12), batch=256)
+    secs = train(
+        eps_net,
+        lambda m, k, x: losses.ddpm_loss(jdiff.Model(m, vp, "eps"), k, x),
+        data_fn,
+        args.steps,
+        jax.random.key(12),
+        batch=256,
+    )
     print(f"trained ddpm eps model in {secs:.0f}s", flush=True)
     ts = samplers.uniform_grid(vp, T)
     for name, model in (("trained", jdiff.Model(eps_net, vp, "eps")), ("exact oracle", gm.as_model(vp, "eps"))):
@@ -132,8 +151,10 @@ def main():
             rows.append((f"{sname}, {T} steps, {name} eps", solver.nfe(T), float(sw(x))))
 
     ref = rows[0][2]
-    print(f"\n2-D Gaussian mixture (4 components), {args.steps} train steps per model (batch 256), {n} samples; "
-          f"SW1 floor (data vs data) {floor:.4f}\n")
+    print(
+        f"\n2-D Gaussian mixture (4 components), {args.steps} train steps per model (batch 256), {n} samples; "
+        f"SW1 floor (data vs data) {floor:.4f}\n"
+    )
     print("| sampler | NFE | SW1 to data | / DDGAN |")
     print("|---|---:|---:|---:|")
     print(f"| data vs data (floor) | - | {floor:.4f} | {floor / ref:.2f} |")

@@ -51,7 +51,7 @@ def main():
 
     x = np.asarray(load_digits().x, np.float32)  # (1797, 8, 8, 1) in [-1, 1]
     perm = np.asarray(jax.random.permutation(jax.random.key(10), x.shape[0]))
-    x_test, x_train = jnp.asarray(x[perm[:args.holdout]]), jnp.asarray(x[perm[args.holdout:]])
+    x_test, x_train = jnp.asarray(x[perm[: args.holdout]]), jnp.asarray(x[perm[args.holdout :]])
     clf, acc = metrics.train_digit_classifier(0)
     print(f"digit classifier held-out accuracy {acc:.3f}", flush=True)
 
@@ -68,8 +68,14 @@ def main():
     if args.only != "ddgan":
         lin = jdiff.Linear()
         teacher = models.MLP(64, hidden=256, depth=3, kind="velocity", rngs=nnx.Rngs(0))
-        secs = train(teacher, lambda m, k, x0: losses.cfm_loss(jdiff.Model(m, lin, "velocity"), k, x0), data_fn,
-                     args.steps, jax.random.key(0), batch=256)
+        secs = train(
+            teacher,
+            lambda m, k, x0: losses.cfm_loss(jdiff.Model(m, lin, "velocity"), k, x0),
+            data_fn,
+            args.steps,
+            jax.random.key(0),
+            batch=256,
+        )
         model = jdiff.Model(teacher, lin, "velocity")
         print(f"trained teacher in {secs:.0f}s", flush=True)
         x_T = lin.prior_sample(jax.random.key(2), (args.samples, 8, 8, 1))
@@ -84,8 +90,17 @@ def main():
     x_T = vp.prior_sample(jax.random.key(3), (args.samples, 8, 8, 1))
     for T in (2, 4):
         if args.net == "conv":
-            pair = models.DDGANConv(8, 1, ch=32, ch_mult=(1, 2), num_res_blocks=1, latent_dim=32, d_ch=32,
-                                    d_ch_mult=(1, 2, 2), rngs=nnx.Rngs(T))
+            pair = models.DDGANConv(
+                8,
+                1,
+                ch=32,
+                ch_mult=(1, 2),
+                num_res_blocks=1,
+                latent_dim=32,
+                d_ch=32,
+                d_ch_mult=(1, 2, 2),
+                rngs=nnx.Rngs(T),
+            )
         else:
             pair = models.DDGANMLP(64, latent_dim=32, hidden=256, depth=3, output="tanh", rngs=nnx.Rngs(T))
         grid = adversarial.ddgan_grid(vp, T)
@@ -98,8 +113,10 @@ def main():
         np.save(f"/tmp/ddgan_digits_T{T}.npy", np.asarray(s[:100]))
 
     ref = next((v for name, nfe, v in rows if name == "teacher Heun" and nfe >= 49), rows[0][2])
-    print(f"\ndigits 8x8, {args.steps} train steps per model, {x_train.shape[0]} training / {args.holdout} held-out "
-          f"digits, {args.samples} samples; classifier accuracy {acc:.3f}")
+    print(
+        f"\ndigits 8x8, {args.steps} train steps per model, {x_train.shape[0]} training / {args.holdout} held-out "
+        f"digits, {args.samples} samples; classifier accuracy {acc:.3f}"
+    )
     print("| sampler | NFE | FDD | / teacher Heun@50 |")
     print("|---|---:|---:|---:|")
     print(f"| real: held-out halves | - | {floor_halves:.2f} | {floor_halves / ref:.2f} |")

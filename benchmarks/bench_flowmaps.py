@@ -70,8 +70,9 @@ def train_with_ema_target(model, loss_fn, data_fn, steps, key, decay, lr=2e-3, b
             x0 = data_fn(jax.random.fold_in(k, 0), batch)
             grads = nnx.grad(lambda m: jnp.mean(loss_fn(m, target, jax.random.fold_in(k, 1), x0)))(model)
             opt.update(model, grads)
-            new = jax.tree.map(lambda e, p: decay * e + (1 - decay) * p, nnx.state(target, nnx.Param),
-                               nnx.state(model, nnx.Param))
+            new = jax.tree.map(
+                lambda e, p: decay * e + (1 - decay) * p, nnx.state(target, nnx.Param), nnx.state(model, nnx.Param)
+            )
             nnx.update(target, new)
             return model, target, opt
 
@@ -101,8 +102,13 @@ def main():
 
     # Teacher: flow matching.
     teacher = models.MLP(2, hidden=128, depth=3, kind="velocity", rngs=nnx.Rngs(0))
-    secs = train(teacher, lambda m, k, x: losses.cfm_loss(jdiff.Model(m, path, "velocity"), k, x), data_fn, args.steps,
-                 jax.random.fold_in(key, 0))
+    secs = train(
+        teacher,
+        lambda m, k, x: losses.cfm_loss(jdiff.Model(m, path, "velocity"), k, x),
+        data_fn,
+        args.steps,
+        jax.random.fold_in(key, 0),
+    )
     teacher_model = jdiff.Model(teacher, path, "velocity")
     print(f"trained teacher in {secs:.0f}s", flush=True)
     for name, solver in (("Euler", samplers.Euler()), ("Heun", samplers.Heun())):
@@ -125,15 +131,25 @@ def main():
     only = set(args.only.split(",")) if args.only else {"shortcut", "meanflow", "cd"}
     if "shortcut" in only:
         net = new_net(1)
-        secs = train(net, lambda m, k, x: flowmaps.shortcut_loss(flowmaps.FlowMap(m, path), k, x), data_fn, args.steps,
-                     jax.random.fold_in(key, 1))
+        secs = train(
+            net,
+            lambda m, k, x: flowmaps.shortcut_loss(flowmaps.FlowMap(m, path), k, x),
+            data_fn,
+            args.steps,
+            jax.random.fold_in(key, 1),
+        )
         print(f"trained shortcut in {secs:.0f}s", flush=True)
         few_step("shortcut", flowmaps.FlowMap(net, path))
 
     for p in (1.0, 0.0) if "meanflow" in only else ():
         net = new_net(2)
-        secs = train(net, lambda m, k, x, p=p: flowmaps.meanflow_loss(flowmaps.FlowMap(m, path), k, x, adaptive_p=p),
-                     data_fn, args.steps, jax.random.fold_in(key, 2))
+        secs = train(
+            net,
+            lambda m, k, x, p=p: flowmaps.meanflow_loss(flowmaps.FlowMap(m, path), k, x, adaptive_p=p),
+            data_fn,
+            args.steps,
+            jax.random.fold_in(key, 2),
+        )
         print(f"trained meanflow p={p:g} in {secs:.0f}s", flush=True)
         few_step(f"meanflow p={p:g}", flowmaps.FlowMap(net, path))
 
@@ -145,16 +161,22 @@ def main():
 
         def cd(m, target, k, x):
             return flowmaps.consistency_distillation_loss(
-                flowmaps.FlowMap(m, path, param), k, x, teacher_step=teacher_step,
-                target_flow=flowmaps.FlowMap(target, path, param))
+                flowmaps.FlowMap(m, path, param),
+                k,
+                x,
+                teacher_step=teacher_step,
+                target_flow=flowmaps.FlowMap(target, path, param),
+            )
 
         secs = train_with_ema_target(net, cd, data_fn, args.steps, jax.random.fold_in(key, 3), decay=0.95)
         print(f"trained cd in {secs:.0f}s", flush=True)
         few_step("cd (gamma=1)", flowmaps.FlowMap(net, path, param), gamma=1.0)
         few_step("cd (gamma=0)", flowmaps.FlowMap(net, path, param), gamma=0.0)
 
-    print(f"\n{args.dataset}, {args.steps} train steps per model, {args.samples} samples; "
-          f"SW1 floor (data vs data) {floor:.4f}")
+    print(
+        f"\n{args.dataset}, {args.steps} train steps per model, {args.samples} samples; "
+        f"SW1 floor (data vs data) {floor:.4f}"
+    )
     print(f"{'sampler':<18}{'NFE':>5}{'SW1':>9}{'/ teacher@50':>14}")
     for name, nfe, v in rows:
         print(f"{name:<18}{nfe:>5}{v:>9.4f}{v / ref:>14.2f}")

@@ -50,7 +50,7 @@ def main():
 
     x = np.asarray(load_digits().x, np.float32)  # (1797, 8, 8, 1) in [-1, 1]
     perm = np.asarray(jax.random.permutation(jax.random.key(10), x.shape[0]))
-    x_test, x_train = jnp.asarray(x[perm[:args.holdout]]), jnp.asarray(x[perm[args.holdout:]])
+    x_test, x_train = jnp.asarray(x[perm[: args.holdout]]), jnp.asarray(x[perm[args.holdout :]])
     clf, acc = metrics.train_digit_classifier(0)
     print(f"digit classifier held-out accuracy {acc:.3f}", flush=True)
 
@@ -68,8 +68,14 @@ def main():
     rows = []
 
     teacher = models.MLP(64, hidden=args.hidden, depth=3, kind="velocity", rngs=nnx.Rngs(0))
-    secs = train(teacher, lambda m, k, x0: losses.cfm_loss(jdiff.Model(m, path, "velocity"), k, x0),
-                 minibatches(x_train), args.steps, jax.random.fold_in(key, 0), batch=256)
+    secs = train(
+        teacher,
+        lambda m, k, x0: losses.cfm_loss(jdiff.Model(m, path, "velocity"), k, x0),
+        minibatches(x_train),
+        args.steps,
+        jax.random.fold_in(key, 0),
+        batch=256,
+    )
     teacher_model = jdiff.Model(teacher, path, "velocity")
     print(f"trained teacher in {secs:.0f}s", flush=True)
     for name, solver in (("Euler", samplers.Euler()), ("Heun", samplers.Heun())):
@@ -81,8 +87,14 @@ def main():
     ref = rows[-1][2]  # Heun at 50 NFE
 
     net = models.FlowMapMLP(64, hidden=args.hidden, depth=3, rngs=nnx.Rngs(1))
-    secs = train(net, lambda m, k, x0: flowmaps.shortcut_loss(flowmaps.FlowMap(m, path), k, x0), minibatches(x_train),
-                 args.steps, jax.random.fold_in(key, 1), batch=256)
+    secs = train(
+        net,
+        lambda m, k, x0: flowmaps.shortcut_loss(flowmaps.FlowMap(m, path), k, x0),
+        minibatches(x_train),
+        args.steps,
+        jax.random.fold_in(key, 1),
+        batch=256,
+    )
     print(f"trained shortcut in {secs:.0f}s", flush=True)
     flow = flowmaps.FlowMap(net, path)
     for steps in (1, 2, 4):
@@ -90,11 +102,15 @@ def main():
         s = jax.jit(lambda xt, g: flowmaps.sample(flow, xt, g))(x_T, grid)
         rows.append(("shortcut", steps, fdd(s)))
 
-    print(f"\ndigits 8x8, {args.steps} train steps per model (batch 256, hidden {args.hidden}), "
-          f"{x_train.shape[0]} training / {args.holdout} held-out digits, {args.samples} samples; "
-          f"classifier accuracy {acc:.3f}")
-    print(f"FDD floor: held-out halves ({half} vs {args.holdout - half}) {floor_halves:.2f}; "
-          f"{n_tr} training digits vs held-out {floor_train:.2f}\n")
+    print(
+        f"\ndigits 8x8, {args.steps} train steps per model (batch 256, hidden {args.hidden}), "
+        f"{x_train.shape[0]} training / {args.holdout} held-out digits, {args.samples} samples; "
+        f"classifier accuracy {acc:.3f}"
+    )
+    print(
+        f"FDD floor: held-out halves ({half} vs {args.holdout - half}) {floor_halves:.2f}; "
+        f"{n_tr} training digits vs held-out {floor_train:.2f}\n"
+    )
     print("| sampler | NFE | FDD | / teacher Heun@50 |")
     print("|---|---:|---:|---:|")
     print(f"| real: held-out halves | - | {floor_halves:.2f} | {floor_halves / ref:.2f} |")

@@ -43,8 +43,7 @@ from jdiff import samplers as S
 
 jax.config.update("jax_enable_x64", True)
 
-GRIDS = {"uniform": S.uniform_grid, "log_snr": S.log_snr_grid, "karras": S.karras_grid,
-         "quadratic": S.quadratic_grid}
+GRIDS = {"uniform": S.uniform_grid, "log_snr": S.log_snr_grid, "karras": S.karras_grid, "quadratic": S.quadratic_grid}
 SOLVERS = {"ddim": S.DDIM(), "dpmpp_2m": S.DPMSolverPP2M(), "unipc": S.UniPC(), "heun": S.Heun()}
 NFES = (5, 10, 20)
 
@@ -106,36 +105,73 @@ def bench_grids(p, iterations, lr):
                 score = jax.jit(lambda g, obj=obj, aux=aux, sv=solver: obj(sv, p.model, p.x_fit, aux, g, None))
                 start = min(fixed, key=lambda g: float(score(fixed[g])))
                 t0 = time.time()
-                res = S.optimize_grid(solver, p.model, jax.random.PRNGKey(0), p.x_fit, n, objective=obj,
-                                      init=fixed[start], iterations=iterations, learning_rate=lr)
+                res = S.optimize_grid(
+                    solver,
+                    p.model,
+                    jax.random.PRNGKey(0),
+                    p.x_fit,
+                    n,
+                    objective=obj,
+                    init=fixed[start],
+                    iterations=iterations,
+                    learning_rate=lr,
+                )
                 opt[oname] = p.rms(solver, res.grid)
-                print(f"  {name} NFE {nfe} ({n} steps) {oname} from {start}: {opt[oname]:.4g} "
-                      f"({time.time() - t0:.0f} s)", flush=True)
+                print(
+                    f"  {name} NFE {nfe} ({n} steps) {oname} from {start}: {opt[oname]:.4g} ({time.time() - t0:.0f} s)",
+                    flush=True,
+                )
                 best[(name, nfe, oname)] = (opt[oname], np.asarray(res.grid))
             b = min(errs.values())
-            rows.append([name, str(nfe), str(n)] + [fmt(errs[g]) for g in GRIDS]
-                        + [fmt(opt["GlobalError"]), fmt(opt["LocalError"]), f"{opt['GlobalError'] / b:.2f}"])
-    table("Grids: RMS error vs the exact PF-ODE endpoint, 2-D mixture, VEGeometric(0.002, 80), x0 model",
-          ["solver", "NFE", "steps", *GRIDS, "optimised (GlobalError)", "optimised (LocalError)",
-           "GlobalError / best fixed"], rows)
+            rows.append(
+                [name, str(nfe), str(n)]
+                + [fmt(errs[g]) for g in GRIDS]
+                + [fmt(opt["GlobalError"]), fmt(opt["LocalError"]), f"{opt['GlobalError'] / b:.2f}"]
+            )
+    table(
+        "Grids: RMS error vs the exact PF-ODE endpoint, 2-D mixture, VEGeometric(0.002, 80), x0 model",
+        [
+            "solver",
+            "NFE",
+            "steps",
+            *GRIDS,
+            "optimised (GlobalError)",
+            "optimised (LocalError)",
+            "GlobalError / best fixed",
+        ],
+        rows,
+    )
     return best
 
 
 def bench_clock(p):
     rows = []
-    for name, cls in (("euler", S.Euler), ("heun", S.Heun), ("lms_2", lambda clock: S.LMS(2, clock=clock)),
-                      ("lms_3", lambda clock: S.LMS(3, clock=clock))):
+    for name, cls in (
+        ("euler", S.Euler),
+        ("heun", S.Heun),
+        ("lms_2", lambda clock: S.LMS(2, clock=clock)),
+        ("lms_3", lambda clock: S.LMS(3, clock=clock)),
+    ):
         for g in ("karras", "log_snr"):
             for n in (5, 10, 20):
                 e = {c: p.rms(cls(clock=c), GRIDS[g](p.path, n)) for c in ("t", "sigma")}
                 rows.append([name, g, str(n), fmt(e["t"]), fmt(e["sigma"]), f"{e['t'] / e['sigma']:.1f}"])
-    table("Clock: Euler / Heun / LMS on VEGeometric(0.002, 80) in the path's t (log sigma) and in sigma "
-          "(clock='auto' picks sigma here)", ["solver", "grid", "steps", "clock t", "clock sigma", "ratio"], rows)
+    table(
+        "Clock: Euler / Heun / LMS on VEGeometric(0.002, 80) in the path's t (log sigma) and in sigma "
+        "(clock='auto' picks sigma here)",
+        ["solver", "grid", "steps", "clock t", "clock sigma", "ratio"],
+        rows,
+    )
 
 
 def bench_lower_order_final(p):
-    solvers = {"dpmpp_2m": S.DPMSolverPP2M, "dpmpp_3m": S.DPMSolverPP3M, "dpm_solver_2m": S.DPMSolver2M,
-               "unipc p=2 (UniPC-3)": lambda **k: S.UniPC(2, **k), "unipc p=3": lambda **k: S.UniPC(3, **k)}
+    solvers = {
+        "dpmpp_2m": S.DPMSolverPP2M,
+        "dpmpp_3m": S.DPMSolverPP3M,
+        "dpm_solver_2m": S.DPMSolver2M,
+        "unipc p=2 (UniPC-3)": lambda **k: S.UniPC(2, **k),
+        "unipc p=3": lambda **k: S.UniPC(3, **k),
+    }
     rows = []
     for name, make in solvers.items():
         for g in ("karras", "log_snr"):
@@ -143,13 +179,20 @@ def bench_lower_order_final(p):
             for n in (5, 10, 20):
                 cells += [fmt(p.rms(make(lower_order_final=v), GRIDS[g](p.path, n))) for v in (False, True)]
             rows.append([name, g, *cells])
-    table("lower_order_final: RMS error without / with, VEGeometric(0.002, 80)",
-          ["solver", "grid", "5 steps", "5, lof", "10 steps", "10, lof", "20 steps", "20, lof"], rows)
+    table(
+        "lower_order_final: RMS error without / with, VEGeometric(0.002, 80)",
+        ["solver", "grid", "5 steps", "5, lof", "10 steps", "10, lof", "20 steps", "20, lof"],
+        rows,
+    )
 
 
 def bench_targets(p, best):
-    extra = {"unipc_p3": S.UniPC(3), "unipc_p3_lof": S.UniPC(3, lower_order_final=True),
-             "dpmpp_3m": S.DPMSolverPP3M(), "dpmpp_3m_lof": S.DPMSolverPP3M(lower_order_final=True)}
+    extra = {
+        "unipc_p3": S.UniPC(3),
+        "unipc_p3_lof": S.UniPC(3, lower_order_final=True),
+        "dpmpp_3m": S.DPMSolverPP3M(),
+        "dpmpp_3m_lof": S.DPMSolverPP3M(lower_order_final=True),
+    }
     rows = []
     for nfe, target in ((10, 0.1), (20, 0.02)):
         cands = {}
@@ -162,10 +205,20 @@ def bench_targets(p, best):
                 cands[f"{name}, optimised ({oname})"] = err
         fixed_best = min((k for k in cands if "optimised" not in k), key=cands.get)
         k = min(cands, key=cands.get)
-        rows.append([str(nfe), str(target), f"{fixed_best}: {cands[fixed_best]:.3g}", f"{k}: {cands[k]:.3g}",
-                     "met" if cands[k] <= target else "NOT met"])
-    table("Targets (RMS vs the exact PF-ODE endpoint, 2-D mixture on the EDM range)",
-          ["NFE", "target", "best fixed grid", "best overall", "target"], rows)
+        rows.append(
+            [
+                str(nfe),
+                str(target),
+                f"{fixed_best}: {cands[fixed_best]:.3g}",
+                f"{k}: {cands[k]:.3g}",
+                "met" if cands[k] <= target else "NOT met",
+            ]
+        )
+    table(
+        "Targets (RMS vs the exact PF-ODE endpoint, 2-D mixture on the EDM range)",
+        ["NFE", "target", "best fixed grid", "best overall", "target"],
+        rows,
+    )
 
 
 # -- diffusers' DPMSolverMultistepScheduler (dpmsolver++, order 3), written out in numpy ----
@@ -227,8 +280,7 @@ def bench_diffusers(n_test):
         x = path.sigma(ts[0]) * x  # x_T ~ N(0, sigma^2) at the first timestep (alpha^2 + sigma^2 = 1)
         # the sigma -> 0 endpoint: solve to t_min (sigma_e ~ 1e-3), then the exact denoiser there
         # (x(0) = x0_hat(x(t), t) + O(sigma_e^2))
-        ref = S.solve_pf_ode(model, x, t0=ts[0], t1=path.t_min, solver=diffrax.Dopri8(), rtol=1e-10,
-                             atol=1e-10).sample
+        ref = S.solve_pf_ode(model, x, t0=ts[0], t1=path.t_min, solver=diffrax.Dopri8(), rtol=1e-10, atol=1e-10).sample
         ref = model.x0(ref, jnp.asarray(path.t_min))
         den = jax.jit(lambda x, lam: model.x0(x, path.t_from_log_snr(lam)))
         rms = lambda y, ref=ref: float(jnp.sqrt(jnp.mean((y - ref) ** 2)))
@@ -249,8 +301,11 @@ def bench_diffusers(n_test):
             out[f"jdiff 3M, {n2} log-SNR steps + denoise{', lof' if lof else ''} (NFE {n})"] = rms(y)
         for k, v in out.items():
             rows.append([str(n), k, fmt(v)])
-    table("DPM-Solver++(3M) against diffusers' defaults, discrete linear-beta schedule, exact mixture denoiser",
-          ["diffusers steps", "solver", "RMS"], rows)
+    table(
+        "DPM-Solver++(3M) against diffusers' defaults, discrete linear-beta schedule, exact mixture denoiser",
+        ["diffusers steps", "solver", "RMS"],
+        rows,
+    )
 
 
 def main():
@@ -263,8 +318,10 @@ def main():
     ap.add_argument("--save", default=None, help="folder to write the optimised grids to (.npy)")
     args = ap.parse_args()
     only = args.only.split(",")
-    print(f"jax {jax.__version__}, backend {jax.default_backend()}, fit {args.fit}, test {args.test}, "
-          f"{args.iterations} adam updates at lr {args.lr}")
+    print(
+        f"jax {jax.__version__}, backend {jax.default_backend()}, fit {args.fit}, test {args.test}, "
+        f"{args.iterations} adam updates at lr {args.lr}"
+    )
     p = Problem(args.fit, args.test)
     best = {}
     if "grids" in only or "targets" in only:

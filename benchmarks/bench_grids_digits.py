@@ -44,8 +44,7 @@ from jdiff import losses, metrics, models, paths
 from jdiff import samplers as S
 from jdiff.data import load_digits
 
-GRIDS = {"uniform": S.uniform_grid, "log_snr": S.log_snr_grid, "karras": S.karras_grid,
-         "quadratic": S.quadratic_grid}
+GRIDS = {"uniform": S.uniform_grid, "log_snr": S.log_snr_grid, "karras": S.karras_grid, "quadratic": S.quadratic_grid}
 SOLVERS = {"ddim": S.DDIM(), "dpmpp_2m": S.DPMSolverPP2M(), "unipc": S.UniPC(), "heun": S.Heun()}
 NFES = (5, 10, 20)
 
@@ -68,8 +67,11 @@ def main():
     ap.add_argument("--model_cache", default=None, help=".npz of the trained weights (written if absent)")
     args = ap.parse_args()
     t_start = time.perf_counter()
-    print(f"jax {jax.__version__}, backend {jax.default_backend()}, {args.train_steps} train steps, "
-          f"{args.samples} samples, fit {args.fit}, {args.iterations} adam updates at lr {args.lr}", flush=True)
+    print(
+        f"jax {jax.__version__}, backend {jax.default_backend()}, {args.train_steps} train steps, "
+        f"{args.samples} samples, fit {args.fit}, {args.iterations} adam updates at lr {args.lr}",
+        flush=True,
+    )
 
     x = jnp.asarray(load_digits().x, jnp.float32)  # (1797, 8, 8, 1) in [-1, 1]
     path = paths.Linear()
@@ -82,12 +84,20 @@ def main():
         nnx.update(net, jax.tree.unflatten(jax.tree.structure(params), leaves))
         print(f"loaded the trained weights from {args.model_cache}", flush=True)
     else:
-        secs = train(net, lambda m, k, x0: losses.cfm_loss(jdiff.Model(m, path, "velocity"), k, x0), data_fn,
-                     args.train_steps, jax.random.key(0), batch=256)
+        secs = train(
+            net,
+            lambda m, k, x0: losses.cfm_loss(jdiff.Model(m, path, "velocity"), k, x0),
+            data_fn,
+            args.train_steps,
+            jax.random.key(0),
+            batch=256,
+        )
         print(f"trained the model in {secs:.0f} s", flush=True)
         if args.model_cache:
-            np.savez(args.model_cache, **{f"a{i}": np.asarray(v)
-                                          for i, v in enumerate(jax.tree.leaves(nnx.state(net, nnx.Param)))})
+            np.savez(
+                args.model_cache,
+                **{f"a{i}": np.asarray(v) for i, v in enumerate(jax.tree.leaves(nnx.state(net, nnx.Param)))},
+            )
     model = jdiff.Model(net, path, "velocity")
     clf, acc = metrics.train_digit_classifier(0)
     fdd = lambda a, b: float(metrics.frechet_digit_distance(clf, jnp.clip(a, -1.0, 1.0), jnp.clip(b, -1.0, 1.0)))
@@ -99,8 +109,11 @@ def main():
     scale_heun = fdd(run(S.Heun(), x_T, S.log_snr_grid(path, 50)), ref)
     real = x[np.asarray(jax.random.permutation(jax.random.key(4), x.shape[0]))[:500]]
     scale_real = fdd(ref, real)
-    print(f"classifier accuracy {acc:.3f}; FDD Heun 50 steps (99 NFE) vs reference {scale_heun:.3g}; "
-          f"reference vs 500 real digits {scale_real:.3g}", flush=True)
+    print(
+        f"classifier accuracy {acc:.3f}; FDD Heun 50 steps (99 NFE) vs reference {scale_heun:.3g}; "
+        f"reference vs 500 real digits {scale_real:.3g}",
+        flush=True,
+    )
 
     fit_ref = S.GlobalError(rtol=1e-5, atol=1e-5).init(None, model, x_fit, path.t_max, path.t_min, None)
     print(f"fit reference solved; {time.perf_counter() - t_start:.0f} s so far", flush=True)
@@ -118,21 +131,37 @@ def main():
                 score = jax.jit(lambda g, obj=obj, aux=aux, sv=solver: obj(sv, model, x_fit, aux, g, None))
                 start = min(fixed, key=lambda g: float(score(fixed[g])))
                 t0 = time.perf_counter()
-                res = S.optimize_grid(solver, model, jax.random.key(0), x_fit, n, objective=obj, init=fixed[start],
-                                      iterations=args.iterations, learning_rate=args.lr)
+                res = S.optimize_grid(
+                    solver,
+                    model,
+                    jax.random.key(0),
+                    x_fit,
+                    n,
+                    objective=obj,
+                    init=fixed[start],
+                    iterations=args.iterations,
+                    learning_rate=args.lr,
+                )
                 opt[oname] = fdd(run(solver, x_T, res.grid), ref)
-                print(f"  {name} NFE {nfe} ({n} steps) {oname} from {start}: FDD {opt[oname]:.4g}, objective "
-                      f"{float(res.initial_loss):.3g} -> {float(res.loss):.3g} ({time.perf_counter() - t0:.0f} s)",
-                      flush=True)
+                print(
+                    f"  {name} NFE {nfe} ({n} steps) {oname} from {start}: FDD {opt[oname]:.4g}, objective "
+                    f"{float(res.initial_loss):.3g} -> {float(res.loss):.3g} ({time.perf_counter() - t0:.0f} s)",
+                    flush=True,
+                )
             best = min(errs.values())
-            rows.append([name, str(nfe), str(n)] + [f"{errs[g]:.3g}" for g in GRIDS]
-                        + [f"{opt[k]:.3g}" for k in objectives] + [f"{min(opt.values()) / best:.2f}"])
+            rows.append(
+                [name, str(nfe), str(n)]
+                + [f"{errs[g]:.3g}" for g in GRIDS]
+                + [f"{opt[k]:.3g}" for k in objectives]
+                + [f"{min(opt.values()) / best:.2f}"]
+            )
 
-    print(f"\nDigits 8x8 (digits_mlp model, {args.train_steps} steps): FDD to {args.samples} samples at 100 NFE "
-          f"from the same x_T (scales: Heun at 99 NFE {scale_heun:.3g}, the reference vs real digits "
-          f"{scale_real:.3g})\n")
-    header = ["solver", "NFE", "steps", *GRIDS, *(f"optimised ({k})" for k in objectives),
-              "optimised / best fixed"]
+    print(
+        f"\nDigits 8x8 (digits_mlp model, {args.train_steps} steps): FDD to {args.samples} samples at 100 NFE "
+        f"from the same x_T (scales: Heun at 99 NFE {scale_heun:.3g}, the reference vs real digits "
+        f"{scale_real:.3g})\n"
+    )
+    header = ["solver", "NFE", "steps", *GRIDS, *(f"optimised ({k})" for k in objectives), "optimised / best fixed"]
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
     for r in rows:

@@ -45,15 +45,24 @@ from experiments import _latent, _lib, _state
 from jdiff import checkpoint, data, metrics, parallel, training
 
 COMMON = {  # the same training recipe for the latent and the pixel model
-    "batch_size": 64, "optimizer.learning_rate": 1e-3, "optimizer.warmup_steps": 100,
-    "optimizer.schedule": "constant", "ema_decay": 0.999, "data.holdout": 0.2, "sample_every": 0,
+    "batch_size": 64,
+    "optimizer.learning_rate": 1e-3,
+    "optimizer.warmup_steps": 100,
+    "optimizer.schedule": "constant",
+    "ema_decay": 0.999,
+    "data.holdout": 0.2,
+    "sample_every": 0,
 }
 PIXEL_UNET = {"model.kwargs.ch": 16, "model.kwargs.num_res_blocks": 1, "model.kwargs.attn_resolutions": ()}
 
 
 def _mlp(in_features):
-    return {"model.name": "mlp", "model.kwargs": ml_collections.ConfigDict(
-        {"in_features": in_features, "hidden": 256, "depth": 3, "num_classes": 10, "kind": "v"})}
+    return {
+        "model.name": "mlp",
+        "model.kwargs": ml_collections.ConfigDict(
+            {"in_features": in_features, "hidden": 256, "depth": 3, "num_classes": 10, "kind": "v"}
+        ),
+    }
 
 
 NUM_SAMPLES, SOLVER, STEPS = 1000, "dpmpp_2m", 25
@@ -74,8 +83,9 @@ def _step_cost(config, n=10) -> float:
     """CPU seconds of one train step of `config` (after compilation), on one device."""
     recipe, dataset, net = _lib.validate(config)
     tx, graphdef, state = _state.init_train_state(config, net)
-    step = training.make_train_step(recipe.build_loss(), graphdef, tx, ema=config.ema_decay,
-                                    grad_clip_norm=config.optimizer.grad_clip_norm)
+    step = training.make_train_step(
+        recipe.build_loss(), graphdef, tx, ema=config.ema_decay, grad_clip_norm=config.optimizer.grad_clip_norm
+    )
     if isinstance(recipe, _latent.LatentRecipe):  # the cost of a step on latents, not of building the cache
         x = np.random.default_rng(0).normal(size=(config.batch_size, *recipe.latent_shape)).astype(np.float32)
     else:
@@ -104,8 +114,9 @@ def _restore(config, workdir, step=None):
 
 def _samples(recipe, graphdef, params, rest, labels):
     """Samples of the EMA weights for `labels` (one batch, one compilation), clipped to [-1, 1]."""
-    draw = recipe.make_sampler(graphdef, (len(labels), 28, 28, 1), cond=jnp.asarray(labels), solver=SOLVER,
-                               num_steps=STEPS)
+    draw = recipe.make_sampler(
+        graphdef, (len(labels), 28, 28, 1), cond=jnp.asarray(labels), solver=SOLVER, num_steps=STEPS
+    )
     return np.clip(np.asarray(parallel.to_host(draw(params, rest, jax.random.PRNGKey(100)))), -1.0, 1.0)
 
 
@@ -126,8 +137,13 @@ def main():
     t_start = time.perf_counter()
 
     # 1. the autoencoder
-    ae_cfg = _config("mnist5k_autoencoder", total_steps=args.ae_steps, **{"optimizer.warmup_steps": 50},
-                     checkpoint_every=args.ae_steps, sample_every=args.ae_steps)
+    ae_cfg = _config(
+        "mnist5k_autoencoder",
+        total_steps=args.ae_steps,
+        **{"optimizer.warmup_steps": 50},
+        checkpoint_every=args.ae_steps,
+        sample_every=args.ae_steps,
+    )
     # the autoencoder's CPU time per step, measured in its own run (process time between the first
     # step, compiled, and the last); a rerun on a trained workdir reads it back
     cost_file, marks = os.path.join(args.runs, "ae_cpu_seconds_per_step.json"), {}
@@ -159,16 +175,21 @@ def main():
         "fdd_reconstructions": metrics.frechet_digit_distance(classifier, rec, held.x),
         "accuracy_originals": float(metrics.classifier_accuracy(classifier, held.x[both], held.label[both])),
         "accuracy_reconstructions": float(metrics.classifier_accuracy(classifier, rec[both], held.label[both])),
-        "num_heldout": int(held.x.shape[0]), "num_accuracy": int(both.sum()), "classifier_test_accuracy": clf_acc,
-        "latent_scale": float(ae.scale[...]), "latent_shift": float(ae.shift[...]),
+        "num_heldout": int(held.x.shape[0]),
+        "num_accuracy": int(both.sum()),
+        "classifier_test_accuracy": clf_acc,
+        "latent_scale": float(ae.scale[...]),
+        "latent_shift": float(ae.shift[...]),
     }
     print(json.dumps(ae_rows, indent=1), flush=True)
 
     # 2. matched compute
     lat_model = _mlp(7 * 7 * 4) if args.model == "mlp" else {}
     pix_model = _mlp(28 * 28) if args.model == "mlp" else PIXEL_UNET
-    lat_cfg = _config("mnist5k_latent", **{"latent.path": ae_dir, **COMMON, **lat_model, "total_steps": args.steps,
-                                           "checkpoint_every": args.steps})
+    lat_cfg = _config(
+        "mnist5k_latent",
+        **{"latent.path": ae_dir, **COMMON, **lat_model, "total_steps": args.steps, "checkpoint_every": args.steps},
+    )
     pix_base = _config("mnist5k", **COMMON, **pix_model)
     cost = {"ae": ae_cost, "latent": _step_cost(lat_cfg), "pixel": _step_cost(pix_base)}
     k_lat = lat_cfg.total_steps
@@ -178,8 +199,14 @@ def main():
 
     # 3. train both, sample, score
     _lib.train_and_evaluate(lat_cfg, lat_dir)
-    pix_cfg = _config("mnist5k", **COMMON, **pix_model, total_steps=k_pix_total, checkpoint_every=k_pix,
-                      keep_checkpoints=k_pix_total // k_pix + 2)
+    pix_cfg = _config(
+        "mnist5k",
+        **COMMON,
+        **pix_model,
+        total_steps=k_pix_total,
+        checkpoint_every=k_pix,
+        keep_checkpoints=k_pix_total // k_pix + 2,
+    )
     # The matched-compute checkpoint: also saved at step k_pix (a multiple of checkpoint_every).
     _lib.train_and_evaluate(pix_cfg, pix_dir)
     labels = np.repeat(np.arange(10), n_samples // 10)
@@ -192,19 +219,30 @@ def main():
     train = _lib.load_data(ae_cfg)  # ordered by class: a seeded random subset of it
     pick_train = np.random.default_rng(0).permutation(train.x.shape[0])[:n_samples]
     table = {
-        "training digits (reference)": (metrics.frechet_digit_distance(classifier, train.x[pick_train], held.x),
-                                        float(metrics.classifier_accuracy(classifier, train.x[pick_train],
-                                                                          train.label[pick_train])), None),
+        "training digits (reference)": (
+            metrics.frechet_digit_distance(classifier, train.x[pick_train], held.x),
+            float(metrics.classifier_accuracy(classifier, train.x[pick_train], train.label[pick_train])),
+            None,
+        ),
         "autoencoder reconstructions": (ae_rows["fdd_reconstructions"], ae_rows["accuracy_reconstructions"], None),
     }
     net = "MLP" if args.model == "mlp" else "U-Net"
-    names = {"latent": f"latent {net}, {k_lat} steps", "pixel_matched": f"pixel {net}, {k_pix} steps (= latent)",
-             "pixel_matched_with_ae": f"pixel {net}, {k_pix_total} steps (= latent + autoencoder)"}
-    comp = {"latent": k_lat * cost["latent"], "pixel_matched": k_pix * cost["pixel"],
-            "pixel_matched_with_ae": k_pix_total * cost["pixel"]}
+    names = {
+        "latent": f"latent {net}, {k_lat} steps",
+        "pixel_matched": f"pixel {net}, {k_pix} steps (= latent)",
+        "pixel_matched_with_ae": f"pixel {net}, {k_pix_total} steps (= latent + autoencoder)",
+    }
+    comp = {
+        "latent": k_lat * cost["latent"],
+        "pixel_matched": k_pix * cost["pixel"],
+        "pixel_matched_with_ae": k_pix_total * cost["pixel"],
+    }
     for key, x in rows.items():
-        table[names[key]] = (metrics.frechet_digit_distance(classifier, x, held.x),
-                             float(metrics.classifier_accuracy(classifier, x, labels)), comp[key])
+        table[names[key]] = (
+            metrics.frechet_digit_distance(classifier, x, held.x),
+            float(metrics.classifier_accuracy(classifier, x, labels)),
+            comp[key],
+        )
     print(f"| samples ({n_samples}, {SOLVER} {STEPS} steps) | FDD to held-out | classifier accuracy | train CPU s |")
     print("|---|---|---|---|")
     for name, (fdd, acc, c) in table.items():
@@ -217,9 +255,18 @@ def main():
     png = os.path.join(args.runs, "latent_vs_pixel.png")
     training.save_image_grid(png, grid.reshape(200, 28, 28, 1), ncol=20, scale=2)
     with open(os.path.join(args.runs, "results.json"), "w") as f:
-        json.dump({"args": vars(args), "autoencoder": ae_rows, "cpu_seconds_per_step": cost, "pixel_steps": [k_pix, k_pix_total],
-                   "samples": {k: list(v) for k, v in table.items()},
-                   "wall_minutes": (time.perf_counter() - t_start) / 60}, f, indent=1)
+        json.dump(
+            {
+                "args": vars(args),
+                "autoencoder": ae_rows,
+                "cpu_seconds_per_step": cost,
+                "pixel_steps": [k_pix, k_pix_total],
+                "samples": {k: list(v) for k, v in table.items()},
+                "wall_minutes": (time.perf_counter() - t_start) / 60,
+            },
+            f,
+            indent=1,
+        )
     print("picture", png, "wall minutes", round((time.perf_counter() - t_start) / 60, 1))
 
 

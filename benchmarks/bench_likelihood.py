@@ -61,8 +61,11 @@ def main():
 
     def solve(rtol, divergence=None):
         """The jitted batched solve; divergence None = exact trace, or a Hutchinson estimator."""
-        return jax.jit(lambda xs, key: likelihood.ode_log_likelihood_batch(
-            model, xs, key=key, divergence=divergence, rtol=rtol, atol=rtol, prior_log_prob=prior))
+        return jax.jit(
+            lambda xs, key: likelihood.ode_log_likelihood_batch(
+                model, xs, key=key, divergence=divergence, rtol=rtol, atol=rtol, prior_log_prob=prior
+            )
+        )
 
     print(f"## Error vs NFE (exact trace, Tsit5, {args.dim}-D mixture, VP-linear, {args.n} examples)\n")
     print("| rtol = atol | mean NFE | max abs error (nats) | mean abs error (nats) | time (ratio to rtol 1e-3) |")
@@ -75,7 +78,9 @@ def main():
         ratio = f"{dt / base:.2f}" if base else "-"
         print(f"| {rtol:.0e} | {float(np.mean(ll.nfe)):.0f} | {err.max():.2e} | {err.mean():.2e} | {ratio} |")
 
-    print(f"\n## Hutchinson: standard error of one estimate vs probes (rtol 1e-6, {args.draws} draws x {min(args.n, 16)} examples)\n")
+    print(
+        f"\n## Hutchinson: standard error of one estimate vs probes (rtol 1e-6, {args.draws} draws x {min(args.n, 16)} examples)\n"
+    )
     print("| probe | probes M | mean sd (nats) | sd x sqrt(M) | mean abs(bias) / se | time (ratio to exact trace) |")
     print("|---|---|---|---|---|---|")
     xs = x[: min(args.n, 16)]
@@ -88,15 +93,21 @@ def main():
             est = np.asarray(ll.log_prob).reshape(xs.shape[0], args.draws)
             sd = est.std(axis=1, ddof=1)
             z = np.abs(est.mean(1) - ex) / (sd / math.sqrt(args.draws))
-            print(f"| {probe} | {m} | {sd.mean():.3e} | {sd.mean() * math.sqrt(m):.3e} | {z.mean():.2f} | "
-                  f"{dt / t_exact:.2f} |")
+            print(
+                f"| {probe} | {m} | {sd.mean():.3e} | {sd.mean() * math.sqrt(m):.3e} | {z.mean():.2f} | "
+                f"{dt / t_exact:.2f} |"
+            )
 
-    print("\nTimes are for the same examples within a table (best of 3). The exact trace costs D jvps "
-          "per evaluation, Hutchinson M; an unbiased estimator gives mean abs(bias) / se ~ 0.8 "
-          "(the mean of abs(N(0, 1))).")
+    print(
+        "\nTimes are for the same examples within a table (best of 3). The exact trace costs D jvps "
+        "per evaluation, Hutchinson M; an unbiased estimator gives mean abs(bias) / se ~ 0.8 "
+        "(the mean of abs(N(0, 1)))."
+    )
     _, t = timed(solve(1e-5), x, jax.random.PRNGKey(0))
-    print(f"\nTime per example, exact trace, rtol 1e-5: {1e3 * t / args.n:.2f} ms ({args.n} examples vmapped, "
-          f"{jax.devices()[0].platform}).")
+    print(
+        f"\nTime per example, exact trace, rtol 1e-5: {1e3 * t / args.n:.2f} ms ({args.n} examples vmapped, "
+        f"{jax.devices()[0].platform})."
+    )
 
 
 if __name__ == "__main__":

@@ -52,13 +52,16 @@ def train(net, loss_fn, x_train, y_train, steps, *, lr, batch, chunk=50):
             idx = jax.random.randint(jax.random.fold_in(jax.random.key(7), start + i), (batch,), 0, n)
             state, m = step_fn(state, {"x": x_train[idx], "label": y_train[idx]})
             return state, (m["loss"], m["finite"])
+
         return jax.lax.scan(body, state, jnp.arange(chunk))
 
     for start in range(0, steps, chunk):
         state, (loss, finite) = run(state, start)
         if start % (10 * chunk) == 0 or start + chunk >= steps:
-            print(f"    step {start + chunk}: loss {float(loss.mean()):.4f}, finite {int(finite.sum())}/{chunk}",
-                  flush=True)
+            print(
+                f"    step {start + chunk}: loss {float(loss.mean()):.4f}, finite {int(finite.sum())}/{chunk}",
+                flush=True,
+            )
     return graphdef, state
 
 
@@ -87,8 +90,8 @@ def main():
     ds = load_mnist5k()
     x, y = np.asarray(ds.x, np.float32), np.asarray(ds.label, np.int32)
     perm = np.asarray(jax.random.permutation(jax.random.key(10), x.shape[0]))
-    x_test = jnp.asarray(x[perm[:args.holdout]])
-    x_train, y_train = jnp.asarray(x[perm[args.holdout:]]), jnp.asarray(y[perm[args.holdout:]])
+    x_test = jnp.asarray(x[perm[: args.holdout]])
+    x_train, y_train = jnp.asarray(x[perm[args.holdout :]]), jnp.asarray(y[perm[args.holdout :]])
     clf, acc = metrics.train_digit_classifier(0, dataset="mnist5k")
     print(f"mnist5k digit classifier held-out accuracy {acc:.3f}", flush=True)
 
@@ -97,12 +100,19 @@ def main():
 
     half = args.holdout // 2
     floor_halves = float(metrics.frechet_digit_distance(clf, x_test[:half], x_test[half:]))
-    floor_train = fdd(x_train[:args.samples])
+    floor_train = fdd(x_train[: args.samples])
 
     path = jdiff.VPCosine()
     pyramid = nested.Pyramid((1, 2, 4), shift_power=1.0)
-    arch = {"ch": args.ch, "ch_mult": (1, 2, 2), "num_res_blocks": 1, "attn_resolutions": (), "dropout": 0.0,
-            "num_classes": 10, "kind": "v"}
+    arch = {
+        "ch": args.ch,
+        "ch_mult": (1, 2, 2),
+        "num_res_blocks": 1,
+        "attn_resolutions": (),
+        "dropout": 0.0,
+        "num_classes": 10,
+        "kind": "v",
+    }
     grid = samplers.log_snr_grid(path, args.num_steps)
     solver = samplers.DPMSolverPP2M()
     labels = jnp.arange(args.samples) % 10
@@ -157,9 +167,11 @@ def main():
     training.save_image_grid(os.path.join(args.png_dir, "nested_mnist_nested.png"), np.asarray(fine[:100]), scale=2)
 
     ref = rows[0][3]
-    print(f"\nMNIST-5k, {x_train.shape[0]} training / {args.holdout} held-out digits, {args.steps} steps at batch "
-          f"{args.batch} per model (ch {args.ch}), {args.samples} samples with DPM-Solver++(2M), {args.num_steps} "
-          f"steps; classifier accuracy {acc:.3f}; nested: mean |pool4(28x28) - 7x7 level| = {coherence:.4f}\n")
+    print(
+        f"\nMNIST-5k, {x_train.shape[0]} training / {args.holdout} held-out digits, {args.steps} steps at batch "
+        f"{args.batch} per model (ch {args.ch}), {args.samples} samples with DPM-Solver++(2M), {args.num_steps} "
+        f"steps; classifier accuracy {acc:.3f}; nested: mean |pool4(28x28) - 7x7 level| = {coherence:.4f}\n"
+    )
     print("| model | parameters | GFLOPs per call | FDD | / U-Net | train s (load-dependent) |")
     print("|---|---:|---:|---:|---:|---:|")
     print(f"| real: held-out halves | - | - | {floor_halves:.2f} | {floor_halves / ref:.2f} | - |")

@@ -52,14 +52,34 @@ BF16 = jdiff.Policy(compute_dtype="bfloat16")
 
 
 NETWORKS = {  # --networks key: (table name, builder, example shape)
-    "mlp": ("mlp 64-256x3 (make demo)",
-            lambda rngs, **kw: models.MLP(64, hidden=256, depth=3, kind="velocity", rngs=rngs, **kw), (64,)),
-    "unet": ("unet ch64 (digits_vp)",
-             lambda rngs, **kw: models.UNet(8, 1, ch=64, ch_mult=(1, 2), num_res_blocks=2, attn_resolutions=(4,),
-                                            dropout=0.0, kind="velocity", rngs=rngs, **kw), (8, 8, 1)),
-    "dit": ("dit 128x4 p2",
-            lambda rngs, **kw: models.DiT(8, 1, patch_size=2, hidden=128, depth=4, num_heads=4, kind="velocity",
-                                          rngs=rngs, **kw), (8, 8, 1)),
+    "mlp": (
+        "mlp 64-256x3 (make demo)",
+        lambda rngs, **kw: models.MLP(64, hidden=256, depth=3, kind="velocity", rngs=rngs, **kw),
+        (64,),
+    ),
+    "unet": (
+        "unet ch64 (digits_vp)",
+        lambda rngs, **kw: models.UNet(
+            8,
+            1,
+            ch=64,
+            ch_mult=(1, 2),
+            num_res_blocks=2,
+            attn_resolutions=(4,),
+            dropout=0.0,
+            kind="velocity",
+            rngs=rngs,
+            **kw,
+        ),
+        (8, 8, 1),
+    ),
+    "dit": (
+        "dit 128x4 p2",
+        lambda rngs, **kw: models.DiT(
+            8, 1, patch_size=2, hidden=128, depth=4, num_heads=4, kind="velocity", rngs=rngs, **kw
+        ),
+        (8, 8, 1),
+    ),
 }
 
 
@@ -78,8 +98,9 @@ def _timers(net, shape, policy, x):
 
     step = training.make_train_step(loss_fn, graphdef, tx, donate=False)
     batch = {"x": x.reshape((-1, *shape))}
-    forward = jax.jit(lambda params, x: jdiff.Model(nnx.merge(graphdef, params, state.rest), path, "velocity",
-                                                    policy=policy)(x, 0.5))
+    forward = jax.jit(
+        lambda params, x: jdiff.Model(nnx.merge(graphdef, params, state.rest), path, "velocity", policy=policy)(x, 0.5)
+    )
 
     def time_step(n):
         jax.block_until_ready(step(state, batch))
@@ -104,10 +125,14 @@ def speed(repeats: int, iters: int, batch: int, keys):
     x = jnp.asarray(images.load_digits().x[:batch], jnp.float32)
     f32, bf16 = _networks(jdiff.Policy(), keys), _networks(BF16, keys)
     nets = {name: {"f32": f32[name], "bf16": bf16[name]} for name in f32}
-    print(f"bfloat16 vs float32 on {jax.devices()[0].device_kind} ({jax.default_backend()}), batch {batch}, "
-          f"median of {repeats} x {iters} calls\n")
-    print("| network | f32 train step (ms) | bf16 train step (ms) | bf16 / f32 | f32 forward (ms) | "
-          "bf16 forward (ms) | bf16 / f32 |")
+    print(
+        f"bfloat16 vs float32 on {jax.devices()[0].device_kind} ({jax.default_backend()}), batch {batch}, "
+        f"median of {repeats} x {iters} calls\n"
+    )
+    print(
+        "| network | f32 train step (ms) | bf16 train step (ms) | bf16 / f32 | f32 forward (ms) | "
+        "bf16 forward (ms) | bf16 / f32 |"
+    )
     print("|---|---|---|---|---|---|---|")
     for name, pair in nets.items():
         timers = {k: _timers(net, shape, jdiff.Policy() if k == "f32" else BF16, x) for k, (net, shape) in pair.items()}
@@ -117,8 +142,11 @@ def speed(repeats: int, iters: int, batch: int, keys):
                 for w in (0, 1):
                     res[k, w].append(fns[w](iters))
         med = {key: 1e3 * float(np.median(v)) for key, v in res.items()}
-        print(f"| {name} | {med['f32', 0]:.2f} | {med['bf16', 0]:.2f} | {med['bf16', 0] / med['f32', 0]:.2f} | "
-              f"{med['f32', 1]:.2f} | {med['bf16', 1]:.2f} | {med['bf16', 1] / med['f32', 1]:.2f} |", flush=True)
+        print(
+            f"| {name} | {med['f32', 0]:.2f} | {med['bf16', 0]:.2f} | {med['bf16', 0] / med['f32', 0]:.2f} | "
+            f"{med['f32', 1]:.2f} | {med['bf16', 1]:.2f} | {med['bf16', 1] / med['f32', 1]:.2f} |",
+            flush=True,
+        )
 
 
 # ---------------------------------------------------------------------------------
@@ -137,12 +165,21 @@ PATHS = {
     "custom": jdiff.CustomPath(lambda t: (1.0 - t) ** 2, lambda t: jnp.sqrt(t)),
 }  # the paths of tests/helpers.py all_paths()
 SOLVERS = {  # the configurations of tests/test_precision.py
-    "ddpm": S.DDPM(), "ddim_eta": S.DDIM(eta=0.5), "euler": S.Euler(),
+    "ddpm": S.DDPM(),
+    "ddim_eta": S.DDIM(eta=0.5),
+    "euler": S.Euler(),
     "heun_churn": S.Heun(s_churn=4.0, s_noise=1.007),
-    "dpm_solver_2": S.DPMSolver(order=2), "dpm_solver_3": S.DPMSolver(order=3), "dpm_solver_2m": S.DPMSolver2M(),
-    "dpmpp_2m": S.DPMSolverPP2M(), "dpmpp_3m": S.DPMSolverPP3M(), "dpmpp_2m_sde": S.DPMSolverPP2MSDE(),
-    "unipc_bh1": S.UniPC(predictor_order=3, variant="bh1"), "unipc_bh2": S.UniPC(predictor_order=2, variant="bh2"),
-    "lms_1": S.LMS(order=1), "lms_3": S.LMS(order=3), "euler_maruyama": S.EulerMaruyama(),
+    "dpm_solver_2": S.DPMSolver(order=2),
+    "dpm_solver_3": S.DPMSolver(order=3),
+    "dpm_solver_2m": S.DPMSolver2M(),
+    "dpmpp_2m": S.DPMSolverPP2M(),
+    "dpmpp_3m": S.DPMSolverPP3M(),
+    "dpmpp_2m_sde": S.DPMSolverPP2MSDE(),
+    "unipc_bh1": S.UniPC(predictor_order=3, variant="bh1"),
+    "unipc_bh2": S.UniPC(predictor_order=2, variant="bh2"),
+    "lms_1": S.LMS(order=1),
+    "lms_3": S.LMS(order=3),
+    "euler_maruyama": S.EulerMaruyama(),
     "pc": S.PredictorCorrector(S.EulerMaruyama(), n_corrector=1, snr=0.16),
     "pc_lms": S.PredictorCorrector(S.LMS(order=3), n_corrector=1, snr=0.16),
 }
@@ -155,8 +192,9 @@ def mixture():
     return jdiff.GaussianMixture(
         weights=jnp.array([0.5, 0.3, 0.2], jnp.float32),
         means=jnp.array([[-1.0, 0.5], [1.2, 1.0], [0.3, -1.3]], jnp.float32),
-        covs=jnp.array([[[0.10, 0.03], [0.03, 0.05]], [[0.04, -0.01], [-0.01, 0.08]], [[0.06, 0.0], [0.0, 0.02]]],
-                       jnp.float32),
+        covs=jnp.array(
+            [[[0.10, 0.03], [0.03, 0.05]], [[0.04, -0.01], [-0.01, 0.08]], [[0.06, 0.0], [0.0, 0.02]]], jnp.float32
+        ),
     )
 
 
@@ -195,9 +233,11 @@ def _emulated(path, gm):
 
 def accuracy(path_names, n: int, num_steps: int):
     gm = mixture()
-    print(f"bfloat16 vs float32 network: median / 90th percentile of |x_bf16 - x_f32| over {n} samples, worst over "
-          f"{len(SOLVERS)} fixed-step solvers, the PF-ODE and the reverse SDE; {num_steps} Karras steps, "
-          "float32 state\n")
+    print(
+        f"bfloat16 vs float32 network: median / 90th percentile of |x_bf16 - x_f32| over {n} samples, worst over "
+        f"{len(SOLVERS)} fixed-step solvers, the PF-ODE and the reverse SDE; {num_steps} Karras steps, "
+        "float32 state\n"
+    )
     print("| path | sigma/alpha at t_max | " + " | ".join(KINDS) + " |")
     print("|---|---|" + "---|" * len(KINDS))
     for pname in path_names:
@@ -234,7 +274,9 @@ def main():
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--iters", type=int, default=20)
     parser.add_argument("--batch", type=int, default=128)
-    parser.add_argument("--networks", default=",".join(NETWORKS), help="speed: comma-separated of " + ",".join(NETWORKS))
+    parser.add_argument(
+        "--networks", default=",".join(NETWORKS), help="speed: comma-separated of " + ",".join(NETWORKS)
+    )
     parser.add_argument("--paths", default=",".join(PATHS))
     parser.add_argument("--samples", type=int, default=64)
     parser.add_argument("--num_steps", type=int, default=16)

@@ -108,7 +108,11 @@ def accuracy():
                 y = jax.jit(lambda x, g: S.sample(solver, model, x, g))(x, grid_fn(path, n))
                 row.append(f"{float(jnp.sqrt(jnp.mean((y - ref) ** 2))):.1e}")
             rows.append(row)
-        table(f"Accuracy: RMS error vs the exact PF-ODE endpoint, {name}", ["solver"] + [f"NFE {b}" for b in budgets], rows)
+        table(
+            f"Accuracy: RMS error vs the exact PF-ODE endpoint, {name}",
+            ["solver"] + [f"NFE {b}" for b in budgets],
+            rows,
+        )
 
 
 def mlp_model(key, path, width=256, depth=3):
@@ -177,8 +181,9 @@ def baseline_overhead(rev, quick):
         try:
             cmd = [sys.executable, os.path.join(wt, "benchmarks", "bench_samplers.py"), "--only", "overhead"]
             env = {**os.environ, "PYTHONPATH": wt}
-            out = subprocess.run(cmd + (["--quick"] if quick else []), cwd=wt, env=env, check=True,
-                                 capture_output=True, text=True).stdout
+            out = subprocess.run(
+                cmd + (["--quick"] if quick else []), cwd=wt, env=env, check=True, capture_output=True, text=True
+            ).stdout
         finally:
             subprocess.run(["git", "-C", str(root), "worktree", "remove", "--force", wt], check=True)
     rows = {}
@@ -223,8 +228,12 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="fewer timing repeats")
     p.add_argument("--only", choices=["accuracy", "overhead", "compile"], default=None)
-    p.add_argument("--baseline", default=None, metavar="REV",
-                   help="also measure the overhead table of git commit REV, in this run, and compare")
+    p.add_argument(
+        "--baseline",
+        default=None,
+        metavar="REV",
+        help="also measure the overhead table of git commit REV, in this run, and compare",
+    )
     args = p.parse_args(argv)
     jax.config.update("jax_enable_x64", True)  # float64 reference; timed runs use float32 arrays
     print(f"jax {jax.__version__} on {jax.devices()[0].device_kind}", file=sys.stderr)

@@ -42,8 +42,16 @@ MiB = 2**20
 
 
 def _net(args):
-    return models.DiT(args.image, 3, patch_size=args.patch, hidden=args.hidden, depth=args.depth,
-                      num_heads=args.heads, kind="velocity", rngs=nnx.Rngs(0))
+    return models.DiT(
+        args.image,
+        3,
+        patch_size=args.patch,
+        hidden=args.hidden,
+        depth=args.depth,
+        num_heads=args.heads,
+        kind="velocity",
+        rngs=nnx.Rngs(0),
+    )
 
 
 def _loss(net, batch, key):
@@ -57,8 +65,11 @@ def _setup(args, mesh):
     x = np.random.default_rng(0).uniform(-1, 1, (args.batch, args.image, args.image, 3)).astype(np.float32)
     batch = parallel.global_batch({"x": x}, mesh)
     mem = step.lower(state, batch).compile().memory_analysis()
-    xla = (mem.argument_size_in_bytes + mem.output_size_in_bytes - mem.alias_size_in_bytes
-           + mem.temp_size_in_bytes) if mem is not None else float("nan")
+    xla = (
+        (mem.argument_size_in_bytes + mem.output_size_in_bytes - mem.alias_size_in_bytes + mem.temp_size_in_bytes)
+        if mem is not None
+        else float("nan")
+    )
     tree = (state.params, state.opt_state, state.ema_params)
     dev0 = jax.devices()[0]
     held = sum(s.data.nbytes for x in jax.tree.leaves(tree) for s in x.addressable_shards if s.device == dev0)
@@ -66,8 +77,16 @@ def _setup(args, mesh):
     stats = dev0.memory_stats()  # None on CPU
     state, _ = step(state, batch)  # compile
     jax.block_until_ready(state)
-    return {"step": step, "state": state, "batch": batch, "held": held, "total": total, "xla": xla,
-            "peak": (stats or {}).get("peak_bytes_in_use"), "times": []}
+    return {
+        "step": step,
+        "state": state,
+        "batch": batch,
+        "held": held,
+        "total": total,
+        "xla": xla,
+        "peak": (stats or {}).get("peak_bytes_in_use"),
+        "times": [],
+    }
 
 
 def _time(run, steps, feed=None):
@@ -95,8 +114,10 @@ def main():
     if len(jax.devices()) != 8:
         sys.exit(f"needs 8 devices, found {len(jax.devices())} (XLA_FLAGS={os.environ.get('XLA_FLAGS')!r})")
 
-    runs = {"replicated (data=8)": _setup(args, parallel.make_mesh(data=8)),
-            "fsdp=8": _setup(args, parallel.make_mesh(data=1, fsdp=8))}
+    runs = {
+        "replicated (data=8)": _setup(args, parallel.make_mesh(data=8)),
+        "fsdp=8": _setup(args, parallel.make_mesh(data=1, fsdp=8)),
+    }
     fsdp = runs["fsdp=8"]
     images = np.random.default_rng(1).uniform(-1, 1, (args.examples, args.image, args.image, 3)).astype(np.float32)
     it = data.GrainIterator({"x": images}, args.batch, seed=0, num_threads=2, prefetch=4)
@@ -109,23 +130,31 @@ def main():
 
     n_params = sum(x.size for x in jax.tree.leaves(fsdp["state"].params))
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    print(f"jax {jax.__version__}, {len(jax.devices())} {jax.devices()[0].platform} devices, {os.cpu_count()} CPU "
-          f"cores, load average {load:.1f}")
-    print(f"DiT hidden={args.hidden} depth={args.depth} heads={args.heads} on {args.image}x{args.image}x3, patch "
-          f"{args.patch} ({(args.image // args.patch) ** 2} tokens), {n_params:,} parameters; global batch "
-          f"{args.batch}; medians of {args.repeats} x {args.steps} steps")
+    print(
+        f"jax {jax.__version__}, {len(jax.devices())} {jax.devices()[0].platform} devices, {os.cpu_count()} CPU "
+        f"cores, load average {load:.1f}"
+    )
+    print(
+        f"DiT hidden={args.hidden} depth={args.depth} heads={args.heads} on {args.image}x{args.image}x3, patch "
+        f"{args.patch} ({(args.image // args.patch) ** 2} tokens), {n_params:,} parameters; global batch "
+        f"{args.batch}; medians of {args.repeats} x {args.steps} steps"
+    )
     print()
     print("| mesh | step ms | state MiB / device | state / replicated | XLA MiB / device | peak_bytes_in_use |")
     print("|---|---:|---:|---:|---:|---:|")
     base = runs["replicated (data=8)"]
     for name, run in runs.items():
         peak = "n/a (CPU)" if run["peak"] is None else f"{run['peak'] / MiB:.1f}"
-        print(f"| {name} | {1e3 * np.median(run['times']):.1f} | {run['held'] / MiB:.1f} | "
-              f"{run['held'] / base['held']:.3f} | {run['xla'] / MiB:.1f} | {peak} |")
+        print(
+            f"| {name} | {1e3 * np.median(run['times']):.1f} | {run['held'] / MiB:.1f} | "
+            f"{run['held'] / base['held']:.3f} | {run['xla'] / MiB:.1f} | {peak} |"
+        )
     ratio = np.median(fsdp["times"]) / np.median(base["times"])
     print(f"\nFSDP / replicated step time: {ratio:.2f}")
-    print(f"grain pipeline (fsdp=8): {1e3 * np.median(pipeline):.1f} ms / step; overhead = pipeline / bare step = "
-          f"{np.median(pipeline) / np.median(fsdp['times']):.3f}")
+    print(
+        f"grain pipeline (fsdp=8): {1e3 * np.median(pipeline):.1f} ms / step; overhead = pipeline / bare step = "
+        f"{np.median(pipeline) / np.median(fsdp['times']):.3f}"
+    )
 
 
 if __name__ == "__main__":

@@ -47,8 +47,14 @@ def bare(config, steps):
     recipe, dataset, net = _lib.validate(config)
     mesh = parallel.make_mesh(config.get("num_devices", None))
     tx, graphdef, state = _lib.init_train_state(config, net, mesh)
-    step = training.make_train_step(recipe.build_loss(), graphdef, tx, mesh=mesh, ema=config.ema_decay,
-                                    grad_clip_norm=config.optimizer.grad_clip_norm)
+    step = training.make_train_step(
+        recipe.build_loss(),
+        graphdef,
+        tx,
+        mesh=mesh,
+        ema=config.ema_decay,
+        grad_clip_norm=config.optimizer.grad_clip_norm,
+    )
     batch = parallel.global_batch({"x": next(data.DataIterator(dataset, config.batch_size))["x"]}, mesh)
     for _ in range(3):  # compile and warm up
         state, _ = step(state, batch)
@@ -78,8 +84,10 @@ def main():
     parser.add_argument("--steps", type=int, default=None, help="timed steps (default 300 MLP, 50 U-Net)")
     parser.add_argument("--repeats", type=int, default=2)
     args = parser.parse_args()
-    print(f"jax {jax.__version__}, {jax.device_count()} {jax.devices()[0].platform} device(s), "
-          f"{os.cpu_count()} CPU cores, load average {os.getloadavg()[0]:.1f}")
+    print(
+        f"jax {jax.__version__}, {jax.device_count()} {jax.devices()[0].platform} device(s), "
+        f"{os.cpu_count()} CPU cores, load average {os.getloadavg()[0]:.1f}"
+    )
     print(f"{'model':<6} {'batch':>5} {'params':>9} {'bare ex/s':>10} {'loop ex/s':>10} {'loop/bare':>9}")
     for name in args.models.split(","):
         steps = args.steps or (300 if name == "mlp" else 50)

@@ -24,7 +24,7 @@ def plain(arrays, batch_size, seed=0):
         epoch, step = divmod(i, steps)
         if step == 0:
             perm = np.random.default_rng([seed, epoch]).permutation(n)
-        idx = perm[step * batch_size:(step + 1) * batch_size]
+        idx = perm[step * batch_size : (step + 1) * batch_size]
         yield {k: v[idx] for k, v in arrays.items()}
 
 

@@ -41,8 +41,9 @@ def vdm_variance_table(batch=128, repeats=100):
         model = gm.as_model(path, "eps")
 
         def means(antithetic, model=model):
-            fn = jax.jit(jax.vmap(lambda k: jnp.mean(
-                losses.vdm_loss(model, k, x0, antithetic=antithetic, num_bins=None))))
+            fn = jax.jit(
+                jax.vmap(lambda k: jnp.mean(losses.vdm_loss(model, k, x0, antithetic=antithetic, num_bins=None)))
+            )
             return np.asarray(fn(jax.random.split(jax.random.PRNGKey(2), repeats)))
 
         iid, strat = means(False), means(True)
@@ -73,8 +74,10 @@ def ot_table(sizes=(32, 128), repeats=3):
             times[m] = (time.perf_counter() - t0) / repeats
             res[m] = cost[np.arange(b), j].sum()
         indep = np.trace(cost)
-        print(f"| {b} | {indep / res['exact']:.2f} | {res['sinkhorn'] / res['exact']:.4f} | "
-              f"{times['sinkhorn'] / times['exact']:.2f} |")
+        print(
+            f"| {b} | {indep / res['exact']:.2f} | {res['sinkhorn'] / res['exact']:.4f} | "
+            f"{times['sinkhorn'] / times['exact']:.2f} |"
+        )
 
 
 if __name__ == "__main__":

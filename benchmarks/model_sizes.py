@@ -20,15 +20,20 @@ CONFIGS = {
     "MLP toy 2-D (hidden 256, depth 3)": (lambda: models.MLP(2, rngs=nnx.Rngs(0)), (2,)),
     "U-Net digits 8x8x1 (ch 64, (1,2), attn 4)": (
         lambda: models.UNet(8, 1, ch=64, ch_mult=(1, 2), attn_resolutions=(4,), num_classes=10, rngs=nnx.Rngs(0)),
-        (8, 8, 1)),
+        (8, 8, 1),
+    ),
     "U-Net MNIST 28x28x1 (ch 64, (1,2,2), attn 7)": (
         lambda: models.UNet(28, 1, ch=64, ch_mult=(1, 2, 2), attn_resolutions=(7,), num_classes=10, rngs=nnx.Rngs(0)),
-        (28, 28, 1)),
+        (28, 28, 1),
+    ),
     "U-Net CIFAR-10 32x32x3 (DDPM++ ch 128, (1,2,2,2))": (
         lambda: models.UNet(32, 3, ch=128, ch_mult=(1, 2, 2, 2), attn_resolutions=(16,), rngs=nnx.Rngs(0)),
-        (32, 32, 3)),
+        (32, 32, 3),
+    ),
     "DiT-S/2 32x32x3 (384, depth 12, 6 heads)": (
-        lambda: models.DiT(32, 3, patch_size=2, num_classes=10, rngs=nnx.Rngs(0)), (32, 32, 3)),
+        lambda: models.DiT(32, 3, patch_size=2, num_classes=10, rngs=nnx.Rngs(0)),
+        (32, 32, 3),
+    ),
 }
 
 

@@ -50,8 +50,9 @@ def mixture():
     return jdiff.GaussianMixture(
         weights=jnp.array([0.5, 0.3, 0.2], jnp.float32),
         means=jnp.array([[-1.0, 0.5], [1.2, 1.0], [0.3, -1.3]], jnp.float32),
-        covs=jnp.array([[[0.10, 0.03], [0.03, 0.05]], [[0.04, -0.01], [-0.01, 0.08]], [[0.06, 0.0], [0.0, 0.02]]],
-                       jnp.float32),
+        covs=jnp.array(
+            [[[0.10, 0.03], [0.03, 0.05]], [[0.04, -0.01], [-0.01, 0.08]], [[0.06, 0.0], [0.0, 0.02]]], jnp.float32
+        ),
     )
 
 

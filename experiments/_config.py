@@ -168,8 +168,13 @@ class Spec(NamedTuple):
     required: bool = True
 
     def accepted(self) -> str:
-        kind = {"int": "an int", "float": "a float", "bool": "True or False", "str": "a string",
-                "shape": "a tuple of positive ints (one example's shape)"}[self.kind]
+        kind = {
+            "int": "an int",
+            "float": "a float",
+            "bool": "True or False",
+            "str": "a string",
+            "shape": "a tuple of positive ints (one example's shape)",
+        }[self.kind]
         if self.lo is not None and self.hi is not None:
             kind += f" in {'(' if self.lo_open else '['}{self.lo:g}, {self.hi:g}{')' if self.hi_open else ']'}"
         elif self.lo is not None:
@@ -185,8 +190,11 @@ class Spec(NamedTuple):
         if self.kind == "str":
             return None if isinstance(value, str) else f"is a {type(value).__name__}"
         if self.kind == "shape":
-            ok = isinstance(value, (tuple, list)) and value and all(
-                isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in value)
+            ok = (
+                isinstance(value, (tuple, list))
+                and value
+                and all(isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in value)
+            )
             return None if ok else "is not a tuple of positive ints"
         types = (int,) if self.kind == "int" else (int, float)
         if isinstance(value, bool) or not isinstance(value, types):
@@ -328,8 +336,10 @@ def _config_from_argv(argv):
         return None, f"--config: {spec.partition(':')[0]!r} does not exist; accepted: a config file path.py[:arg]"
     except Exception as e:  # noqa: BLE001 - the user's file: any error in it is reported in one line
         msg = str(e).splitlines()[0] if str(e) else ""
-        return None, (f"--config: {spec} failed to load ({type(e).__name__}: {msg}); accepted: a config file "
-                      "whose get_config(arg) returns a ConfigDict")
+        return None, (
+            f"--config: {spec} failed to load ({type(e).__name__}: {msg}); accepted: a config file "
+            "whose get_config(arg) returns a ConfigDict"
+        )
 
 
 # --config.<section>.<...>kwargs.<name>=<value>: an entry of a free-form keyword-argument section.
@@ -350,15 +360,18 @@ def _apply_kwargs_overrides(config, overrides) -> None:
         node = _get(config, section)
         if not isinstance(node, ml_collections.ConfigDict):
             keys = ", ".join(sorted(config.keys()))
-            raise ConfigError(f"config.{section}.{name}: config has no section {section!r}; accepted top-level keys: "
-                              f"{keys}")
+            raise ConfigError(
+                f"config.{section}.{name}: config has no section {section!r}; accepted top-level keys: {keys}"
+            )
         value = _parse_value(text)
         try:
             with config.unlocked():
                 node[name] = value
         except (TypeError, ValueError) as e:
-            raise ConfigError(f"config.{section}.{name}: {str(e).splitlines()[0]}; accepted: a value of the type "
-                              f"it has ({type(node[name]).__name__})") from e
+            raise ConfigError(
+                f"config.{section}.{name}: {str(e).splitlines()[0]}; accepted: a value of the type "
+                f"it has ({type(node[name]).__name__})"
+            ) from e
 
 
 def _flag_error(e: Exception, argv, config) -> str:
@@ -412,8 +425,9 @@ def parse_flags(argv):
             config = flags.FLAGS["config"].value if "config" in flags.FLAGS else None
             if config is None:
                 section, name, _ = overrides[0]
-                raise ConfigError(f"config.{section}.{name}: an override needs a config; accepted: "
-                                  "--config=path.py[:arg] before it")
+                raise ConfigError(
+                    f"config.{section}.{name}: an override needs a config; accepted: --config=path.py[:arg] before it"
+                )
             _apply_kwargs_overrides(config, overrides)
     return rest
 

@@ -38,12 +38,16 @@ def _check_options(name: str, kwargs: dict) -> None:
         return  # tfds/<name> and unknown names: get_dataset reports them
     for key in kwargs:
         if key not in options:
-            raise ConfigError(f"config.data.kwargs.{key}: the {name!r} loader has no option {key!r}; accepted: "
-                              f"{', '.join(options) or 'none'}")
+            raise ConfigError(
+                f"config.data.kwargs.{key}: the {name!r} loader has no option {key!r}; accepted: "
+                f"{', '.join(options) or 'none'}"
+            )
     for key, required in options.items():
         if required and key not in kwargs:
-            raise ConfigError(f"config.data.kwargs.{key}: the {name!r} loader needs it; accepted: "
-                              f"--config.data.kwargs.{key}=<value> (options: {', '.join(options)})")
+            raise ConfigError(
+                f"config.data.kwargs.{key}: the {name!r} loader needs it; accepted: "
+                f"--config.data.kwargs.{key}=<value> (options: {', '.join(options)})"
+            )
 
 
 def load_all(config) -> data.Dataset:
@@ -99,21 +103,28 @@ def check_dataset(config, dataset: data.Dataset) -> None:
     class-conditional model are below model.kwargs.num_classes, and every value is finite."""
     fields = {k: v for k, v in dataset._asdict().items() if v is not None}
     if config.data.cond and config.data.cond not in fields:
-        raise ConfigError(f"config.data.cond: {config.data.cond!r} is not a field of the data; accepted: "
-                          f"{', '.join(fields)}, or None")
+        raise ConfigError(
+            f"config.data.cond: {config.data.cond!r} is not a field of the data; accepted: {', '.join(fields)}, or None"
+        )
     if tuple(dataset.x.shape[1:]) != tuple(config.data.shape):
-        raise ConfigError(f"config.data.shape: {tuple(config.data.shape)} does not match the data's example shape; "
-                          f"accepted: {tuple(dataset.x.shape[1:])}")
+        raise ConfigError(
+            f"config.data.shape: {tuple(config.data.shape)} does not match the data's example shape; "
+            f"accepted: {tuple(dataset.x.shape[1:])}"
+        )
     n = config.model.kwargs.get("num_classes", None)
     if config.data.cond == "label" and n and dataset.label is not None and dataset.label.size:
         top = int(dataset.label.max())
         if top >= n:
-            raise ConfigError(f"config.model.kwargs.num_classes: {n} classes, but the data has labels up to {top}; "
-                              f"accepted: an int >= {top + 1}")
+            raise ConfigError(
+                f"config.model.kwargs.num_classes: {n} classes, but the data has labels up to {top}; "
+                f"accepted: an int >= {top + 1}"
+            )
     for name, v in fields.items():
         if np.issubdtype(v.dtype, np.inexact):
             bad = ~np.isfinite(v)
             if bad.any():
                 first = int(np.argmax(bad.reshape(bad.shape[0], -1).any(axis=1)))
-                raise ConfigError(f"config.data.name: the {config.data.name!r} data has {int(bad.sum())} non-finite "
-                                  f"values in {name!r} (the first in example {first}); accepted: finite data")
+                raise ConfigError(
+                    f"config.data.name: the {config.data.name!r} data has {int(bad.sum())} non-finite "
+                    f"values in {name!r} (the first in example {first}); accepted: finite data"
+                )

@@ -64,8 +64,9 @@ def _batches(n, size):
     return [(i, min(i + size, n)) for i in range(0, n, size)]
 
 
-def nll_bits_per_dim(make_model, params, x, label, key, *, bin_width, divergence, rtol, vlb_steps, elbo_time_samples,
-                     batch_size):
+def nll_bits_per_dim(
+    make_model, params, x, label, key, *, bin_width, divergence, rtol, vlb_steps, elbo_time_samples, batch_size
+):
     """Per-example bits/dim of the ODE likelihood, the DDPM bound and the VDM ELBO.
 
     make_model(params) -> jdiff.Model rebuilds the model inside the jitted functions, so the
@@ -82,21 +83,40 @@ def nll_bits_per_dim(make_model, params, x, label, key, *, bin_width, divergence
         if bin_width is not None:  # centred uniform dequantization of the grey levels
             levels = jnp.round((xb + 1.0) / bin_width)
             xb = likelihood.dequantize(k, levels, bin_width=bin_width, low=-1.0 - 0.5 * bin_width, dtype=xb.dtype)
-        ll = likelihood.ode_log_likelihood_batch(model, xb, cond=cb, key=jax.random.fold_in(k, 1),
-                                                 divergence=divergence, rtol=rtol, atol=rtol)
-        bits = (likelihood.nats_to_bits_per_dim(-ll.log_prob, dim) if bin_width is None
-                else likelihood.bits_per_dim(ll.log_prob, dim, bin_width=bin_width))
+        ll = likelihood.ode_log_likelihood_batch(
+            model, xb, cond=cb, key=jax.random.fold_in(k, 1), divergence=divergence, rtol=rtol, atol=rtol
+        )
+        bits = (
+            likelihood.nats_to_bits_per_dim(-ll.log_prob, dim)
+            if bin_width is None
+            else likelihood.bits_per_dim(ll.log_prob, dim, bin_width=bin_width)
+        )
         return bits, ll.nfe
 
     @jax.jit
     def bounds(params, xb, cb, k):
         model = make_model(params)
         k1, k2 = jax.random.split(k)
-        vlb = (likelihood.vlb_bits_per_dim(model, k1, xb, cond=cb, num_steps=vlb_steps, num_bins=num_bins,
-                                           bin_width=bin_width or 1.0).total if vlb_steps else jnp.zeros(xb.shape[0]))
-        elbo = (likelihood.elbo_bits_per_dim(model, k2, xb, cond=cb, num_time_samples=elbo_time_samples,
-                                             num_bins=num_bins, bin_width=bin_width or 1.0).total
-                if elbo_time_samples else jnp.zeros(xb.shape[0]))
+        vlb = (
+            likelihood.vlb_bits_per_dim(
+                model, k1, xb, cond=cb, num_steps=vlb_steps, num_bins=num_bins, bin_width=bin_width or 1.0
+            ).total
+            if vlb_steps
+            else jnp.zeros(xb.shape[0])
+        )
+        elbo = (
+            likelihood.elbo_bits_per_dim(
+                model,
+                k2,
+                xb,
+                cond=cb,
+                num_time_samples=elbo_time_samples,
+                num_bins=num_bins,
+                bin_width=bin_width or 1.0,
+            ).total
+            if elbo_time_samples
+            else jnp.zeros(xb.shape[0])
+        )
         return vlb, elbo  # continuous data: bin_width 1 makes the density offset log2(1) = 0
 
     for i, (a, b) in enumerate(_batches(x.shape[0], batch_size)):
@@ -126,8 +146,9 @@ def sample_metrics(config, samples, heldout, key, labels=None):
         pr = metrics.precision_recall(h, s)
         res["precision"], res["recall"] = float(pr.precision), float(pr.recall)
     elif config.data.name in DIGIT_SETS:
-        clf, acc = metrics.train_digit_classifier(config.seed, dataset=config.data.name,
-                                                  steps=600 if config.data.name == "digits" else 2000)
+        clf, acc = metrics.train_digit_classifier(
+            config.seed, dataset=config.data.name, steps=600 if config.data.name == "digits" else 2000
+        )
         res["classifier_heldout_accuracy"] = acc
         res["frechet_digit_distance"] = metrics.frechet_digit_distance(clf, s, h)
         pr = metrics.precision_recall(h, s, feature_fn=clf.features)
@@ -145,8 +166,9 @@ def latent_nll(recipe, make_model, params, x, label, key, *, divergence, rtol, b
 
     @jax.jit
     def one(params, ae_state, xb, cb, k):
-        lm = latent.LatentModel.from_autoencoder(make_model(params), nnx.merge(ae_graphdef, ae_state),
-                                                 recipe.image_shape)
+        lm = latent.LatentModel.from_autoencoder(
+            make_model(params), nnx.merge(ae_graphdef, ae_state), recipe.image_shape
+        )
         ll = latent.latent_log_likelihood(lm, xb, cond=cb, key=k, divergence=divergence, rtol=rtol, atol=rtol)
         return ll.log_prob, ll.bits_per_latent_dim, ll.nfe
 
@@ -160,18 +182,38 @@ def latent_nll(recipe, make_model, params, x, label, key, *, divergence, rtol, b
     return {k: np.concatenate(v) for k, v in out.items()}
 
 
-def evaluate(workdir: str, *, num_examples=256, num_samples=1000, holdout=None, batch_size=64, divergence=None,
-             num_probes=1, rtol=1e-5, vlb_steps=1000, elbo_time_samples=16, seed=0, out=None) -> dict:
+def evaluate(
+    workdir: str,
+    *,
+    num_examples=256,
+    num_samples=1000,
+    holdout=None,
+    batch_size=64,
+    divergence=None,
+    num_probes=1,
+    rtol=1e-5,
+    vlb_steps=1000,
+    elbo_time_samples=16,
+    seed=0,
+    out=None,
+) -> dict:
     """Evaluate the latest checkpoint of `workdir`; writes and returns the results dict.
 
     divergence: "exact" or "hutchinson" (experiments._names.DIVERGENCES; default exact up to
     100 dimensions, else Hutchinson with `num_probes` probes).
     """
-    _check_arguments(num_examples=num_examples, num_samples=num_samples, holdout=holdout, batch_size=batch_size,
-                     num_probes=num_probes, rtol=rtol, vlb_steps=vlb_steps, elbo_time_samples=elbo_time_samples)
+    _check_arguments(
+        num_examples=num_examples,
+        num_samples=num_samples,
+        holdout=holdout,
+        batch_size=batch_size,
+        num_probes=num_probes,
+        rtol=rtol,
+        vlb_steps=vlb_steps,
+        elbo_time_samples=elbo_time_samples,
+    )
     if divergence is not None and divergence not in _names.DIVERGENCES:
-        raise ConfigError(f"--divergence: unknown estimator {divergence!r}; accepted: "
-                               f"{', '.join(_names.DIVERGENCES)}")
+        raise ConfigError(f"--divergence: unknown estimator {divergence!r}; accepted: {', '.join(_names.DIVERGENCES)}")
     if out is not None:
         _workdir.check_output(out, "--out")
     config, recipe, ema = _workdir.restore(workdir)
@@ -189,41 +231,79 @@ def evaluate(workdir: str, *, num_examples=256, num_samples=1000, holdout=None, 
     if divergence is None:  # exact trace up to 100 dimensions (D jvps per evaluation), else Hutchinson
         divergence = "exact" if math.prod(x.shape[1:]) <= 100 else "hutchinson"
     res = {
-        "workdir": os.path.abspath(workdir), "step": ema.step, "data": config.data.name, "path": config.path.name,
-        "heldout": heldout, "heldout_from_training": from_training,
+        "workdir": os.path.abspath(workdir),
+        "step": ema.step,
+        "data": config.data.name,
+        "path": config.path.name,
+        "heldout": heldout,
+        "heldout_from_training": from_training,
     }
     t0 = time.perf_counter()
     if isinstance(recipe, LatentRecipe) and isinstance(recipe.inner, DiffusionRecipe):
         # the default estimator follows the latent's dimension (the trace is over it), not the images'
         divergence = requested or ("exact" if math.prod(recipe.latent_shape) <= 100 else "hutchinson")
-        estimator = _names.get_divergence(divergence, **({"num_probes": num_probes} if divergence == "hutchinson"
-                                                          else {}))
-        nll = latent_nll(recipe, make_model, (ema.params, ema.rest), x, label, jax.random.fold_in(key, 0),
-                         divergence=estimator, rtol=rtol, batch_size=batch_size)
-        res.update({
-            "num_examples": int(x.shape[0]), "latent_shape": list(recipe.latent_shape), "divergence": divergence,
-            "num_probes": num_probes if divergence == "hutchinson" else None, "rtol": rtol,
-            "latent_nll_nats": float(np.mean(nll["nats"])),
-            "latent_bits_per_latent_dim": float(np.mean(nll["bits"])),
-            "latent_bits_per_latent_dim_se": (float(np.std(nll["bits"], ddof=1) / math.sqrt(nll["bits"].size))
-                                              if nll["bits"].size > 1 else None),
-            "ode_nfe": float(np.mean(nll["nfe"])),
-            "likelihood_note": latent.LATENT_LIKELIHOOD_NOTE,
-        })
+        estimator = _names.get_divergence(
+            divergence, **({"num_probes": num_probes} if divergence == "hutchinson" else {})
+        )
+        nll = latent_nll(
+            recipe,
+            make_model,
+            (ema.params, ema.rest),
+            x,
+            label,
+            jax.random.fold_in(key, 0),
+            divergence=estimator,
+            rtol=rtol,
+            batch_size=batch_size,
+        )
+        res.update(
+            {
+                "num_examples": int(x.shape[0]),
+                "latent_shape": list(recipe.latent_shape),
+                "divergence": divergence,
+                "num_probes": num_probes if divergence == "hutchinson" else None,
+                "rtol": rtol,
+                "latent_nll_nats": float(np.mean(nll["nats"])),
+                "latent_bits_per_latent_dim": float(np.mean(nll["bits"])),
+                "latent_bits_per_latent_dim_se": (
+                    float(np.std(nll["bits"], ddof=1) / math.sqrt(nll["bits"].size)) if nll["bits"].size > 1 else None
+                ),
+                "ode_nfe": float(np.mean(nll["nfe"])),
+                "likelihood_note": latent.LATENT_LIKELIHOOD_NOTE,
+            }
+        )
         res["likelihood_seconds"] = time.perf_counter() - t0
     elif not isinstance(recipe, DiffusionRecipe):  # a flow map has no PF-ODE density or diffusion bound
         res["likelihood"] = "none: a flow map defines no density"
     else:
-        res.update({
-            "num_examples": int(x.shape[0]), "grey_level": h, "continuous_data": h is None,
-            "divergence": divergence, "num_probes": num_probes if divergence == "hutchinson" else None,
-            "rtol": rtol, "vlb_steps": vlb_steps, "elbo_time_samples": elbo_time_samples,
-        })
-        estimator = _names.get_divergence(divergence, **({"num_probes": num_probes} if divergence == "hutchinson"
-                                                          else {}))
-        nll = nll_bits_per_dim(make_model, (ema.params, ema.rest), x, label, jax.random.fold_in(key, 0), bin_width=h,
-                               divergence=estimator, rtol=rtol, vlb_steps=vlb_steps,
-                               elbo_time_samples=elbo_time_samples, batch_size=batch_size)
+        res.update(
+            {
+                "num_examples": int(x.shape[0]),
+                "grey_level": h,
+                "continuous_data": h is None,
+                "divergence": divergence,
+                "num_probes": num_probes if divergence == "hutchinson" else None,
+                "rtol": rtol,
+                "vlb_steps": vlb_steps,
+                "elbo_time_samples": elbo_time_samples,
+            }
+        )
+        estimator = _names.get_divergence(
+            divergence, **({"num_probes": num_probes} if divergence == "hutchinson" else {})
+        )
+        nll = nll_bits_per_dim(
+            make_model,
+            (ema.params, ema.rest),
+            x,
+            label,
+            jax.random.fold_in(key, 0),
+            bin_width=h,
+            divergence=estimator,
+            rtol=rtol,
+            vlb_steps=vlb_steps,
+            elbo_time_samples=elbo_time_samples,
+            batch_size=batch_size,
+        )
         for name, v in nll.items():
             res[f"{name}_bpd" if name != "ode_nfe" else "ode_nfe"] = float(np.mean(v))
             if name != "ode_nfe":
@@ -244,8 +324,12 @@ def evaluate(workdir: str, *, num_examples=256, num_samples=1000, holdout=None, 
 
 
 _ARGUMENTS = {
-    "num_examples": Spec("int", 1), "num_samples": Spec("int", 0), "batch_size": Spec("int", 1),
-    "num_probes": Spec("int", 1), "vlb_steps": Spec("int", 0), "elbo_time_samples": Spec("int", 0),
+    "num_examples": Spec("int", 1),
+    "num_samples": Spec("int", 0),
+    "batch_size": Spec("int", 1),
+    "num_probes": Spec("int", 1),
+    "vlb_steps": Spec("int", 0),
+    "elbo_time_samples": Spec("int", 0),
     "rtol": Spec("float", 0.0, lo_open=True),
     "holdout": Spec("float", 0.0, 1.0, lo_open=True, hi_open=True, none="config.data.holdout, else 0.1"),
 }

@@ -101,12 +101,15 @@ class AutoencoderRecipe:
         self.config = config
         a = config.autoencoder
         if config.model.name != AE_MODEL:
-            raise ConfigError(f"config.model.name: {config.model.name!r}: a config with an `autoencoder` section "
-                              f"trains an autoencoder; accepted: {AE_MODEL}")
+            raise ConfigError(
+                f"config.model.name: {config.model.name!r}: a config with an `autoencoder` section "
+                f"trains an autoencoder; accepted: {AE_MODEL}"
+            )
         for section in ("flowmap", "guidance", "latent", "gan", "nested"):
             if config.get(section, None) is not None:
-                raise ConfigError(f"config.{section}: an autoencoder config (config.autoencoder) has no {section} "
-                                  "section")
+                raise ConfigError(
+                    f"config.{section}: an autoencoder config (config.autoencoder) has no {section} section"
+                )
         _check_keys(a, "autoencoder", (*AE_OPTIONS, "discriminator", "discriminator_kwargs"))
         self.options = {k: a[k] for k in AE_OPTIONS if k in a}
         for k in ("l1_weight", "l2_weight", "kl_weight", "disc_weight"):
@@ -118,8 +121,10 @@ class AutoencoderRecipe:
             raise ConfigError(f"config.autoencoder.disc_start: {start!r}; accepted: an int >= 0 (a train step)")
         self.discriminator = a.get("discriminator", None)
         if self.discriminator is not None and self.discriminator not in _names.DISCRIMINATORS:
-            raise ConfigError(f"config.autoencoder.discriminator: unknown discriminator {self.discriminator!r}; "
-                              f"accepted: {', '.join(_names.DISCRIMINATORS)}, or None")
+            raise ConfigError(
+                f"config.autoencoder.discriminator: unknown discriminator {self.discriminator!r}; "
+                f"accepted: {', '.join(_names.DISCRIMINATORS)}, or None"
+            )
         self.channels = int(config.data.shape[-1])
 
     # -- the network ---------------------------------------------------------------------
@@ -175,8 +180,9 @@ class AutoencoderRecipe:
         return loss_fn
 
     # -- "sampling": reconstructions -------------------------------------------------------
-    def make_sampler(self, graphdef, shape, *, num_steps=None, grid=None, cond=None, solver=None, solver_kwargs=None,
-                     weight=None) -> _Sampler:
+    def make_sampler(
+        self, graphdef, shape, *, num_steps=None, grid=None, cond=None, solver=None, solver_kwargs=None, weight=None
+    ) -> _Sampler:
         """Held-out images (or training images without a holdout) in the first half of the grid
         and their reconstructions (posterior means decoded) in the second."""
         if any(v is not None for v in (num_steps, grid, solver, solver_kwargs, weight)):
@@ -219,8 +225,10 @@ def _abstract_autoencoder(latent_section, image_shape) -> AutoencoderKL:
     if source == "workdir":
         ae_config = keyed("latent.path", load_config, latent_section.path)
         if ae_config.get("autoencoder", None) is None:
-            raise ConfigError(f"config.latent.path: {latent_section.path!r} is not an autoencoder workdir (its "
-                              "config has no `autoencoder` section)")
+            raise ConfigError(
+                f"config.latent.path: {latent_section.path!r} is not an autoencoder workdir (its "
+                "config has no `autoencoder` section)"
+            )
         return AutoencoderRecipe(ae_config).abstract_model().autoencoder
     if source == "diffusers":
         folder = latent_section.path
@@ -228,14 +236,19 @@ def _abstract_autoencoder(latent_section, image_shape) -> AutoencoderKL:
             folder = os.path.join(folder, "vae")
         cfg = os.path.join(folder, "config.json")
         if not os.path.exists(cfg):
-            raise ConfigError(f"config.latent.path: {latent_section.path!r} holds no config.json (nor vae/config.json); "
-                              "accepted: a local diffusers AutoencoderKL folder (nothing is downloaded)")
+            raise ConfigError(
+                f"config.latent.path: {latent_section.path!r} holds no config.json (nor vae/config.json); "
+                "accepted: a local diffusers AutoencoderKL folder (nothing is downloaded)"
+            )
         with open(cfg) as f:
             kwargs = keyed("latent.path", latent.autoencoder_kwargs_from_diffusers, json.load(f))
     else:
         kwargs = {"in_channels": int(image_shape[-1]), **kwargs_of(latent_section.get("autoencoder_kwargs", None))}
-    return keyed("latent.autoencoder_kwargs" if source == "init" else "latent.path", nnx.eval_shape,
-                 lambda: AutoencoderKL(**kwargs, rngs=nnx.Rngs(0)))
+    return keyed(
+        "latent.autoencoder_kwargs" if source == "init" else "latent.path",
+        nnx.eval_shape,
+        lambda: AutoencoderKL(**kwargs, rngs=nnx.Rngs(0)),
+    )
 
 
 class LatentRecipe:
@@ -250,15 +263,19 @@ class LatentRecipe:
         self.config, self.inner = config, inner
         s = config.latent
         _check_keys(s, "latent", LATENT_KEYS)
-        for key, value, accepted in (("latent.source", s.source, LATENT_SOURCES),
-                                     ("latent.posterior", s.get("posterior", "mode"), POSTERIORS),
-                                     ("latent.cache_dtype", s.get("cache_dtype", "float32"), CACHE_DTYPES)):
+        for key, value, accepted in (
+            ("latent.source", s.source, LATENT_SOURCES),
+            ("latent.posterior", s.get("posterior", "mode"), POSTERIORS),
+            ("latent.cache_dtype", s.get("cache_dtype", "float32"), CACHE_DTYPES),
+        ):
             if value not in accepted:
                 raise ConfigError(f"config.{key}: unknown value {value!r}; accepted: {', '.join(accepted)}")
         if s.source != "init" and not (isinstance(s.get("path", ""), str) and os.path.isdir(s.get("path", ""))):
-            raise ConfigError(f"config.latent.path: {s.get('path', '')!r} is not a directory; accepted: the "
-                              f"{'autoencoder workdir' if s.source == 'workdir' else 'local diffusers VAE folder'} "
-                              f"(latent.source={s.source!r})")
+            raise ConfigError(
+                f"config.latent.path: {s.get('path', '')!r} is not a directory; accepted: the "
+                f"{'autoencoder workdir' if s.source == 'workdir' else 'local diffusers VAE folder'} "
+                f"(latent.source={s.source!r})"
+            )
         bs = s.get("encode_batch_size", 256)
         if isinstance(bs, bool) or not isinstance(bs, int) or bs < 1:
             raise ConfigError(f"config.latent.encode_batch_size: {bs!r}; accepted: an int >= 1")
@@ -269,11 +286,15 @@ class LatentRecipe:
         size = k.get("image_size", None)
         size = (size, size) if isinstance(size, int) else tuple(size) if size is not None else None
         if size is not None and size != self.latent_shape[:2]:
-            raise ConfigError(f"config.model.kwargs.image_size: {k['image_size']!r}; the latents of {self.image_shape} "
-                              f"images are {self.latent_shape}: accepted: {self.latent_shape[0]}")
+            raise ConfigError(
+                f"config.model.kwargs.image_size: {k['image_size']!r}; the latents of {self.image_shape} "
+                f"images are {self.latent_shape}: accepted: {self.latent_shape[0]}"
+            )
         if k.get("channels", None) not in (None, self.latent_shape[2]):
-            raise ConfigError(f"config.model.kwargs.channels: {k['channels']!r}; the latents have "
-                              f"{self.latent_shape[2]} channels: accepted: {self.latent_shape[2]}")
+            raise ConfigError(
+                f"config.model.kwargs.channels: {k['channels']!r}; the latents have "
+                f"{self.latent_shape[2]} channels: accepted: {self.latent_shape[2]}"
+            )
         self.cache_meta = None
 
     # -- delegated to the inner recipe ------------------------------------------------------
@@ -316,21 +337,37 @@ class LatentRecipe:
         directory = s.get("cache_dir", "") or os.path.join(workdir, "latent_cache")
         key = jax.random.PRNGKey(self.config.seed) if s.get("posterior", "mode") == "sample" else None
         p_index, p_count = parallel.process_info()
-        ds, meta = latent.latent_cache(directory, self.autoencoder, dataset, process_index=p_index,
-                                       process_count=p_count, batch_size=s.get("encode_batch_size", 256), key=key,
-                                       dtype=np.dtype(s.get("cache_dtype", "float32")))
+        ds, meta = latent.latent_cache(
+            directory,
+            self.autoencoder,
+            dataset,
+            process_index=p_index,
+            process_count=p_count,
+            batch_size=s.get("encode_batch_size", 256),
+            key=key,
+            dtype=np.dtype(s.get("cache_dtype", "float32")),
+        )
         meta = {**meta, "latent_std": float(np.std(ds.x)), "latent_mean": float(np.mean(ds.x))}
         self.cache_meta = meta
-        logging.info("latent cache %s: %d latents of shape %s, scale %.5g, shift %.5g, std %.4f", directory,
-                     ds.x.shape[0], ds.x.shape[1:], meta["scale"], meta["shift"], meta["latent_std"])
+        logging.info(
+            "latent cache %s: %d latents of shape %s, scale %.5g, shift %.5g, std %.4f",
+            directory,
+            ds.x.shape[0],
+            ds.x.shape[1:],
+            meta["scale"],
+            meta["shift"],
+            meta["latent_std"],
+        )
         return ds
 
     def make_sampler(self, graphdef, shape, **kwargs) -> _Sampler:
         """The inner recipe's sampler on latents of the latent shape, decoded once at the end:
         `shape` is the images' (N, *config.data.shape)."""
         if tuple(shape[1:]) != self.image_shape:
-            raise ValueError(f"`shape` must be (N, *config.data.shape) = (N, {', '.join(map(str, self.image_shape))}); "
-                             f"got {tuple(shape)}")
+            raise ValueError(
+                f"`shape` must be (N, *config.data.shape) = (N, {', '.join(map(str, self.image_shape))}); "
+                f"got {tuple(shape)}"
+            )
         inner = self.inner.make_sampler(graphdef, (shape[0], *self.latent_shape), **kwargs)
         ae_graphdef, ae_state = nnx.split(self.autoencoder)
 
@@ -347,7 +384,9 @@ class LatentRecipe:
             if isinstance(sharding, jax.sharding.NamedSharding):  # latents on a mesh: the decoder replicated on it
                 mesh = sharding.mesh
                 if mesh not in placed:
-                    placed[mesh] = jax.device_put(ae_state, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
+                    placed[mesh] = jax.device_put(
+                        ae_state, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+                    )
                 state = placed[mesh]
             return decode(state, z)
 

@@ -28,12 +28,16 @@ def _diverged(step: int, metrics, ckpt, limit: int) -> training.NonFiniteError:
     run = int(metrics["nonfinite_run"])
     ckpt.wait()
     last = ckpt.latest_step()
-    where = (f"{os.path.join(ckpt.directory, str(last))} (step {last})" if last is not None
-             else "none (no checkpoint was written)")
+    where = (
+        f"{os.path.join(ckpt.directory, str(last))} (step {last})"
+        if last is not None
+        else "none (no checkpoint was written)"
+    )
     return training.NonFiniteError(
         f"training diverged at step {step}: {run} consecutive steps (since step {step - run + 1}) had a non-finite "
         f"loss or gradient, the limit config.max_nonfinite_steps={limit}; last finite checkpoint: {where}; lower "
-        "config.optimizer.learning_rate or check the data")
+        "config.optimizer.learning_rate or check the data"
+    )
 
 
 def train_and_evaluate(config, workdir: str, *, hooks=(), allow_config_change: bool = False) -> dict:
@@ -61,16 +65,24 @@ def train_and_evaluate(config, workdir: str, *, hooks=(), allow_config_change: b
     run = _workdir.check_workdir(workdir, config, allow_config_change=allow_config_change)  # writes nothing
     tx, graphdef, state = _state.init_train_state(config, net, mesh)
     step_fn = training.make_train_step(
-        recipe.build_loss(), graphdef, tx, mesh=mesh, state_sharding=parallel.shardings_of(state), ema=config.ema_decay,
-        grad_clip_norm=config.optimizer.grad_clip_norm, learning_rate_fn=_state.learning_rate_fn(config))
+        recipe.build_loss(),
+        graphdef,
+        tx,
+        mesh=mesh,
+        state_sharding=parallel.shardings_of(state),
+        ema=config.ema_decay,
+        grad_clip_norm=config.optimizer.grad_clip_norm,
+        learning_rate_fn=_state.learning_rate_fn(config),
+    )
 
     workdir = run.path
     parallel.barrier("jdiff: every process has checked the workdir")  # before process 0 writes to it
     checkpoint.as_path(workdir).mkdir(parents=True, exist_ok=True)  # a local path or gs://...
     if jax.process_index() == 0 and run.config is None:
         _workdir.write_config(run, config)  # a new workdir: config.json first (atomically)
-    ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), save_every=config.checkpoint_every,
-                                   max_to_keep=config.keep_checkpoints)
+    ckpt = checkpoint.Checkpointer(
+        os.path.join(workdir, "checkpoints"), save_every=config.checkpoint_every, max_to_keep=config.keep_checkpoints
+    )
     if ckpt.latest_step() is not None:
         state = _workdir.restore_state(ckpt, state, workdir)  # a checkpoint of another network: one line
     if jax.process_index() == 0 and run.config is not None:
@@ -80,9 +92,15 @@ def train_and_evaluate(config, workdir: str, *, hooks=(), allow_config_change: b
     p_index, p_count = parallel.process_info()
     # grain for image sets, the in-memory iterator for vectors (config.data.pipeline); both resume
     # exactly from the checkpointed position
-    it = data.make_iterator(dataset, config.batch_size, seed=config.seed, process_index=p_index,
-                            process_count=p_count, position=int(state.data_position),
-                            pipeline=pipeline)
+    it = data.make_iterator(
+        dataset,
+        config.batch_size,
+        seed=config.seed,
+        process_index=p_index,
+        process_count=p_count,
+        position=int(state.data_position),
+        pipeline=pipeline,
+    )
     keys = ("x", config.data.cond) if config.data.cond else ("x",)
     sample_shape = (config.sample.num_samples, *config.data.shape)
     sampler = recipe.make_sampler(graphdef, sample_shape) if config.sample_every else None
@@ -110,15 +128,23 @@ def train_and_evaluate(config, workdir: str, *, hooks=(), allow_config_change: b
             m = jax.device_get(window)
             dt = time.perf_counter() - t_window
             # loss: this step's; loss_mean and grad_norm: means over the steps since the last row
-            scalars = {"loss": float(m[-1]["loss"]), "loss_mean": float(np.mean([w["loss"] for w in m])),
-                       "grad_norm": float(np.mean([w["grad_norm"] for w in m]))}
+            scalars = {
+                "loss": float(m[-1]["loss"]),
+                "loss_mean": float(np.mean([w["loss"] for w in m])),
+                "grad_norm": float(np.mean([w["grad_norm"] for w in m])),
+            }
             scalars["learning_rate"] = float(m[-1]["learning_rate"])
             scalars["nonfinite_total"] = float(m[-1]["nonfinite_total"])
             scalars["steps_per_sec"] = n_window / dt
             scalars["examples_per_sec"] = n_window * config.batch_size / dt
             # a loss_fn's extra metrics (a GAN's two players' losses, jdiff.training): window means
-            scalars.update({k: float(np.mean([w[k] for w in m])) for k in m[-1]
-                            if k not in scalars and k not in ("finite", "nonfinite_run")})
+            scalars.update(
+                {
+                    k: float(np.mean([w[k] for w in m]))
+                    for k in m[-1]
+                    if k not in scalars and k not in ("finite", "nonfinite_run")
+                }
+            )
             writer.write_scalars(step, scalars)
             progress.update(step, loss=scalars["loss"], loss_mean=scalars["loss_mean"])
             final_loss, final_loss_mean = scalars["loss"], scalars["loss_mean"]
@@ -156,5 +182,11 @@ def train_and_evaluate(config, workdir: str, *, hooks=(), allow_config_change: b
             progress.close()
             writer.close()
             ckpt.close()
-    return {"step": step, "final_loss": final_loss, "final_loss_mean": final_loss_mean, "preempted": preempted,
-            "sample_png": sample_png, "workdir": workdir}
+    return {
+        "step": step,
+        "final_loss": final_loss,
+        "final_loss_mean": final_loss_mean,
+        "preempted": preempted,
+        "sample_png": sample_png,
+        "workdir": workdir,
+    }

@@ -191,8 +191,15 @@ def get_weighting(name: str, **kwargs):
     return cls(**kwargs)
 
 
-MODELS = {"mlp": models.MLP, "unet": models.UNet, "dit": models.DiT, "flowmap_mlp": models.FlowMapMLP,
-          "ddgan_mlp": models.DDGANMLP, "ddgan_conv": models.DDGANConv, "nested_unet": models.NestedUNet}
+MODELS = {
+    "mlp": models.MLP,
+    "unet": models.UNet,
+    "dit": models.DiT,
+    "flowmap_mlp": models.FlowMapMLP,
+    "ddgan_mlp": models.DDGANMLP,
+    "ddgan_conv": models.DDGANConv,
+    "nested_unet": models.NestedUNet,
+}
 
 
 def get_model(name: str, **kwargs):
@@ -237,7 +244,7 @@ def get_dataset(name: str, **kwargs) -> data.Dataset:
     "tfds/<name>" for any tensorflow-datasets set (split, data_dir).
     """
     if isinstance(name, str) and name.startswith("tfds/"):
-        return sources.load_tfds(name[len("tfds/"):], **kwargs)
+        return sources.load_tfds(name[len("tfds/") :], **kwargs)
     if not isinstance(name, str) or name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; accepted: {', '.join(DATASETS)}, tfds/<name>")
     return DATASETS[name](**kwargs)

@@ -37,8 +37,10 @@ def sigma_rels(config) -> tuple[float, ...]:
         if values:
             posthoc_ema.sigma_rel_to_gamma(values)
     except (TypeError, ValueError) as e:
-        raise ConfigError(f"config.posthoc_ema.sigma_rels: {values!r} is not a sequence of relative stds; accepted: "
-                          f"floats in (0, {posthoc_ema.SIGMA_REL_MAX:.4f}), e.g. (0.05, 0.10)") from e
+        raise ConfigError(
+            f"config.posthoc_ema.sigma_rels: {values!r} is not a sequence of relative stds; accepted: "
+            f"floats in (0, {posthoc_ema.SIGMA_REL_MAX:.4f}), e.g. (0.05, 0.10)"
+        ) from e
     return values
 
 

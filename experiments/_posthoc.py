@@ -31,9 +31,20 @@ def _heldout_images(config):
     return np.asarray(held["x"], np.float32)
 
 
-def sweep(workdir: str, sigma_rels, *, metric: str = "fdd", num_samples: int = 2000, step: int | None = None,
-          seed: int = 0, ref: str | None = None, inception: str | None = None, batch_size: int = 250,
-          out: str | None = None, plot: bool = True) -> dict:
+def sweep(
+    workdir: str,
+    sigma_rels,
+    *,
+    metric: str = "fdd",
+    num_samples: int = 2000,
+    step: int | None = None,
+    seed: int = 0,
+    ref: str | None = None,
+    inception: str | None = None,
+    batch_size: int = 250,
+    out: str | None = None,
+    plot: bool = True,
+) -> dict:
     """Score the EMA of every relative std in `sigma_rels` rebuilt from `workdir`'s snapshots.
 
     Returns {"rows": [{"sigma_rel", metric...}], "training_ema": {...}, ...} and writes the JSON
@@ -48,20 +59,26 @@ def sweep(workdir: str, sigma_rels, *, metric: str = "fdd", num_samples: int = 2
         raise ConfigError(f"--num_samples: {num_samples}; accepted: an int >= 2")
     config, recipe, ema = restore(workdir)
     if not _phema.sigma_rels(config):
-        raise ConfigError(f"--workdir: {workdir} was trained without post-hoc EMA profiles; set "
-                          "config.posthoc_ema.sigma_rels (e.g. (0.05, 0.10)) and train again")
+        raise ConfigError(
+            f"--workdir: {workdir} was trained without post-hoc EMA profiles; set "
+            "config.posthoc_ema.sigma_rels (e.g. (0.05, 0.10)) and train again"
+        )
     snaps = posthoc_ema.load_snapshots(os.path.join(os.path.abspath(workdir), _phema.PHEMA_DIR), max_step=step)
     step = max(s.step for s in snaps) if step is None else step
-    candidates = [(f"sigma_rel={s:g}", s, posthoc_ema.reconstruct(snaps, s, step=step, template=ema.params))
-                  for s in sigma_rels]
+    candidates = [
+        (f"sigma_rel={s:g}", s, posthoc_ema.reconstruct(snaps, s, step=step, template=ema.params)) for s in sigma_rels
+    ]
     candidates.append((f"training EMA (decay {config.ema_decay})", None, ema.params))
 
     if metric == "fdd":
         if config.data.name not in DIGIT_SETS:
-            raise ConfigError(f"--metric: fdd scores digit images; this workdir trains {config.data.name!r} "
-                              f"(accepted data: {', '.join(DIGIT_SETS)}; use --metric=fid)")
-        clf, acc = metrics.train_digit_classifier(config.seed, dataset=config.data.name,
-                                                  steps=600 if config.data.name == "digits" else 2000)
+            raise ConfigError(
+                f"--metric: fdd scores digit images; this workdir trains {config.data.name!r} "
+                f"(accepted data: {', '.join(DIGIT_SETS)}; use --metric=fid)"
+            )
+        clf, acc = metrics.train_digit_classifier(
+            config.seed, dataset=config.data.name, steps=600 if config.data.name == "digits" else 2000
+        )
         held = _heldout_images(config)
         sampler = recipe.make_sampler(ema.graphdef, (num_samples, *config.data.shape))
 
@@ -76,9 +93,17 @@ def sweep(workdir: str, sigma_rels, *, metric: str = "fdd", num_samples: int = 2
         nets = _sample_eval.load_feature_nets(inception)
 
         def score(params):
-            r = _sample_eval.evaluate_fid(workdir, num_samples=num_samples, ref=ref, nets=nets, batch_size=batch_size,
-                                          seed=seed, params=(params, ema.rest), progress=False,
-                                          out=os.path.join(os.path.abspath(workdir), "eval", "posthoc_fid_last.json"))
+            r = _sample_eval.evaluate_fid(
+                workdir,
+                num_samples=num_samples,
+                ref=ref,
+                nets=nets,
+                batch_size=batch_size,
+                seed=seed,
+                params=(params, ema.rest),
+                progress=False,
+                out=os.path.join(os.path.abspath(workdir), "eval", "posthoc_fid_last.json"),
+            )
             return {"fid": r["fid"], "inception_score": r["inception_score"]}
 
         extra = {"ref": ref, "inception_weights": inception}
@@ -92,11 +117,23 @@ def sweep(workdir: str, sigma_rels, *, metric: str = "fdd", num_samples: int = 2
             reference = result
         else:
             rows.append(result)
-        print(f"{label}: " + ", ".join(f"{k}={v:.4g}" for k, v in result.items() if isinstance(v, float)
-                                       and k != "sigma_rel"), file=sys.stderr)
-    res = {"workdir": os.path.abspath(workdir), "step": step, "metric": metric, "num_samples": num_samples,
-           "seed": seed, "tracked_sigma_rels": list(_phema.sigma_rels(config)), "snapshots": len(snaps),
-           "rows": rows, "training_ema": reference, **extra}
+        print(
+            f"{label}: "
+            + ", ".join(f"{k}={v:.4g}" for k, v in result.items() if isinstance(v, float) and k != "sigma_rel"),
+            file=sys.stderr,
+        )
+    res = {
+        "workdir": os.path.abspath(workdir),
+        "step": step,
+        "metric": metric,
+        "num_samples": num_samples,
+        "seed": seed,
+        "tracked_sigma_rels": list(_phema.sigma_rels(config)),
+        "snapshots": len(snaps),
+        "rows": rows,
+        "training_ema": reference,
+        **extra,
+    }
     out = out or os.path.join(os.path.abspath(workdir), "eval", f"posthoc_{metric}.json")
     os.makedirs(os.path.dirname(out), exist_ok=True)
     with open(out, "w") as f:

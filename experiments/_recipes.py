@@ -121,13 +121,16 @@ def _loss_options(config, loss, supplied=()) -> dict:
     name = config.loss.name
     params = inspect.signature(loss).parameters
     any_options = any(p.kind is p.VAR_KEYWORD for p in params.values())
-    accepted = [n for n, p in params.items()
-                if p.kind is p.KEYWORD_ONLY and n not in ("cond", *supplied, *NAMED_OPTIONS)]
+    accepted = [
+        n for n, p in params.items() if p.kind is p.KEYWORD_ONLY and n not in ("cond", *supplied, *NAMED_OPTIONS)
+    ]
     options = kwargs_of(config.loss.kwargs)
     for key in options:
         if key in NAMED_OPTIONS:
-            raise ConfigError(f"config.loss.kwargs.{key}: name the {key} in config.loss.{key} (and its options in "
-                              f"config.loss.{key}_kwargs)")
+            raise ConfigError(
+                f"config.loss.kwargs.{key}: name the {key} in config.loss.{key} (and its options in "
+                f"config.loss.{key}_kwargs)"
+            )
         if key in supplied or not (any_options or key in accepted):
             raise ConfigError(f"config.loss.kwargs: {name} has no option {key!r}; accepted: {', '.join(accepted)}")
     for key, get in NAMED_OPTIONS.items():
@@ -158,14 +161,17 @@ class Recipe(abc.ABC):
         self.path: AbstractPath = build_path(config)
         self.num_classes = num_classes(config)
         if config.model.name not in _names.MODELS:
-            raise ConfigError(f"config.model.name: unknown model {config.model.name!r}; accepted: "
-                              f"{', '.join(_names.MODELS)}")
+            raise ConfigError(
+                f"config.model.name: unknown model {config.model.name!r}; accepted: {', '.join(_names.MODELS)}"
+            )
         p = config.loss.get("label_dropout", 0.0) or 0.0
         if not (isinstance(p, (int, float)) and 0.0 <= p < 1.0):
             raise ConfigError(f"config.loss.label_dropout: {p!r} is not a probability; accepted: a float in [0, 1)")
         if p and self.num_classes is None:
-            raise ConfigError("config.loss.label_dropout: label dropout needs a class-conditional model "
-                              "(data.cond = 'label' and model.kwargs.num_classes set)")
+            raise ConfigError(
+                "config.loss.label_dropout: label dropout needs a class-conditional model "
+                "(data.cond = 'label' and model.kwargs.num_classes set)"
+            )
         self.label_dropout = float(p)
 
     # -- the interface ------------------------------------------------------------------
@@ -180,8 +186,9 @@ class Recipe(abc.ABC):
         `jdiff.training.make_train_step`."""
 
     @abc.abstractmethod
-    def make_sampler(self, graphdef, shape, *, num_steps=None, grid=None, cond=None, solver=None, solver_kwargs=None,
-                     weight=None) -> Sampler:
+    def make_sampler(
+        self, graphdef, shape, *, num_steps=None, grid=None, cond=None, solver=None, solver_kwargs=None, weight=None
+    ) -> Sampler:
         """A jitted sampler of `shape` samples from the weights (params, rest) of `graphdef`.
 
         num_steps, grid: steps and time-grid name (defaults: the config's).
@@ -197,8 +204,12 @@ class Recipe(abc.ABC):
         # compiles several times faster on CPU than threefry's (40 s -> 10 s for a small U-Net on
         # a busy 2-core machine); every other stream (dropout) stays threefry.
         params_key = jax.random.key(jax.random.randint(key, (), 0, 2**31 - 1), impl="rbg")
-        return _names.get_model(self.config.model.name, rngs=nnx.Rngs(key, params=params_key),
-                                **self._dtype_kwargs(), **kwargs_of(self.config.model.kwargs))
+        return _names.get_model(
+            self.config.model.name,
+            rngs=nnx.Rngs(key, params=params_key),
+            **self._dtype_kwargs(),
+            **kwargs_of(self.config.model.kwargs),
+        )
 
     @functools.cached_property
     def policy(self) -> jdiff.Policy:
@@ -206,15 +217,18 @@ class Recipe(abc.ABC):
         (bf16 network compute, float32 master weights, optimizer state, clock and loss)."""
         name = self.config.model.get("compute_dtype", "float32") or "float32"
         if name not in COMPUTE_DTYPES:
-            raise ConfigError(f"config.model.compute_dtype: unknown value {name!r}; accepted: "
-                              f"{', '.join(COMPUTE_DTYPES)}")
+            raise ConfigError(
+                f"config.model.compute_dtype: unknown value {name!r}; accepted: {', '.join(COMPUTE_DTYPES)}"
+            )
         return jdiff.Policy() if name == "float32" else jdiff.Policy(compute_dtype=name)
 
     def _float32_only(self, section: str):
         """A recipe whose networks do not take a compute dtype refuses bfloat16 in one line."""
         if self.policy.compute_dtype is not None:
-            raise ConfigError(f"config.model.compute_dtype: {self.config.model.compute_dtype!r} is not available with "
-                              f"a config.{section} section (its networks compute in float32); accepted: float32")
+            raise ConfigError(
+                f"config.model.compute_dtype: {self.config.model.compute_dtype!r} is not available with "
+                f"a config.{section} section (its networks compute in float32); accepted: float32"
+            )
 
     def _dtype_kwargs(self) -> dict:
         """The network's dtype / param_dtype under `policy` (nothing for float32: every network takes that)."""
@@ -279,18 +293,29 @@ class DiffusionRecipe(Recipe):
         super().__init__(config)
         special = TWO_TIME_MODELS + GAN_MODELS + NESTED_MODELS
         if config.model.name in special:
-            section = ("flowmap" if config.model.name in TWO_TIME_MODELS else
-                       "gan" if config.model.name in GAN_MODELS else "nested")
-            raise ConfigError(f"config.model.name: {config.model.name!r} is a {section} network and needs a "
-                              f"config.{section} section; accepted here: "
-                              f"{', '.join(n for n in _names.MODELS if n not in special)}")
+            section = (
+                "flowmap"
+                if config.model.name in TWO_TIME_MODELS
+                else "gan"
+                if config.model.name in GAN_MODELS
+                else "nested"
+            )
+            raise ConfigError(
+                f"config.model.name: {config.model.name!r} is a {section} network and needs a "
+                f"config.{section} section; accepted here: "
+                f"{', '.join(n for n in _names.MODELS if n not in special)}"
+            )
         if config.model.preconditioning not in PRECONDITIONINGS:
-            raise ConfigError(f"config.model.preconditioning: unknown value {config.model.preconditioning!r}; "
-                              f"accepted: {', '.join(PRECONDITIONINGS)}")
+            raise ConfigError(
+                f"config.model.preconditioning: unknown value {config.model.preconditioning!r}; "
+                f"accepted: {', '.join(PRECONDITIONINGS)}"
+            )
         name = config.loss.name
         if name in _names.FLOWMAP_LOSSES:
-            raise ConfigError(f"config.loss.name: {name!r} trains a flow map and needs a config.flowmap section; "
-                              f"accepted here: {', '.join(_names.LOSSES)}")
+            raise ConfigError(
+                f"config.loss.name: {name!r} trains a flow map and needs a config.flowmap section; "
+                f"accepted here: {', '.join(_names.LOSSES)}"
+            )
         loss = keyed("loss.name", _names.get_loss, name)
         options = _loss_options(config, loss)
         if config.model.preconditioning == "edm" and "sigma_data" in inspect.signature(loss).parameters:
@@ -321,13 +346,16 @@ class DiffusionRecipe(Recipe):
         if weight is None:
             return lambda model: model
         if self.num_classes is None:
-            raise ConfigError("config.model.kwargs.num_classes: classifier-free guidance needs a class-conditional "
-                              "model (data.cond = 'label' and num_classes set)")
+            raise ConfigError(
+                "config.model.kwargs.num_classes: classifier-free guidance needs a class-conditional "
+                "model (data.cond = 'label' and num_classes set)"
+            )
         g = self.config.get("guidance", None)
         interval = tuple(g.interval) if g is not None and g.get("interval", None) else None
         rescale = float(g.get("rescale", 0.0)) if g is not None else 0.0
-        return functools.partial(guidance.classifier_free, w=weight, null_cond=self.num_classes, interval=interval,
-                                 rescale=rescale)
+        return functools.partial(
+            guidance.classifier_free, w=weight, null_cond=self.num_classes, interval=interval, rescale=rescale
+        )
 
     def _sampling(self, solver=None, solver_kwargs=None, grid=None, num_steps=None):
         """(solver object, time grid, output name) from the arguments, else config.sample."""
@@ -339,21 +367,26 @@ class DiffusionRecipe(Recipe):
         if not isinstance(grid, str):  # the times themselves (e.g. a grid fitted by `fit_grid`)
             ts = jnp.asarray(grid)
             if num_steps is not None and int(num_steps) != ts.shape[0] - 1:
-                raise ConfigError(f"config.sample.grid: the given grid has {ts.shape[0] - 1} steps, not num_steps = "
-                                  f"{num_steps}; leave num_steps out with a given grid")
+                raise ConfigError(
+                    f"config.sample.grid: the given grid has {ts.shape[0] - 1} steps, not num_steps = "
+                    f"{num_steps}; leave num_steps out with a given grid"
+                )
             steps = ts.shape[0] - 1
         elif grid.endswith(".npy"):  # a saved grid (samplers.save_grid, e.g. of samplers.optimize_grid)
             ts = keyed("sample.grid", samplers.load_grid, grid, self.path)
             if num_steps is not None and int(num_steps) != ts.shape[0] - 1:
-                raise ConfigError(f"config.sample.grid: {grid!r} has {ts.shape[0] - 1} steps, not num_steps = "
-                                  f"{num_steps}; leave num_steps out with a grid file")
+                raise ConfigError(
+                    f"config.sample.grid: {grid!r} has {ts.shape[0] - 1} steps, not num_steps = "
+                    f"{num_steps}; leave num_steps out with a grid file"
+                )
             steps = ts.shape[0] - 1
         else:
             ts = keyed("sample.grid", _names.get_grid, grid, self.path, steps)
         return keyed("sample.solver", _names.get_solver, name, **kwargs), ts, f"{name}_{steps}"
 
-    def make_sampler(self, graphdef, shape, *, num_steps=None, grid=None, cond=None, solver=None, solver_kwargs=None,
-                     weight=None) -> Sampler:
+    def make_sampler(
+        self, graphdef, shape, *, num_steps=None, grid=None, cond=None, solver=None, solver_kwargs=None, weight=None
+    ) -> Sampler:
         solver, ts, name = self._sampling(solver, solver_kwargs, grid, num_steps)
         guide = self._guide(guidance_weight(self.config, weight))
 
@@ -362,9 +395,25 @@ class DiffusionRecipe(Recipe):
 
         return self._sampler(graphdef, shape, cond, draw, name)
 
-    def fit_grid(self, graphdef, params, rest, shape, key, *, objective, iterations: int, learning_rate: float,
-                 init=None, num_steps=None, cond=None, solver=None, solver_kwargs=None, weight=None,
-                 progress=None) -> tuple[samplers.OptimizedGrid, str]:
+    def fit_grid(
+        self,
+        graphdef,
+        params,
+        rest,
+        shape,
+        key,
+        *,
+        objective,
+        iterations: int,
+        learning_rate: float,
+        init=None,
+        num_steps=None,
+        cond=None,
+        solver=None,
+        solver_kwargs=None,
+        weight=None,
+        progress=None,
+    ) -> tuple[samplers.OptimizedGrid, str]:
         """`jdiff.samplers.optimize_grid` of the sampler `make_sampler` would build, on the weights
         (params, rest) of `graphdef`: the solver's `num_steps`-step grid for this model (guided
         as its samples are), fitted on `shape[0]` prior draws of `key` (one jitted program).
@@ -374,8 +423,10 @@ class DiffusionRecipe(Recipe):
         """
         solver, ts, name = self._sampling(solver, solver_kwargs, init, num_steps)
         if solver.stochastic:
-            raise ConfigError(f"config.sample.solver: {name.rsplit('_', 1)[0]!r} draws noise with these options; "
-                              "accepted: a deterministic solver (grids are fitted for deterministic solvers)")
+            raise ConfigError(
+                f"config.sample.solver: {name.rsplit('_', 1)[0]!r} draws noise with these options; "
+                "accepted: a deterministic solver (grids are fitted for deterministic solvers)"
+            )
         guide = self._guide(guidance_weight(self.config, weight))
         cond = self.labels(shape[0]) if cond is None else cond
         path = self.path
@@ -386,9 +437,18 @@ class DiffusionRecipe(Recipe):
             net.eval()  # dropout off
             k_prior, k_fit = jax.random.split(key)
             x_fit = path.prior_sample(k_prior, shape, jnp.float32)
-            return samplers.optimize_grid(solver, guide(self.bind(net)), k_fit, x_fit, objective=objective, init=ts,
-                                          cond=cond, iterations=iterations, learning_rate=learning_rate,
-                                          progress=progress)
+            return samplers.optimize_grid(
+                solver,
+                guide(self.bind(net)),
+                k_fit,
+                x_fit,
+                objective=objective,
+                init=ts,
+                cond=cond,
+                iterations=iterations,
+                learning_rate=learning_rate,
+                progress=progress,
+            )
 
         return fit(params, rest, key), name
 
@@ -413,14 +473,20 @@ class FlowMapRecipe(Recipe):
         super().__init__(config)
         f = config.flowmap
         if config.get("guidance", None) is not None:
-            raise ConfigError("config.guidance: classifier-free guidance is for diffusion configs; a flow-map config "
-                              "samples with jdiff.flowmaps.sample")
+            raise ConfigError(
+                "config.guidance: classifier-free guidance is for diffusion configs; a flow-map config "
+                "samples with jdiff.flowmaps.sample"
+            )
         if config.model.preconditioning != "none":
-            raise ConfigError(f"config.model.preconditioning: {config.model.preconditioning!r}: a flow map is "
-                              "preconditioned by config.flowmap.param; accepted: none")
+            raise ConfigError(
+                f"config.model.preconditioning: {config.model.preconditioning!r}: a flow map is "
+                "preconditioned by config.flowmap.param; accepted: none"
+            )
         self.target = f.get("target", "online")  # workdirs written before the key trained with "online"
-        for key, value, accepted in (("flowmap.time_input", f.time_input, TIME_INPUTS),
-                                     ("flowmap.target", self.target, TARGETS)):
+        for key, value, accepted in (
+            ("flowmap.time_input", f.time_input, TIME_INPUTS),
+            ("flowmap.target", self.target, TARGETS),
+        ):
             if value not in accepted:
                 raise ConfigError(f"config.{key}: unknown value {value!r}; accepted: {', '.join(accepted)}")
         param_kwargs = {"sigma_data": f.sigma_data} if f.param == "ddim_denoiser" else {}
@@ -428,13 +494,16 @@ class FlowMapRecipe(Recipe):
 
         name = config.loss.name
         if name in _names.LOSSES:
-            raise ConfigError(f"config.loss.name: {name!r} trains a diffusion model, not a flow map (this config has "
-                              f"a flowmap section); accepted: {', '.join(_names.FLOWMAP_LOSSES)}")
+            raise ConfigError(
+                f"config.loss.name: {name!r} trains a diffusion model, not a flow map (this config has "
+                f"a flowmap section); accepted: {', '.join(_names.FLOWMAP_LOSSES)}"
+            )
         loss = keyed("loss.name", _names.get_flowmap_loss, name)
         if name in AVERAGE_VELOCITY_LOSSES and not isinstance(self.param, flowmaps.AverageVelocity):
             raise ConfigError(f"config.flowmap.param: {name} trains an average velocity; accepted: average_velocity")
         self.loss = functools.partial(
-            loss, **_loss_options(config, loss, supplied=("step", "total_steps", "target_flow", "teacher_step")))
+            loss, **_loss_options(config, loss, supplied=("step", "total_steps", "target_flow", "teacher_step"))
+        )
 
         self._sampling()  # the sampling names, checked
 
@@ -444,16 +513,20 @@ class FlowMapRecipe(Recipe):
             self.teacher = self._teacher_recipe()
             self.teacher_solver = keyed("flowmap.teacher_solver", _names.get_solver, f.teacher_solver)
             if self.teacher_solver.stochastic:
-                raise ConfigError(f"config.flowmap.teacher_solver: {f.teacher_solver!r} draws noise; distillation "
-                                  "needs a deterministic solver (e.g. heun, euler, ddim)")
+                raise ConfigError(
+                    f"config.flowmap.teacher_solver: {f.teacher_solver!r} draws noise; distillation "
+                    "needs a deterministic solver (e.g. heun, euler, ddim)"
+                )
 
     def _teacher_recipe(self) -> DiffusionRecipe:
         """The DiffusionRecipe of the teacher (its workdir's config, else flowmap.teacher_config)."""
         f = self.config.flowmap
         key = "flowmap.teacher_workdir" if self.teacher_workdir else "flowmap.teacher_config"
         if not (self.teacher_workdir or f.get("teacher_config", "")):
-            raise ConfigError("config.flowmap.teacher_config: consistency distillation needs a teacher: set "
-                              "flowmap.teacher_workdir (a trained run) or flowmap.teacher_config (a config file)")
+            raise ConfigError(
+                "config.flowmap.teacher_config: consistency distillation needs a teacher: set "
+                "flowmap.teacher_workdir (a trained run) or flowmap.teacher_config (a config file)"
+            )
         try:
             tconfig = load_config(self.teacher_workdir) if self.teacher_workdir else load_config_file(f.teacher_config)
             teacher = recipe_for(tconfig)
@@ -462,8 +535,9 @@ class FlowMapRecipe(Recipe):
         if not isinstance(teacher, DiffusionRecipe):
             raise ConfigError(f"config.{key}: the teacher must be a diffusion model (its config has a flowmap section)")
         if type(teacher.path) is not type(self.path):
-            raise ConfigError(f"config.path.name: the student's path must be the teacher's "
-                              f"({type(teacher.path).__name__})")
+            raise ConfigError(
+                f"config.path.name: the student's path must be the teacher's ({type(teacher.path).__name__})"
+            )
         return teacher
 
     @functools.cached_property
@@ -505,6 +579,7 @@ class FlowMapRecipe(Recipe):
         loss = self._with_label_dropout(functools.partial(self.loss, **fixed))
 
         if name not in (CONSISTENCY_TRAINING, CONSISTENCY_DISTILLATION):
+
             def loss_fn(net, batch, key):
                 return loss(self.bind(net), key, batch["x"], cond=self._cond(batch))
 
@@ -520,11 +595,14 @@ class FlowMapRecipe(Recipe):
 
         return training.ContextLoss(context_loss_fn)
 
-    def make_sampler(self, graphdef, shape, *, num_steps=None, grid=None, cond=None, solver=None, solver_kwargs=None,
-                     weight=None) -> Sampler:
+    def make_sampler(
+        self, graphdef, shape, *, num_steps=None, grid=None, cond=None, solver=None, solver_kwargs=None, weight=None
+    ) -> Sampler:
         if solver is not None or solver_kwargs:
-            raise ValueError("`solver` does not apply to a flow-map config: it samples with jdiff.flowmaps.sample, "
-                             "the flow map's own jumps (choose num_steps)")
+            raise ValueError(
+                "`solver` does not apply to a flow-map config: it samples with jdiff.flowmaps.sample, "
+                "the flow map's own jumps (choose num_steps)"
+            )
         if weight is not None:
             raise ValueError("`weight`: classifier-free guidance is for diffusion configs, not flow maps")
         ts, name = self._sampling(grid, num_steps)
@@ -554,33 +632,46 @@ class NestedRecipe(Recipe):
                 raise ConfigError(f"config.{section}: a nested config (config.nested) has no {section} section")
         self._float32_only("nested")
         if config.model.name not in NESTED_MODELS:
-            raise ConfigError(f"config.model.name: {config.model.name!r} does not take a tuple of levels; accepted "
-                              f"with a config.nested section: {', '.join(NESTED_MODELS)}")
+            raise ConfigError(
+                f"config.model.name: {config.model.name!r} does not take a tuple of levels; accepted "
+                f"with a config.nested section: {', '.join(NESTED_MODELS)}"
+            )
         if config.model.preconditioning != "none":
-            raise ConfigError(f"config.model.preconditioning: {config.model.preconditioning!r}; accepted with "
-                              "config.nested: none")
+            raise ConfigError(
+                f"config.model.preconditioning: {config.model.preconditioning!r}; accepted with config.nested: none"
+            )
         n = config.nested
         self.pyramid = keyed("nested.factors", nested.Pyramid, tuple(n.factors), shift_power=n.shift_power)
         levels = self.pyramid.num_levels
         if self.pyramid.factors != tuple(2**i for i in range(levels)):
-            raise ConfigError(f"config.nested.factors: {tuple(n.factors)}; accepted: halving levels (1, 2, 4, ...), "
-                              "the resolutions of a nested U-Net")
+            raise ConfigError(
+                f"config.nested.factors: {tuple(n.factors)}; accepted: halving levels (1, 2, 4, ...), "
+                "the resolutions of a nested U-Net"
+            )
         if config.model.kwargs.get("num_levels", None) != levels:
-            raise ConfigError(f"config.model.kwargs.num_levels: {config.model.kwargs.get('num_levels', None)!r}; "
-                              f"accepted: {levels}, the levels of config.nested.factors")
+            raise ConfigError(
+                f"config.model.kwargs.num_levels: {config.model.kwargs.get('num_levels', None)!r}; "
+                f"accepted: {levels}, the levels of config.nested.factors"
+            )
         for key in ("weights", "start_steps"):
             value = tuple(n.get(key, ()))
-            if len(value) != levels or any(isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0
-                                           for v in value):
-                raise ConfigError(f"config.nested.{key}: {value!r}; accepted: {levels} numbers >= 0, finest level first")
+            if len(value) != levels or any(
+                isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0 for v in value
+            ):
+                raise ConfigError(
+                    f"config.nested.{key}: {value!r}; accepted: {levels} numbers >= 0, finest level first"
+                )
         self.weights, self.start_steps = tuple(n.weights), tuple(int(s) for s in n.start_steps)
         name = config.loss.name
         if name not in _names.NESTED_LOSSES:
-            raise ConfigError(f"config.loss.name: {name!r} is not a nested loss; accepted with config.nested: "
-                              f"{', '.join(_names.NESTED_LOSSES)}")
+            raise ConfigError(
+                f"config.loss.name: {name!r} is not a nested loss; accepted with config.nested: "
+                f"{', '.join(_names.NESTED_LOSSES)}"
+            )
         loss = _names.get_nested_loss(name)
         self.loss = functools.partial(
-            loss, pyramid=self.pyramid, **_loss_options(config, loss, supplied=("pyramid", "weights", "return_levels")))
+            loss, pyramid=self.pyramid, **_loss_options(config, loss, supplied=("pyramid", "weights", "return_levels"))
+        )
         self._sampling()  # the sample section's names, checked
 
     def bind(self, net) -> jdiff.Model:
@@ -593,8 +684,9 @@ class NestedRecipe(Recipe):
         loss = self._with_label_dropout(self.loss)
 
         def levels_loss(net, batch, key, weights):
-            total, levels = loss(self.bind(net), key, batch["x"], cond=self._cond(batch), weights=weights,
-                                 return_levels=True)
+            total, levels = loss(
+                self.bind(net), key, batch["x"], cond=self._cond(batch), weights=weights, return_levels=True
+            )
             return total, {f"loss_level{i}": levels[:, i] for i in range(levels.shape[1])}
 
         if not any(self.start_steps):
@@ -610,11 +702,15 @@ class NestedRecipe(Recipe):
         name = solver or s.solver
         kwargs = kwargs_of(s.solver_kwargs) if solver is None else dict(solver_kwargs or {})
         steps = int(num_steps or s.num_steps)
-        return (keyed("sample.solver", _names.get_solver, name, **kwargs),
-                keyed("sample.grid", _names.get_grid, grid or s.grid, self.path, steps), f"{name}_{steps}")
+        return (
+            keyed("sample.solver", _names.get_solver, name, **kwargs),
+            keyed("sample.grid", _names.get_grid, grid or s.grid, self.path, steps),
+            f"{name}_{steps}",
+        )
 
-    def make_sampler(self, graphdef, shape, *, num_steps=None, grid=None, cond=None, solver=None, solver_kwargs=None,
-                     weight=None) -> Sampler:
+    def make_sampler(
+        self, graphdef, shape, *, num_steps=None, grid=None, cond=None, solver=None, solver_kwargs=None, weight=None
+    ) -> Sampler:
         """Samples every level jointly from their priors; returns the finest level's images."""
         if weight is not None:
             raise ValueError("`weight`: classifier-free guidance is not wired for nested configs")
@@ -646,24 +742,33 @@ class AdversarialRecipe(Recipe):
                 raise ConfigError(f"config.{section}: a GAN config (config.gan) has no {section} section")
         self._float32_only("gan")
         if config.model.name not in GAN_MODELS:
-            raise ConfigError(f"config.model.name: {config.model.name!r} is not a generator + discriminator pair; "
-                              f"accepted with a config.gan section: {', '.join(GAN_MODELS)}")
+            raise ConfigError(
+                f"config.model.name: {config.model.name!r} is not a generator + discriminator pair; "
+                f"accepted with a config.gan section: {', '.join(GAN_MODELS)}"
+            )
         if config.model.preconditioning != "none":
-            raise ConfigError(f"config.model.preconditioning: {config.model.preconditioning!r}: a DDGAN generator "
-                              "predicts x0 itself; accepted: none")
+            raise ConfigError(
+                f"config.model.preconditioning: {config.model.preconditioning!r}: a DDGAN generator "
+                "predicts x0 itself; accepted: none"
+            )
         if self.label_dropout:
-            raise ConfigError("config.loss.label_dropout: label dropout is for classifier-free guidance of "
-                              "diffusion configs; accepted with config.gan: 0")
+            raise ConfigError(
+                "config.loss.label_dropout: label dropout is for classifier-free guidance of "
+                "diffusion configs; accepted with config.gan: 0"
+            )
         name = config.loss.name
         if name not in _names.GAN_LOSSES:
-            raise ConfigError(f"config.loss.name: {name!r} does not train a GAN; accepted with config.gan: "
-                              f"{', '.join(_names.GAN_LOSSES)}")
+            raise ConfigError(
+                f"config.loss.name: {name!r} does not train a GAN; accepted with config.gan: "
+                f"{', '.join(_names.GAN_LOSSES)}"
+            )
         loss = _names.get_gan_loss(name)
         self.loss = functools.partial(loss, **_loss_options(config, loss))
         steps = config.gan.num_steps
         if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-            raise ConfigError(f"config.gan.num_steps: {steps!r}; accepted: an int >= 1 (the DDGAN's T, 2 to 8 in "
-                              "Xiao et al.)")
+            raise ConfigError(
+                f"config.gan.num_steps: {steps!r}; accepted: an int >= 1 (the DDGAN's T, 2 to 8 in Xiao et al.)"
+            )
         self.num_steps = steps
         self.grid = keyed("sample.grid", _names.get_grid, config.sample.grid, self.path, steps)
         _state.build_optimizer(config)  # checks gan.discriminator_learning_rate
@@ -677,21 +782,29 @@ class AdversarialRecipe(Recipe):
 
         def loss_fn(net, batch, key):
             out = self.loss(self.bind(net), net.discriminator, key, batch["x"], cond=self._cond(batch))
-            extra = {"d_loss": out.d_loss, "g_loss": out.g_loss, "r1": out.r1, "d_real": out.d_real,
-                     "d_fake": out.d_fake}
+            extra = {
+                "d_loss": out.d_loss,
+                "g_loss": out.g_loss,
+                "r1": out.r1,
+                "d_real": out.d_real,
+                "d_fake": out.d_fake,
+            }
             return out.loss, extra
 
         return loss_fn
 
-    def make_sampler(self, graphdef, shape, *, num_steps=None, grid=None, cond=None, solver=None, solver_kwargs=None,
-                     weight=None) -> Sampler:
+    def make_sampler(
+        self, graphdef, shape, *, num_steps=None, grid=None, cond=None, solver=None, solver_kwargs=None, weight=None
+    ) -> Sampler:
         if solver is not None or solver_kwargs:
             raise ValueError("`solver` does not apply to a GAN config: it samples with jdiff.adversarial.sample")
         if weight is not None:
             raise ValueError("`weight`: classifier-free guidance is for diffusion configs, not GANs")
         if num_steps not in (None, self.num_steps) or grid not in (None, self.config.sample.grid):
-            raise ValueError(f"`num_steps`, `grid`: a DDGAN samples on the {self.num_steps}-step "
-                             f"{self.config.sample.grid!r} grid it was trained on (config.gan.num_steps, sample.grid)")
+            raise ValueError(
+                f"`num_steps`, `grid`: a DDGAN samples on the {self.num_steps}-step "
+                f"{self.config.sample.grid!r} grid it was trained on (config.gan.num_steps, sample.grid)"
+            )
 
         def draw(ddgan, x_T, cond, key):
             return adversarial.sample(ddgan, key, x_T, cond=cond)

@@ -41,8 +41,16 @@ from experiments._recipes import DiffusionRecipe
 from experiments._workdir import restore
 from jdiff import metrics, parallel
 
-__all__ = ["FeatureNets", "evaluate_fid", "feature_stats_of_samples", "format_table", "load_feature_nets", "run_cli",
-           "to_pixels", "write_reference_stats"]
+__all__ = [
+    "FeatureNets",
+    "evaluate_fid",
+    "feature_stats_of_samples",
+    "format_table",
+    "load_feature_nets",
+    "run_cli",
+    "to_pixels",
+    "write_reference_stats",
+]
 
 METRICS = ("fid", "is", "fd_dinov2")
 
@@ -63,16 +71,21 @@ class FeatureNets(NamedTuple):
     dinov2_size: int = 224
 
 
-def load_feature_nets(inception: str | None = None, dinov2: str | None = None, *, dinov2_arch: str = "vitl14",
-                      mode: str = "pytorch_fid") -> FeatureNets:
+def load_feature_nets(
+    inception: str | None = None, dinov2: str | None = None, *, dinov2_arch: str = "vitl14", mode: str = "pytorch_fid"
+) -> FeatureNets:
     """FeatureNets from local weight files (.npz / .safetensors; see docs/evaluation.md)."""
     if mode not in metrics.INCEPTION_MODES:
         raise ConfigError(f"--preprocessing: unknown mode {mode!r}; accepted: {', '.join(metrics.INCEPTION_MODES)}")
     if dinov2_arch not in metrics.DINOV2_ARCHS:
-        raise ConfigError(f"--dinov2_arch: unknown architecture {dinov2_arch!r}; accepted: "
-                          f"{', '.join(metrics.DINOV2_ARCHS)}")
-    return FeatureNets(metrics.InceptionV3.from_file(inception) if inception else None,
-                       metrics.DinoV2.from_file(dinov2, dinov2_arch) if dinov2 else None, mode)
+        raise ConfigError(
+            f"--dinov2_arch: unknown architecture {dinov2_arch!r}; accepted: {', '.join(metrics.DINOV2_ARCHS)}"
+        )
+    return FeatureNets(
+        metrics.InceptionV3.from_file(inception) if inception else None,
+        metrics.DinoV2.from_file(dinov2, dinov2_arch) if dinov2 else None,
+        mode,
+    )
 
 
 def to_pixels(x):
@@ -90,8 +103,11 @@ class _Featurizer:
 
     def __init__(self, nets: FeatureNets, mesh):
         self.nets = nets
-        parts = {name: nnx.split(net) for name, net in (("inception", nets.inception), ("dinov2", nets.dinov2))
-                 if net is not None}
+        parts = {
+            name: nnx.split(net)
+            for name, net in (("inception", nets.inception), ("dinov2", nets.dinov2))
+            if net is not None
+        }
         self.graphdefs = {k: g for k, (g, _) in parts.items()}
         self.states = parallel.replicate({k: s for k, (_, s) in parts.items()}, mesh)
         dsh = parallel.data_sharded(mesh)
@@ -121,8 +137,10 @@ def _local_rows(arr) -> tuple[np.ndarray, np.ndarray]:
         if start not in blocks:  # a row block replicated over other mesh axes is taken once
             blocks[start] = np.asarray(shard.data)
     starts = sorted(blocks)
-    return (np.concatenate([blocks[s] for s in starts]),
-            np.concatenate([np.arange(s, s + blocks[s].shape[0]) for s in starts]))
+    return (
+        np.concatenate([blocks[s] for s in starts]),
+        np.concatenate([np.arange(s, s + blocks[s].shape[0]) for s in starts]),
+    )
 
 
 class _Accumulators(NamedTuple):
@@ -132,16 +150,20 @@ class _Accumulators(NamedTuple):
 
     @classmethod
     def empty(cls, nets: FeatureNets, num_samples: int):
-        return cls(metrics.FeatureStats.empty(nets.inception.num_features) if nets.inception else None,
-                   metrics.InceptionScoreStats.empty(num_samples, nets.inception.fc.out_features,
-                                                     splits=min(10, num_samples)) if nets.inception else None,
-                   metrics.FeatureStats.empty(nets.dinov2.num_features) if nets.dinov2 else None)
+        return cls(
+            metrics.FeatureStats.empty(nets.inception.num_features) if nets.inception else None,
+            metrics.InceptionScoreStats.empty(num_samples, nets.inception.fc.out_features, splits=min(10, num_samples))
+            if nets.inception
+            else None,
+            metrics.FeatureStats.empty(nets.dinov2.num_features) if nets.dinov2 else None,
+        )
 
     def update(self, feats: dict, idx: np.ndarray, keep: np.ndarray):
         return _Accumulators(
             self.fid.update(feats["pool"][keep]) if self.fid is not None else None,
             self.inception_score.update(feats["logits"][keep], idx[keep]) if self.inception_score is not None else None,
-            self.dino.update(feats["dino"][keep]) if self.dino is not None else None)
+            self.dino.update(feats["dino"][keep]) if self.dino is not None else None,
+        )
 
     def to_arrays(self) -> dict:
         out = {}
@@ -152,8 +174,12 @@ class _Accumulators(NamedTuple):
 
     @classmethod
     def from_arrays(cls, arrays, like):
-        return cls(*(type(acc).from_arrays(arrays, f"{name}/") if acc is not None else None
-                     for name, acc in like._asdict().items()))
+        return cls(
+            *(
+                type(acc).from_arrays(arrays, f"{name}/") if acc is not None else None
+                for name, acc in like._asdict().items()
+            )
+        )
 
     def merge(self, other):
         return _Accumulators(*(a.merge(b) if a is not None else None for a, b in zip(self, other, strict=True)))
@@ -190,9 +216,20 @@ def _load_state(path: str, fingerprint: str, like: _Accumulators):
         return int(z["next_shard"]), _Accumulators.from_arrays(z, like)
 
 
-def feature_stats_of_samples(draw, params, rest, nets: FeatureNets, *, num_samples: int, batch_size: int, mesh,
-                             seed: int = 0, state_dir: str | None = None, fingerprint: str = "",
-                             progress: bool = True) -> _Accumulators:
+def feature_stats_of_samples(
+    draw,
+    params,
+    rest,
+    nets: FeatureNets,
+    *,
+    num_samples: int,
+    batch_size: int,
+    mesh,
+    seed: int = 0,
+    state_dir: str | None = None,
+    fingerprint: str = "",
+    progress: bool = True,
+) -> _Accumulators:
     """Generate `num_samples` samples in shards of `batch_size` and accumulate their features.
 
     draw: a jitted sampler draw(params, rest, key) -> (batch_size, H, W, C) in [-1, 1] (a
@@ -204,8 +241,10 @@ def feature_stats_of_samples(draw, params, rest, nets: FeatureNets, *, num_sampl
     """
     shards = parallel.batch_shards(mesh)
     if batch_size % shards:
-        raise ConfigError(f"--sample_batch_size: {batch_size} must be a multiple of the {shards} batch shards of the "
-                          "mesh (devices on the data and fsdp axes)")
+        raise ConfigError(
+            f"--sample_batch_size: {batch_size} must be a multiple of the {shards} batch shards of the "
+            "mesh (devices on the data and fsdp axes)"
+        )
     num_shards = math.ceil(num_samples / batch_size)
     dsh = parallel.data_sharded(mesh)
     params, rest = parallel.replicate(params, mesh), parallel.replicate(rest, mesh)
@@ -232,8 +271,9 @@ def feature_stats_of_samples(draw, params, rest, nets: FeatureNets, *, num_sampl
             done = min((k + 1) * batch_size, num_samples)
             rate = (k + 1 - start) * batch_size / max(time.perf_counter() - t0, 1e-9)
             eta = (num_samples - done) / max(rate, 1e-9)
-            sys.stderr.write(f"\rshard {k + 1}/{num_shards}  {done}/{num_samples} samples  {rate:.1f} samples/s  "
-                             f"eta {eta:.0f} s ")
+            sys.stderr.write(
+                f"\rshard {k + 1}/{num_shards}  {done}/{num_samples} samples  {rate:.1f} samples/s  eta {eta:.0f} s "
+            )
             sys.stderr.flush()
     if show:
         sys.stderr.write("\n")
@@ -263,12 +303,28 @@ def _file_id(path):
     return None if not path else [os.path.abspath(path), os.path.getsize(path), int(os.path.getmtime(path))]
 
 
-def evaluate_fid(workdir: str, *, num_samples: int = 50_000, ref: str | None = None, ref_dinov2: str | None = None,
-                 inception: str | None = None, dinov2: str | None = None, dinov2_arch: str = "vitl14",
-                 preprocessing: str = "pytorch_fid", batch_size: int = 250, solver: str | None = None,
-                 num_steps: int | None = None, grid: str | None = None, seed: int = 0, out: str | None = None,
-                 save_stats: str | None = None, num_devices: int | None = None, params=None, nets: FeatureNets = None,
-                 progress: bool = True) -> dict:
+def evaluate_fid(
+    workdir: str,
+    *,
+    num_samples: int = 50_000,
+    ref: str | None = None,
+    ref_dinov2: str | None = None,
+    inception: str | None = None,
+    dinov2: str | None = None,
+    dinov2_arch: str = "vitl14",
+    preprocessing: str = "pytorch_fid",
+    batch_size: int = 250,
+    solver: str | None = None,
+    num_steps: int | None = None,
+    grid: str | None = None,
+    seed: int = 0,
+    out: str | None = None,
+    save_stats: str | None = None,
+    num_devices: int | None = None,
+    params=None,
+    nets: FeatureNets = None,
+    progress: bool = True,
+) -> dict:
     """FID / IS / FD-DINOv2 of `workdir`'s EMA weights (or `params`) over `num_samples` samples.
 
     ref, ref_dinov2: reference statistics .npz (mu, sigma) for FID / FD-DINOv2 (None: not computed).
@@ -294,30 +350,61 @@ def evaluate_fid(workdir: str, *, num_samples: int = 50_000, ref: str | None = N
         raise ConfigError("--ref: FID needs the Inception weights (--inception)")
     if ref_dinov2 and nets.dinov2 is None:
         raise ConfigError("--ref_dinov2: FD-DINOv2 needs the DINOv2 weights (--dinov2)")
-    refs = {"fid": metrics.load_stats(ref) if ref else None, "dino": metrics.load_stats(ref_dinov2) if ref_dinov2
-            else None}
+    refs = {
+        "fid": metrics.load_stats(ref) if ref else None,
+        "dino": metrics.load_stats(ref_dinov2) if ref_dinov2 else None,
+    }
     config, recipe, ema = restore(workdir)
     _check_images(config.data.shape)
     weights = (ema.params, ema.rest) if params is None else params
-    sampler = recipe.make_sampler(ema.graphdef, (batch_size, *config.data.shape), solver=solver, num_steps=num_steps,
-                                  grid=grid)
+    sampler = recipe.make_sampler(
+        ema.graphdef, (batch_size, *config.data.shape), solver=solver, num_steps=num_steps, grid=grid
+    )
     mesh = parallel.make_mesh(num_devices)
     sampling = _nfe(recipe, config, solver, num_steps, None)
-    settings = {"workdir": os.path.abspath(workdir), "step": ema.step, "num_samples": num_samples,
-                "batch_size": batch_size, "seed": seed, "sampler": sampler.name, "grid": grid, **sampling,
-                "preprocessing": nets.mode, "inception": _file_id(inception), "dinov2": _file_id(dinov2),
-                "dinov2_arch": dinov2_arch, "processes": jax.process_count(), "custom_params": params is not None}
+    settings = {
+        "workdir": os.path.abspath(workdir),
+        "step": ema.step,
+        "num_samples": num_samples,
+        "batch_size": batch_size,
+        "seed": seed,
+        "sampler": sampler.name,
+        "grid": grid,
+        **sampling,
+        "preprocessing": nets.mode,
+        "inception": _file_id(inception),
+        "dinov2": _file_id(dinov2),
+        "dinov2_arch": dinov2_arch,
+        "processes": jax.process_count(),
+        "custom_params": params is not None,
+    }
     fp = _fingerprint(settings)
     out = out or os.path.join(os.path.abspath(workdir), "eval", f"fid_step_{ema.step:07d}.json")
     t0 = time.perf_counter()
-    acc = feature_stats_of_samples(sampler.draw, *weights, nets, num_samples=num_samples, batch_size=batch_size,
-                                   mesh=mesh, seed=seed, state_dir=None if params is not None else
-                                   os.path.join(os.path.dirname(os.path.abspath(out)), f"fid_{fp}"),
-                                   fingerprint=fp, progress=progress)
+    acc = feature_stats_of_samples(
+        sampler.draw,
+        *weights,
+        nets,
+        num_samples=num_samples,
+        batch_size=batch_size,
+        mesh=mesh,
+        seed=seed,
+        state_dir=None if params is not None else os.path.join(os.path.dirname(os.path.abspath(out)), f"fid_{fp}"),
+        fingerprint=fp,
+        progress=progress,
+    )
     wall = time.perf_counter() - t0
-    res = {"workdir": os.path.abspath(workdir), "step": ema.step, "num_samples": num_samples, **sampling,
-           "grid": grid or config.sample.grid, "seed": seed, "preprocessing": nets.mode,
-           "devices": int(mesh.devices.size), "processes": jax.process_count()}
+    res = {
+        "workdir": os.path.abspath(workdir),
+        "step": ema.step,
+        "num_samples": num_samples,
+        **sampling,
+        "grid": grid or config.sample.grid,
+        "seed": seed,
+        "preprocessing": nets.mode,
+        "devices": int(mesh.devices.size),
+        "processes": jax.process_count(),
+    }
     if acc.fid is not None:
         mu, sigma = acc.fid.mean_cov()
         res["fid"] = metrics.frechet_distance_from_stats(mu, sigma, *refs["fid"]) if refs["fid"] else None
@@ -328,10 +415,19 @@ def evaluate_fid(workdir: str, *, num_samples: int = 50_000, ref: str | None = N
         mu, sigma = acc.dino.mean_cov()
         res["fd_dinov2"] = metrics.frechet_distance_from_stats(mu, sigma, *refs["dino"]) if refs["dino"] else None
         if save_stats:
-            metrics.save_stats(os.path.splitext(save_stats)[0] + "_dinov2.npz", mu, sigma,
-                               num_samples=np.int64(num_samples))
-    res.update({"ref": ref, "ref_dinov2": ref_dinov2, "inception_weights": inception, "dinov2_weights": dinov2,
-                "wall_seconds": wall, "samples_per_second": num_samples / wall if wall > 0 else None})
+            metrics.save_stats(
+                os.path.splitext(save_stats)[0] + "_dinov2.npz", mu, sigma, num_samples=np.int64(num_samples)
+            )
+    res.update(
+        {
+            "ref": ref,
+            "ref_dinov2": ref_dinov2,
+            "inception_weights": inception,
+            "dinov2_weights": dinov2,
+            "wall_seconds": wall,
+            "samples_per_second": num_samples / wall if wall > 0 else None,
+        }
+    )
     if jax.process_index() == 0:
         os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
         tmp = out + f".tmp{os.getpid()}"
@@ -350,9 +446,19 @@ def format_table(res: dict) -> str:
     return "\n".join(f"{k.ljust(w)}  {v}" for k, v in rows)
 
 
-def write_reference_stats(workdir: str, path: str, *, inception: str | None = None, dinov2: str | None = None,
-                          dinov2_arch: str = "vitl14", preprocessing: str = "pytorch_fid", batch_size: int = 250,
-                          num_devices: int | None = None, nets: FeatureNets = None, progress: bool = True) -> dict:
+def write_reference_stats(
+    workdir: str,
+    path: str,
+    *,
+    inception: str | None = None,
+    dinov2: str | None = None,
+    dinov2_arch: str = "vitl14",
+    preprocessing: str = "pytorch_fid",
+    batch_size: int = 250,
+    num_devices: int | None = None,
+    nets: FeatureNets = None,
+    progress: bool = True,
+) -> dict:
     """Reference statistics of `workdir`'s whole data set (config.data, holdout included) through the
     same quantization, preprocessing and networks as the samples: `path` gets the Inception
     (mu, sigma), <path stem>_dinov2.npz the DINOv2 ones. 8-bit data (x = k / 127.5 - 1) quantize back
@@ -366,13 +472,15 @@ def write_reference_stats(workdir: str, path: str, *, inception: str | None = No
     n = images.shape[0]
     mesh = parallel.make_mesh(num_devices)
     if batch_size % parallel.batch_shards(mesh):
-        raise ConfigError(f"--sample_batch_size: {batch_size} must be a multiple of the {parallel.batch_shards(mesh)} "
-                          "batch shards of the mesh")
+        raise ConfigError(
+            f"--sample_batch_size: {batch_size} must be a multiple of the {parallel.batch_shards(mesh)} "
+            "batch shards of the mesh"
+        )
     featurize = _Featurizer(nets, mesh)
     dsh = parallel.data_sharded(mesh)
     acc = _Accumulators.empty(nets, n)
     for start in range(0, n, batch_size):
-        block = images[start:start + batch_size]
+        block = images[start : start + batch_size]
         block = np.concatenate([block, np.repeat(block[-1:], batch_size - block.shape[0], 0)])  # pad the last one
         x = jax.make_array_from_callback(block.shape, dsh, lambda index, b=block: b[index])
         local = {name: _local_rows(v) for name, v in featurize(x).items()}

@@ -53,16 +53,23 @@ def initialize_distributed(config) -> bool:
     kw = {k: config.get(k, None) for k in ("coordinator_address", "num_processes", "process_id")}
     for k in ("num_processes", "process_id"):
         if kw[k] is not None and (isinstance(kw[k], bool) or not isinstance(kw[k], int)):
-            raise ConfigError(f"config.{k}: {kw[k]!r} is not an int; accepted: an int, or None (JAX_"
-                              f"{k.upper()} / auto-detect)")
+            raise ConfigError(
+                f"config.{k}: {kw[k]!r} is not an int; accepted: an int, or None (JAX_{k.upper()} / auto-detect)"
+            )
     return keyed("distributed", parallel.initialize_distributed, bool(config.get("distributed", False)), **kw)
 
 
 def make_mesh(config):
     """The ("data", "fsdp", "model") mesh of config.mesh over config.num_devices devices."""
     m = _mesh_section(config)
-    return keyed("mesh", parallel.make_mesh, config.get("num_devices", None), data=m.get("data", -1),
-                 fsdp=m.get("fsdp", 1), model=m.get("model", 1))
+    return keyed(
+        "mesh",
+        parallel.make_mesh,
+        config.get("num_devices", None),
+        data=m.get("data", -1),
+        fsdp=m.get("fsdp", 1),
+        model=m.get("model", 1),
+    )
 
 
 def draw_samples(draw, params, rest, key, num: int) -> np.ndarray:
@@ -99,6 +106,7 @@ def sharding_rules(config) -> tuple:
     rules = _mesh_section(config).get("rules", parallel.FSDP_RULES)
     return tuple((r[0], tuple(r[1]) if isinstance(r[1], list) else r[1]) for r in rules or ())
 
+
 SCHEDULES = ("constant", "cosine")
 
 
@@ -107,14 +115,17 @@ def learning_rate_fn(config):
     cosine decay to 1% of optimizer.learning_rate at total_steps."""
     o = config.optimizer
     if o.schedule not in SCHEDULES:
-        raise ConfigError(f"config.optimizer.schedule: unknown schedule {o.schedule!r}; accepted: {', '.join(SCHEDULES)}")
+        raise ConfigError(
+            f"config.optimizer.schedule: unknown schedule {o.schedule!r}; accepted: {', '.join(SCHEDULES)}"
+        )
     warmup = max(int(o.warmup_steps), 0)
     if o.schedule == "constant":
         if not warmup:
             return optax.constant_schedule(o.learning_rate)
         return optax.linear_schedule(0.0, o.learning_rate, warmup)
-    return optax.warmup_cosine_decay_schedule(0.0, o.learning_rate, max(warmup, 1), max(config.total_steps, warmup + 1),
-                                              end_value=o.learning_rate * 1e-2)
+    return optax.warmup_cosine_decay_schedule(
+        0.0, o.learning_rate, max(warmup, 1), max(config.total_steps, warmup + 1), end_value=o.learning_rate * 1e-2
+    )
 
 
 def build_optimizer(config) -> optax.GradientTransformation:
@@ -130,8 +141,10 @@ def build_optimizer(config) -> optax.GradientTransformation:
         return tx
     lr_d = gan.discriminator_learning_rate
     if isinstance(lr_d, bool) or not isinstance(lr_d, (int, float)) or not lr_d > 0 or not o.learning_rate > 0:
-        raise ConfigError(f"config.gan.discriminator_learning_rate: {lr_d!r}; accepted: a number > 0 (with "
-                          "config.optimizer.learning_rate > 0, the generator's)")
+        raise ConfigError(
+            f"config.gan.discriminator_learning_rate: {lr_d!r}; accepted: a number > 0 (with "
+            "config.optimizer.learning_rate > 0, the generator's)"
+        )
     ratio = float(lr_d) / float(o.learning_rate)  # the schedules are linear in the peak rate
     d_tx = optax.adamw(lambda step: ratio * schedule(step), b1=o.b1, b2=o.b2, weight_decay=o.weight_decay)
     return adversarial.two_player_optimizer(tx, d_tx)
@@ -144,8 +157,9 @@ def init_train_state(config, net: nnx.Module, mesh=None):
     rules = sharding_rules(config)
     if mesh is not None:
         keyed("mesh.rules", parallel.param_shardings, nnx.state(net, nnx.Param), mesh, rules)
-    graphdef, state = training.init_train_state(net, tx, jax.random.PRNGKey(config.seed), mesh=mesh, rules=rules,
-                                                power_ema=_phema.sigma_rels(config))
+    graphdef, state = training.init_train_state(
+        net, tx, jax.random.PRNGKey(config.seed), mesh=mesh, rules=rules, power_ema=_phema.sigma_rels(config)
+    )
     return tx, graphdef, state
 
 

@@ -41,8 +41,10 @@ def check_devices(config) -> int:
     available = jax.device_count()
     n = config.get("num_devices", None)
     if n is not None and n > available:
-        raise ConfigError(f"config.num_devices: {n} exceeds the {available} {jax.devices()[0].platform} device(s) "
-                          f"of this machine; accepted: an int in [1, {available}], or None (every device)")
+        raise ConfigError(
+            f"config.num_devices: {n} exceeds the {available} {jax.devices()[0].platform} device(s) "
+            f"of this machine; accepted: an int in [1, {available}], or None (every device)"
+        )
     return available if n is None else n
 
 
@@ -51,18 +53,24 @@ def _check_batch(config, dataset: data.Dataset) -> None:
     n = dataset.x.shape[0]
     if config.batch_size > n:
         held = f" (after data.holdout={_data.holdout_fraction(config):g})" if _data.holdout_fraction(config) else ""
-        raise ConfigError(f"config.batch_size: {config.batch_size} exceeds the {n} training examples{held}; "
-                          f"accepted: an int in [1, {n}]")
+        raise ConfigError(
+            f"config.batch_size: {config.batch_size} exceeds the {n} training examples{held}; "
+            f"accepted: an int in [1, {n}]"
+        )
     p_index, p_count = parallel.process_info()
     if config.batch_size % p_count:
-        raise ConfigError(f"config.batch_size: {config.batch_size} does not split over the {p_count} processes; "
-                          f"accepted: a multiple of {p_count}")
+        raise ConfigError(
+            f"config.batch_size: {config.batch_size} does not split over the {p_count} processes; "
+            f"accepted: a multiple of {p_count}"
+        )
     it = data.DataIterator(dataset, config.batch_size, seed=config.seed, process_index=p_index, process_count=p_count)
     first = it.batch(0)
     for name, v in first.items():
         if np.issubdtype(v.dtype, np.inexact) and not np.all(np.isfinite(v)):
-            raise ConfigError(f"config.data.name: the first batch of {config.data.name!r} has non-finite values in "
-                              f"{name!r}; accepted: finite data")
+            raise ConfigError(
+                f"config.data.name: the first batch of {config.data.name!r} has non-finite values in "
+                f"{name!r}; accepted: finite data"
+            )
 
 
 def validate(config) -> tuple[Recipe, data.Dataset, nnx.Module]:
@@ -86,6 +94,8 @@ def check_batch_split(config, mesh) -> int:
         return parallel.local_batch_size(config.batch_size, mesh)
     except ValueError as e:
         step = math.lcm(shards, jax.process_count())
-        raise ConfigError(f"config.batch_size: {config.batch_size} does not split evenly over the {shards} batch "
-                          f"shards of the {mesh.devices.size}-device mesh; accepted: a multiple of {step} (or set "
-                          "config.num_devices)") from e
+        raise ConfigError(
+            f"config.batch_size: {config.batch_size} does not split evenly over the {shards} batch "
+            f"shards of the {mesh.devices.size}-device mesh; accepted: a multiple of {step} (or set "
+            "config.num_devices)"
+        ) from e

@@ -101,8 +101,10 @@ def check_output(path: str, flag: str) -> str:
     while not os.path.exists(parent):
         parent = os.path.dirname(parent)
     if not os.path.isdir(parent):
-        raise ConfigError(f"{flag}: cannot create {path}: {parent} is a file, not a directory; accepted: a path "
-                          "whose parent folders are directories")
+        raise ConfigError(
+            f"{flag}: cannot create {path}: {parent} is a file, not a directory; accepted: a path "
+            "whose parent folders are directories"
+        )
     return path
 
 
@@ -145,8 +147,11 @@ def config_changes(old, new) -> dict:
     a key present in only one has the value "<absent>" in the other)."""
     a = _flat(json.loads(old.to_json_best_effort()))
     b = _flat(json.loads(new.to_json_best_effort()))
-    return {k: (a.get(k, "<absent>"), b.get(k, "<absent>")) for k in sorted(a.keys() | b.keys())
-            if a.get(k, "<absent>") != b.get(k, "<absent>")}
+    return {
+        k: (a.get(k, "<absent>"), b.get(k, "<absent>"))
+        for k in sorted(a.keys() | b.keys())
+        if a.get(k, "<absent>") != b.get(k, "<absent>")
+    }
 
 
 def _workdir_config(workdir: str, accepted: str = NEW_WORKDIR):
@@ -171,8 +176,10 @@ def check_workdir(workdir: str, config, *, allow_config_change: bool = False) ->
     if not (where / "config.json").exists():
         files = [os.fspath((root / f).relative_to(where)) for root, _, fs in where.walk() for f in fs]
         if files:
-            raise ConfigError(f"--workdir: {path} holds files ({', '.join(sorted(files)[:3])}) but no config.json, so "
-                              f"experiments.train did not write it; {NEW_WORKDIR}")
+            raise ConfigError(
+                f"--workdir: {path} holds files ({', '.join(sorted(files)[:3])}) but no config.json, so "
+                f"experiments.train did not write it; {NEW_WORKDIR}"
+            )
         return Workdir(path, None, [], {})
     old = _workdir_config(path)
     changed = config_changes(old, config)
@@ -180,13 +187,17 @@ def check_workdir(workdir: str, config, *, allow_config_change: bool = False) ->
         keys = ", ".join(f"config.{k}" for k in changed)
         diffs = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changed.items())
         verb = "differs" if len(changed) == 1 else "differ"
-        raise ConfigError(f"{keys}: {verb} from {os.path.join(path, 'config.json')}, the config this workdir was "
-                          f"trained with ({diffs}); accepted: the workdir's values, or --allow_config_change to "
-                          "resume with the new ones")
+        raise ConfigError(
+            f"{keys}: {verb} from {os.path.join(path, 'config.json')}, the config this workdir was "
+            f"trained with ({diffs}); accepted: the workdir's values, or --allow_config_change to "
+            "resume with the new ones"
+        )
     steps = checkpoint_steps(path)
     if steps and steps[-1] > config.total_steps:
-        raise ConfigError(f"config.total_steps: {config.total_steps} is below the step {steps[-1]} of the workdir's "
-                          f"latest checkpoint; accepted: an int >= {steps[-1]}")
+        raise ConfigError(
+            f"config.total_steps: {config.total_steps} is below the step {steps[-1]} of the workdir's "
+            f"latest checkpoint; accepted: an int >= {steps[-1]}"
+        )
     return Workdir(path, old, steps, changed)
 
 
@@ -211,9 +222,11 @@ def restore_state(ckpt, state, workdir: str):
     except (ValueError, KeyError, TypeError) as e:
         step = ckpt.latest_step()
         ckpt.close()
-        raise ConfigError(f"config.model: the latest checkpoint ({step}) of {workdir} does not fit "
-                          f"this config's train state ({str(e).splitlines()[0][:200]}); accepted: the network and "
-                          "optimizer the workdir was trained with") from e
+        raise ConfigError(
+            f"config.model: the latest checkpoint ({step}) of {workdir} does not fit "
+            f"this config's train state ({str(e).splitlines()[0][:200]}); accepted: the network and "
+            "optimizer the workdir was trained with"
+        ) from e
 
 
 # ----------------------------------------------------------------------------------
@@ -232,8 +245,10 @@ def check_trained_workdir(workdir: str, config=None) -> tuple[object, Recipe, in
     recipe, _ = _validate.check_config(config)
     steps = checkpoint_steps(workdir)
     if not steps:
-        raise ConfigError(f"--workdir: {os.path.abspath(workdir)} has no checkpoint yet; accepted: a workdir "
-                          "experiments.train has saved a checkpoint in")
+        raise ConfigError(
+            f"--workdir: {os.path.abspath(workdir)} has no checkpoint yet; accepted: a workdir "
+            "experiments.train has saved a checkpoint in"
+        )
     return config, recipe, steps[-1]
 
 
@@ -246,9 +261,11 @@ def restore(workdir: str, config=None) -> tuple[object, Recipe, _state.EMAWeight
     except ConfigError:
         raise
     except (ValueError, KeyError, TypeError) as e:
-        raise ConfigError(f"config.model: the latest checkpoint of {os.path.abspath(workdir)} does not fit this "
-                          f"config's network ({str(e).splitlines()[0][:200]}); accepted: the config the workdir was "
-                          "trained with") from e
+        raise ConfigError(
+            f"config.model: the latest checkpoint of {os.path.abspath(workdir)} does not fit this "
+            f"config's network ({str(e).splitlines()[0][:200]}); accepted: the config the workdir was "
+            "trained with"
+        ) from e
     return config, recipe, ema
 
 
@@ -265,11 +282,13 @@ def sampler_flags(solver, grid, solver_kwargs):
         msg = str(e)
         if solver is not None and "unexpected keyword argument" in msg:
             options = [p for p in inspect.signature(_names.SOLVERS.get(solver, object)).parameters if p != "self"]
-            raise ConfigError(f"--solver_kwargs: {msg.split(': ', 1)[1]}; accepted: the options of {solver!r}: "
-                              f"{', '.join(options) or 'none'}") from e
+            raise ConfigError(
+                f"--solver_kwargs: {msg.split(': ', 1)[1]}; accepted: the options of {solver!r}: "
+                f"{', '.join(options) or 'none'}"
+            ) from e
         for flag, value, key in (("--solver", solver, "config.sample.solver"), ("--grid", grid, "config.sample.grid")):
             if value is not None and msg.startswith(key + ":"):
-                raise ConfigError(flag + msg[len(key):]) from e
+                raise ConfigError(flag + msg[len(key) :]) from e
         raise
     except ValueError as e:  # e.g. a solver option for a flow-map workdir
         raise ConfigError(f"--solver: {str(e).splitlines()[0]}; accepted: --num_steps and --grid only") from e
@@ -293,8 +312,10 @@ def check_grid_options(grid, optimize) -> dict | None:
             raise ConfigError(f"optimize: unknown option {key!r}; accepted: {', '.join(GRID_OPTIONS)}")
     if grid != "optimize":
         for key in optimize:
-            raise ConfigError(f"{GRID_OPTIONS[key][0]}: applies with --grid=optimize only; accepted: "
-                              "--grid=optimize to fit the grid, or no optimize flags")
+            raise ConfigError(
+                f"{GRID_OPTIONS[key][0]}: applies with --grid=optimize only; accepted: "
+                "--grid=optimize to fit the grid, or no optimize flags"
+            )
         return None
     out = {}
     for key, (flag, default, spec) in GRID_OPTIONS.items():
@@ -307,8 +328,10 @@ def check_grid_options(grid, optimize) -> dict | None:
     except ValueError as e:
         raise ConfigError(f"--optimize_objective: {e}") from None
     if out["init"] == "optimize":
-        raise ConfigError("--optimize_init: 'optimize' is not a starting grid; accepted: a grid name ("
-                          f"{', '.join(_names.GRIDS)}) or a .npy file")
+        raise ConfigError(
+            "--optimize_init: 'optimize' is not a starting grid; accepted: a grid name ("
+            f"{', '.join(_names.GRIDS)}) or a .npy file"
+        )
     return out
 
 
@@ -326,15 +349,28 @@ def clock_kwargs(config, solver, solver_kwargs, clock):
         solver_kwargs = {**kwargs_of(config.sample.solver_kwargs), **(solver_kwargs or {})}
     with_clock = [n for n, cls in _names.SOLVERS.items() if "clock" in inspect.signature(cls).parameters]
     if solver in _names.SOLVERS and solver not in with_clock:
-        raise ConfigError(f"--clock: solver {solver!r} has no clock option; accepted: a solver that integrates in "
-                          f"a clock: {', '.join(with_clock)}")
+        raise ConfigError(
+            f"--clock: solver {solver!r} has no clock option; accepted: a solver that integrates in "
+            f"a clock: {', '.join(with_clock)}"
+        )
     return solver, {**(solver_kwargs or {}), "clock": value}
 
 
-def sample_workdir(workdir: str, config=None, *, solver: str | None = None, num_steps: int | None = None,
-                   grid: str | None = None, num_samples: int | None = None, seed: int = 0, out: str | None = None,
-                   solver_kwargs=None, clock: str | None = None, optimize: dict | None = None,
-                   progress=print):
+def sample_workdir(
+    workdir: str,
+    config=None,
+    *,
+    solver: str | None = None,
+    num_steps: int | None = None,
+    grid: str | None = None,
+    num_samples: int | None = None,
+    seed: int = 0,
+    out: str | None = None,
+    solver_kwargs=None,
+    clock: str | None = None,
+    optimize: dict | None = None,
+    progress=print,
+):
     """Sample the EMA weights of `workdir` with any solver / number of steps (the recipe's
     `make_sampler`; flow-map workdirs take num_steps and grid only).
 
@@ -366,8 +402,14 @@ def sample_workdir(workdir: str, config=None, *, solver: str | None = None, num_
         suffix = "_optimized"
         num_steps = None  # the grid's length
     with sampler_flags(solver, None if options else grid, solver_kwargs):
-        sampler = recipe.make_sampler(ema.graphdef, (n, *config.data.shape), solver=solver, num_steps=num_steps,
-                                      grid=grid, solver_kwargs=solver_kwargs)
+        sampler = recipe.make_sampler(
+            ema.graphdef,
+            (n, *config.data.shape),
+            solver=solver,
+            num_steps=num_steps,
+            grid=grid,
+            solver_kwargs=solver_kwargs,
+        )
     x = _state.draw_samples(sampler.draw, ema.params, ema.rest, jax.random.PRNGKey(seed), n)  # each process its share
     out = out or os.fspath(checkpoint.as_path(workdir) / "samples" / (sampler.name + suffix))
     if jax.process_index() == 0:
@@ -383,13 +425,14 @@ def sample_workdir(workdir: str, config=None, *, solver: str | None = None, num_
     return x, out + ".png", out + ".npz"
 
 
-def fit_grid(recipe, ema, config, solver, solver_kwargs, num_steps, seed, options, progress, *, cond=None,
-             weight=None):
+def fit_grid(recipe, ema, config, solver, solver_kwargs, num_steps, seed, options, progress, *, cond=None, weight=None):
     """The grid `recipe.fit_grid` fits for --grid=optimize (options: `check_grid_options`), and
     the sampler name; progress(line) reports every tenth update."""
     if not isinstance(recipe, DiffusionRecipe):
-        raise ConfigError(f"--grid: 'optimize' fits the grid of a diffusion workdir's solver, not of a "
-                          f"{type(recipe).__name__} workdir; accepted: a grid name ({', '.join(_names.GRIDS)})")
+        raise ConfigError(
+            f"--grid: 'optimize' fits the grid of a diffusion workdir's solver, not of a "
+            f"{type(recipe).__name__} workdir; accepted: a grid name ({', '.join(_names.GRIDS)})"
+        )
     iterations = options["iterations"]
     every = max(1, iterations // 10)
 
@@ -401,26 +444,55 @@ def fit_grid(recipe, ema, config, solver, solver_kwargs, num_steps, seed, option
     with sampler_flags(solver, None, solver_kwargs):
         try:
             result, name = recipe.fit_grid(
-                ema.graphdef, ema.params, ema.rest, (options["num_samples"], *config.data.shape),
-                jax.random.fold_in(jax.random.PRNGKey(seed), 1), objective=options["objective"],
-                iterations=iterations, learning_rate=options["learning_rate"], init=init, num_steps=num_steps,
-                solver=solver, solver_kwargs=solver_kwargs, cond=cond, weight=weight, progress=report)
+                ema.graphdef,
+                ema.params,
+                ema.rest,
+                (options["num_samples"], *config.data.shape),
+                jax.random.fold_in(jax.random.PRNGKey(seed), 1),
+                objective=options["objective"],
+                iterations=iterations,
+                learning_rate=options["learning_rate"],
+                init=init,
+                num_steps=num_steps,
+                solver=solver,
+                solver_kwargs=solver_kwargs,
+                cond=cond,
+                weight=weight,
+                progress=report,
+            )
         except ConfigError as e:
             msg, key = str(e), "config.sample.grid"
             if init is not None and msg.startswith(key + ":"):
-                raise ConfigError("--optimize_init" + msg[len(key):]) from e
+                raise ConfigError("--optimize_init" + msg[len(key) :]) from e
             raise
-    progress(f"optimize_grid: objective (rms) {float(np.sqrt(result.initial_loss)):.5g} on the initial grid -> "
-             f"{float(np.sqrt(result.loss)):.5g}")
+    progress(
+        f"optimize_grid: objective (rms) {float(np.sqrt(result.initial_loss)):.5g} on the initial grid -> "
+        f"{float(np.sqrt(result.loss)):.5g}"
+    )
     return np.asarray(result.grid), name
 
 
 # -- classifier-free guidance: one row per class (configs with a `guidance` section) ---------
 
 
-def sample_class_rows(workdir, config=None, *, weight=None, per_class=None, solver=None, num_steps=None, grid=None,
-                      num_samples=None, seed=0, out=None, solver_kwargs=None, accuracy=True, clock=None,
-                      optimize=None, progress=print):
+def sample_class_rows(
+    workdir,
+    config=None,
+    *,
+    weight=None,
+    per_class=None,
+    solver=None,
+    num_steps=None,
+    grid=None,
+    num_samples=None,
+    seed=0,
+    out=None,
+    solver_kwargs=None,
+    accuracy=True,
+    clock=None,
+    optimize=None,
+    progress=print,
+):
     """Sample a class-conditional workdir with classifier-free guidance, one row per class.
 
     weight: CFG weight (default config.guidance.weight; 1 = the conditional model).
@@ -441,8 +513,10 @@ def sample_class_rows(workdir, config=None, *, weight=None, per_class=None, solv
         check_output(out + ".png", "--out")
     config, recipe, ema = restore(workdir, config)
     if recipe.num_classes is None:
-        raise ConfigError("config.model.kwargs.num_classes: class rows need a class-conditional model "
-                               "(data.cond = 'label' and num_classes set)")
+        raise ConfigError(
+            "config.model.kwargs.num_classes: class rows need a class-conditional model "
+            "(data.cond = 'label' and num_classes set)"
+        )
     weight = guidance_weight(config, weight)
     weight = 1.0 if weight is None else weight  # no guidance section: the conditional model
     per_class = int(per_class or max(int(num_samples or config.sample.num_samples) // recipe.num_classes, 1))
@@ -451,14 +525,32 @@ def sample_class_rows(workdir, config=None, *, weight=None, per_class=None, solv
     suffix = ""
     if options is not None:
         fit_labels = jnp.arange(options["num_samples"]) % recipe.num_classes
-        grid, _ = fit_grid(recipe, ema, config, solver, solver_kwargs, num_steps, seed, options, progress,
-                                    cond=fit_labels, weight=weight)
+        grid, _ = fit_grid(
+            recipe,
+            ema,
+            config,
+            solver,
+            solver_kwargs,
+            num_steps,
+            seed,
+            options,
+            progress,
+            cond=fit_labels,
+            weight=weight,
+        )
         suffix, num_steps = "_optimized", None
     # The training loop's sample grids go through the same guided sampler (recipe.make_sampler).
     with sampler_flags(solver, None if options else grid, solver_kwargs):
-        sampler = recipe.make_sampler(ema.graphdef, (labels.shape[0], *config.data.shape), solver=solver,
-                                      num_steps=num_steps, grid=grid, solver_kwargs=solver_kwargs, cond=labels,
-                                      weight=weight)
+        sampler = recipe.make_sampler(
+            ema.graphdef,
+            (labels.shape[0], *config.data.shape),
+            solver=solver,
+            num_steps=num_steps,
+            grid=grid,
+            solver_kwargs=solver_kwargs,
+            cond=labels,
+            weight=weight,
+        )
     x = np.asarray(jax.device_get(sampler(ema.params, ema.rest, jax.random.PRNGKey(seed))))
     out = out or os.path.join(os.path.abspath(workdir), "samples", f"cfg{weight:g}_{sampler.name}{suffix}")
     if options is not None:
@@ -485,6 +577,8 @@ def solver_options(items) -> dict:
                 raise ValueError
             out[name] = float(value)
         except ValueError:
-            raise ConfigError(f"--solver_kwargs: {item!r} is not name=number; accepted: comma-separated "
-                                   "name=value options with float values, e.g. eta=1.0") from None
+            raise ConfigError(
+                f"--solver_kwargs: {item!r} is not name=number; accepted: comma-separated "
+                "name=value options with float values, e.g. eta=1.0"
+            ) from None
     return out

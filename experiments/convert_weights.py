@@ -29,8 +29,9 @@ from jdiff import metrics
 
 _SRC = flags.DEFINE_string("src", None, "The PyTorch checkpoint (.pth / .pt).")
 _DST = flags.DEFINE_string("dst", None, "The output file (.npz or .safetensors).")
-_CHECK = flags.DEFINE_enum("check", None, ["inception", *metrics.DINOV2_ARCHS],
-                           "Check the keys and shapes against this network's layout.")
+_CHECK = flags.DEFINE_enum(
+    "check", None, ["inception", *metrics.DINOV2_ARCHS], "Check the keys and shapes against this network's layout."
+)
 flags.mark_flags_as_required(["src", "dst"])
 
 

@@ -17,8 +17,9 @@ from experiments.configs import digits_mlp
 
 _WORKDIR = flags.DEFINE_string("workdir", "runs/demo", "Directory for checkpoints, logs and samples.")
 _STEPS = flags.DEFINE_integer("total_steps", None, "Override the number of train steps.")
-_ALLOW_CONFIG_CHANGE = flags.DEFINE_bool("allow_config_change", False,
-                                         "Resume a workdir trained with another --total_steps.")
+_ALLOW_CONFIG_CHANGE = flags.DEFINE_bool(
+    "allow_config_change", False, "Resume a workdir trained with another --total_steps."
+)
 
 
 def main(argv):

@@ -28,8 +28,9 @@ from experiments._config import ConfigError
 from experiments._posthoc import sweep
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A workdir trained with config.posthoc_ema.sigma_rels set.")
-_SIGMA_RELS = flags.DEFINE_list("sigma_rels", ["0.02", "0.05", "0.1", "0.15", "0.2"],
-                                "Relative EMA lengths to rebuild and score, in (0, 0.2887).")
+_SIGMA_RELS = flags.DEFINE_list(
+    "sigma_rels", ["0.02", "0.05", "0.1", "0.15", "0.2"], "Relative EMA lengths to rebuild and score, in (0, 0.2887)."
+)
 _METRIC = flags.DEFINE_enum("metric", "fdd", ["fdd", "fid"], "What to score each EMA with.")
 _NUM_SAMPLES = flags.DEFINE_integer("num_samples", 2000, "Samples per EMA length.")
 _STEP = flags.DEFINE_integer("step", None, "Training step to rebuild the EMA at (default: the last snapshot).")
@@ -47,9 +48,18 @@ def main(argv):
     try:
         if len(argv) > 1:
             raise ConfigError(f"{argv[1]}: unexpected argument; accepted: --flag=value arguments only")
-        res = sweep(_WORKDIR.value, _SIGMA_RELS.value, metric=_METRIC.value, num_samples=_NUM_SAMPLES.value,
-                    step=_STEP.value, seed=_SEED.value, ref=_REF.value, inception=_INCEPTION.value,
-                    batch_size=_BATCH.value, out=_OUT.value)
+        res = sweep(
+            _WORKDIR.value,
+            _SIGMA_RELS.value,
+            metric=_METRIC.value,
+            num_samples=_NUM_SAMPLES.value,
+            step=_STEP.value,
+            seed=_SEED.value,
+            ref=_REF.value,
+            inception=_INCEPTION.value,
+            batch_size=_BATCH.value,
+            out=_OUT.value,
+        )
     except (ConfigError, FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

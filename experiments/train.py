@@ -21,8 +21,10 @@ from experiments import _lib
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (path[:arg]).", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and samples.")
 _ALLOW_CONFIG_CHANGE = flags.DEFINE_bool(
-    "allow_config_change", False, "Resume a workdir whose config.json differs from --config (the old file is kept "
-    "as config.step<N>.json).")
+    "allow_config_change",
+    False,
+    "Resume a workdir whose config.json differs from --config (the old file is kept as config.step<N>.json).",
+)
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -33,8 +35,10 @@ def main(argv):
         if len(argv) > 1:
             raise _lib.ConfigError(f"{argv[1]}: unexpected argument; accepted: --flag=value arguments only")
         result = _lib.train_and_evaluate(_CONFIG.value, _WORKDIR.value, allow_config_change=_ALLOW_CONFIG_CHANGE.value)
-    print(f"step {result['step']}  final loss {result['final_loss']:.4f} (step {result['step']}; mean since the "
-          f"previous log row {result['final_loss_mean']:.4f})  workdir {result['workdir']}")
+    print(
+        f"step {result['step']}  final loss {result['final_loss']:.4f} (step {result['step']}; mean since the "
+        f"previous log row {result['final_loss_mean']:.4f})  workdir {result['workdir']}"
+    )
 
 
 if __name__ == "__main__":

@@ -26,8 +26,24 @@ from jdiff.predictions import convert as convert
 __version__ = "0.1.0"
 
 _SUBMODULES = (
-    "adversarial", "analytic", "checkpoint", "data", "flowmaps", "guidance", "latent", "likelihood", "losses",
-    "metrics", "models", "nested", "parallel", "paths", "predictions", "samplers", "schedules", "training",
+    "adversarial",
+    "analytic",
+    "checkpoint",
+    "data",
+    "flowmaps",
+    "guidance",
+    "latent",
+    "likelihood",
+    "losses",
+    "metrics",
+    "models",
+    "nested",
+    "parallel",
+    "paths",
+    "predictions",
+    "samplers",
+    "schedules",
+    "training",
 )
 
 

@@ -25,8 +25,10 @@ def is_concrete(*values) -> bool:
 def check_path(path, name: str = "path"):
     """A jdiff path object (a name such as "vp_cosine" is looked up by experiments._names, not here)."""
     if not isinstance(path, AbstractPath):
-        raise TypeError(f"`{name}` must be a jdiff path (an AbstractPath, e.g. jdiff.VPCosine()); got "
-                        f"{type(path).__name__} {path!r}")
+        raise TypeError(
+            f"`{name}` must be a jdiff path (an AbstractPath, e.g. jdiff.VPCosine()); got "
+            f"{type(path).__name__} {path!r}"
+        )
     return path
 
 
@@ -48,8 +50,9 @@ def check_batched(x, name: str, *, min_ndim: int = 1):
     """`x` must have a leading batch axis (at least `min_ndim` axes)."""
     if jnp.ndim(x) < min_ndim:
         want = "(batch,)" if min_ndim == 1 else "(batch, ...)" if min_ndim == 2 else f"at least {min_ndim} axes"
-        raise ValueError(f"`{name}` must be a batch of shape {want} with a leading batch axis; got shape "
-                         f"{jnp.shape(x)}")
+        raise ValueError(
+            f"`{name}` must be a batch of shape {want} with a leading batch axis; got shape {jnp.shape(x)}"
+        )
     return x
 
 
@@ -83,8 +86,9 @@ def check_times_in_range(t, path, name: str = "t"):
 def check_time_shape(t, batch: int, name: str = "t"):
     """`t` must be a scalar or one time per example, shape (batch,)."""
     if t is not None and jnp.shape(t) not in ((), (batch,)):
-        raise ValueError(f"`{name}` must be a scalar or have shape ({batch},) (one time per example); got shape "
-                         f"{jnp.shape(t)}")
+        raise ValueError(
+            f"`{name}` must be a scalar or have shape ({batch},) (one time per example); got shape {jnp.shape(t)}"
+        )
     return t
 
 

@@ -64,8 +64,10 @@ def check_policy(policy, name: str = "policy") -> Policy:
     if policy is None:
         return Policy()
     if not isinstance(policy, Policy):
-        raise TypeError(f"`{name}` must be None or a jdiff.Policy (e.g. jdiff.Policy(compute_dtype='bfloat16')); "
-                        f"got {type(policy).__name__} {policy!r}")
+        raise TypeError(
+            f"`{name}` must be None or a jdiff.Policy (e.g. jdiff.Policy(compute_dtype='bfloat16')); "
+            f"got {type(policy).__name__} {policy!r}"
+        )
     return policy
 
 
@@ -128,8 +130,10 @@ class Model(eqx.Module):
         if isinstance(net, Model):
             raise TypeError("`net` is already a jdiff.Model; use model.as_kind(kind) to change its kind")
         if not isinstance(path, AbstractPath):
-            raise TypeError(f"`path` must be a jdiff path (an AbstractPath, e.g. jdiff.VPLinear()); got "
-                            f"{type(path).__name__} {path!r}")
+            raise TypeError(
+                f"`path` must be a jdiff path (an AbstractPath, e.g. jdiff.VPLinear()); got "
+                f"{type(path).__name__} {path!r}"
+            )
         self.net = _as_pytree_net(net)
         self.path = path
         self.kind = predictions.check_kind(kind)
@@ -235,5 +239,4 @@ def edm_denoiser(net, path: AbstractPath, sigma_data: float = 0.5, *, policy: Po
     is around the raw network: c_skip x, the skip connection, stays in the state dtype.
     """
     policy = check_policy(policy)
-    return Model(_EDMNet(_as_pytree_net(net), path, float(sigma_data), policy), path, "x0",
-                 policy=policy.boundary_free)
+    return Model(_EDMNet(_as_pytree_net(net), path, float(sigma_data), policy), path, "x0", policy=policy.boundary_free)

@@ -127,8 +127,10 @@ class GaussianMixture(eqx.Module):
         one has no distribution. Raises a ValueError now when `cond` is concrete, at run time
         (`equinox.error_if`) when it is traced. Returns `cond` as an array."""
         if self.labels is None:
-            raise ValueError(f"`{name}` was given but this GaussianMixture has no `labels` (class-conditional "
-                             "quantities need labels=(K,) on construction)")
+            raise ValueError(
+                f"`{name}` was given but this GaussianMixture has no `labels` (class-conditional "
+                "quantities need labels=(K,) on construction)"
+            )
         concrete = _checks.is_concrete(self.labels)
         classes = sorted({int(v) for v in np.asarray(self.labels).tolist()}) if concrete else None
         accepted = f"the mixture's classes {classes}" if classes is not None else "a class of the mixture's `labels`"
@@ -229,7 +231,9 @@ class _MixtureNet(eqx.Module):
         if cond is None:
             return jax.vmap(lambda xi, ti: gm.predict(xi, ti, path, kind=kind))(x, tb)
         if jnp.shape(cond) != (n,):
-            raise ValueError(f"`cond` of the mixture's model must be None or one class label per example, shape "
-                             f"({n},); got shape {jnp.shape(cond)}")
+            raise ValueError(
+                f"`cond` of the mixture's model must be None or one class label per example, shape "
+                f"({n},); got shape {jnp.shape(cond)}"
+            )
         cond = gm.check_class(cond)
         return jax.vmap(lambda xi, ti, ci: gm.predict(xi, ti, path, ci, kind=kind))(x, tb, cond)

@@ -55,8 +55,9 @@ def _keys_to_data(tree):
 
 
 def _data_to_keys(tree, like):
-    return jax.tree.map(lambda x, t: jax.random.wrap_key_data(x, impl=jax.random.key_impl(t)) if _is_key(t) else x,
-                        tree, like)
+    return jax.tree.map(
+        lambda x, t: jax.random.wrap_key_data(x, impl=jax.random.key_impl(t)) if _is_key(t) else x, tree, like
+    )
 
 
 def abstract_like(tree):

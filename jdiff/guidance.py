@@ -226,7 +226,12 @@ def classifier_free(
     """
     check_model(model, "model")
     net = _ClassifierFreeNet(
-        model, w, null_cond, _check_interval(interval), _check_rescale(rescale), _check_space(space),
+        model,
+        w,
+        null_cond,
+        _check_interval(interval),
+        _check_rescale(rescale),
+        _check_space(space),
         not _is_zero(rescale),
     )
     return Model(net, model.path, model.kind)
@@ -288,7 +293,12 @@ def autoguidance(
             f"{type(weak_model.path).__name__} model"
         )
     net = _AutoguidedNet(
-        model, weak_model, w, _check_interval(interval), _check_rescale(rescale), _check_space(space),
+        model,
+        weak_model,
+        w,
+        _check_interval(interval),
+        _check_rescale(rescale),
+        _check_space(space),
         not _is_zero(rescale),
     )
     return Model(net, model.path, model.kind)
@@ -308,8 +318,10 @@ class _ClassifierGuidedNet(eqx.Module):
     def __call__(self, x, t, cond=None):
         _check_batched(x, "classifier_guidance")
         if cond is None:
-            raise ValueError("the classifier_guidance-guided model needs `cond` (the class to guide towards, passed "
-                             "to `log_prob_fn(x, t, cond)`); got cond=None")
+            raise ValueError(
+                "the classifier_guidance-guided model needs `cond` (the class to guide towards, passed "
+                "to `log_prob_fn(x, t, cond)`); got cond=None"
+            )
         model, path, kind = self.model, self.model.path, self.model.kind
         x = model.state(x)
         pred = model(x, t, cond)
@@ -363,8 +375,10 @@ def classifier_guidance(
 
 def _check_log_prob(logp, x):
     if jnp.shape(logp) != jnp.shape(x)[:1]:
-        raise ValueError(f"`log_prob_fn` must return one log-probability per example, shape {jnp.shape(x)[:1]}; got "
-                         f"shape {jnp.shape(logp)}")
+        raise ValueError(
+            f"`log_prob_fn` must return one log-probability per example, shape {jnp.shape(x)[:1]}; got "
+            f"shape {jnp.shape(logp)}"
+        )
     return logp
 
 
@@ -396,8 +410,9 @@ def classifier_log_prob(logits_fn: Callable) -> Callable:
     `classifier_guidance` expects; `cond` is an int array of shape (batch,).
     (A pytree: an nnx or equinox classifier stays a pytree child.)"""
     if not callable(logits_fn):
-        raise TypeError(f"`logits_fn` must be a callable logits_fn(x, t) -> (batch, num_classes); "
-                        f"got {type(logits_fn).__name__}")
+        raise TypeError(
+            f"`logits_fn` must be a callable logits_fn(x, t) -> (batch, num_classes); got {type(logits_fn).__name__}"
+        )
     return _ClassifierLogProb(_as_pytree_net(logits_fn))
 
 

@@ -267,8 +267,10 @@ def ode_log_likelihood_batch(model: Model, x, *, cond=None, key=None, **kwargs) 
     if cond is not None:
         for leaf in jax.tree_util.tree_leaves(cond):
             if jnp.ndim(leaf) < 1 or jnp.shape(leaf)[0] != n:
-                raise ValueError(f"`cond` must have a leading axis of size {n} (one condition per example of `x`); "
-                                 f"got a leaf of shape {jnp.shape(leaf)}")
+                raise ValueError(
+                    f"`cond` must have a leading axis of size {n} (one condition per example of `x`); "
+                    f"got a leaf of shape {jnp.shape(leaf)}"
+                )
     keys = None if key is None else jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(n))
 
     def one(xi, ci, ki):

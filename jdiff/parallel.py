@@ -89,8 +89,13 @@ def _env_int(name: str) -> int | None:
         raise ValueError(f"environment variable {name}={value!r} must be an integer") from None
 
 
-def initialize_distributed(enabled: bool = False, *, coordinator_address: str | None = None,
-                           num_processes: int | None = None, process_id: int | None = None) -> bool:
+def initialize_distributed(
+    enabled: bool = False,
+    *,
+    coordinator_address: str | None = None,
+    num_processes: int | None = None,
+    process_id: int | None = None,
+) -> bool:
     """Start JAX's distributed runtime (one call per process, before any device is used).
 
     enabled: initialize even without any explicit setting: `jax.distributed.initialize()` then
@@ -112,17 +117,24 @@ def initialize_distributed(enabled: bool = False, *, coordinator_address: str | 
     if not (enabled or (num_processes or 1) > 1):
         return False
     if num_processes is not None and (not isinstance(num_processes, int) or num_processes < 1):
-        raise ValueError(f"`num_processes` must be a positive int (or None: {_ENV_COUNT} / auto-detect); "
-                         f"got {num_processes!r}")
-    if process_id is not None and not (isinstance(process_id, int) and process_id >= 0
-                                       and (num_processes is None or process_id < num_processes)):
-        raise ValueError(f"`process_id` must be an int in [0, num_processes={num_processes}) (or None: {_ENV_ID} / "
-                         f"auto-detect); got {process_id!r}")
+        raise ValueError(
+            f"`num_processes` must be a positive int (or None: {_ENV_COUNT} / auto-detect); got {num_processes!r}"
+        )
+    if process_id is not None and not (
+        isinstance(process_id, int) and process_id >= 0 and (num_processes is None or process_id < num_processes)
+    ):
+        raise ValueError(
+            f"`process_id` must be an int in [0, num_processes={num_processes}) (or None: {_ENV_ID} / "
+            f"auto-detect); got {process_id!r}"
+        )
     if coordinator_address is not None and not re.fullmatch(r"\[?[\w.:-]+\]?:\d+", coordinator_address):
-        raise ValueError(f"`coordinator_address` must be 'host:port' (or None: {_ENV_ADDRESS} / auto-detect); "
-                         f"got {coordinator_address!r}")
-    jax.distributed.initialize(coordinator_address=coordinator_address, num_processes=num_processes,
-                               process_id=process_id)
+        raise ValueError(
+            f"`coordinator_address` must be 'host:port' (or None: {_ENV_ADDRESS} / auto-detect); "
+            f"got {coordinator_address!r}"
+        )
+    jax.distributed.initialize(
+        coordinator_address=coordinator_address, num_processes=num_processes, process_id=process_id
+    )
     return True
 
 
@@ -151,8 +163,10 @@ def _mesh_devices(num_devices: int | None) -> list:
         return by_process
     total = len(by_process)
     if not 1 <= num_devices <= total or num_devices % n_proc:
-        raise ValueError(f"`num_devices` must be in 1..{total} (the visible devices) and a multiple of the "
-                         f"{n_proc} process(es); got {num_devices}")
+        raise ValueError(
+            f"`num_devices` must be in 1..{total} (the visible devices) and a multiple of the "
+            f"{n_proc} process(es); got {num_devices}"
+        )
     per = num_devices // n_proc
     return [d for p in range(n_proc) for d in [d for d in by_process if d.process_index == p][:per]]
 
@@ -167,8 +181,10 @@ def make_mesh(num_devices: int | None = None, *, data: int = -1, fsdp: int = 1, 
     """
     devices = _mesh_devices(num_devices)
     sizes = {DATA_AXIS: data, FSDP_AXIS: fsdp, MODEL_AXIS: model}
-    if any(not isinstance(s, (int, np.integer)) or (s < 1 and s != -1) for s in sizes.values()) or \
-            list(sizes.values()).count(-1) > 1:
+    if (
+        any(not isinstance(s, (int, np.integer)) or (s < 1 and s != -1) for s in sizes.values())
+        or list(sizes.values()).count(-1) > 1
+    ):
         raise ValueError(f"mesh axis sizes `data`, `fsdp`, `model` must be positive ints, at most one -1; got {sizes}")
     known = math.prod(s for s in sizes.values() if s != -1)
     if -1 in sizes.values():
@@ -176,8 +192,9 @@ def make_mesh(num_devices: int | None = None, *, data: int = -1, fsdp: int = 1, 
             raise ValueError(f"mesh axis sizes {sizes}: {known} does not divide the {len(devices)} devices")
         sizes = {k: (len(devices) // known if s == -1 else s) for k, s in sizes.items()}
     if math.prod(sizes.values()) != len(devices):
-        raise ValueError(f"mesh axis sizes {sizes} (`data` x `fsdp` x `model`) must multiply to the "
-                         f"{len(devices)} devices")
+        raise ValueError(
+            f"mesh axis sizes {sizes} (`data` x `fsdp` x `model`) must multiply to the {len(devices)} devices"
+        )
     return Mesh(np.asarray(devices, dtype=object).reshape(tuple(sizes.values())), MESH_AXES)
 
 
@@ -209,13 +226,17 @@ def _check_rules(rules, mesh: Mesh) -> dict:
     out = {}
     for rule in rules or ():
         if not (isinstance(rule, (tuple, list)) and len(rule) == 2 and isinstance(rule[0], str)):
-            raise ValueError(f"`rules` must be (logical name, mesh axis | None | tuple of mesh axes) pairs; got {rule!r}")
+            raise ValueError(
+                f"`rules` must be (logical name, mesh axis | None | tuple of mesh axes) pairs; got {rule!r}"
+            )
         name, axes = rule
         axes = () if axes is None else (axes,) if isinstance(axes, str) else tuple(axes)
         unknown = [a for a in axes if a not in mesh.axis_names]
         if unknown:
-            raise ValueError(f"`rules`: {name!r} maps to {unknown}, not an axis of the mesh; accepted: "
-                             f"{', '.join(mesh.axis_names)} or None")
+            raise ValueError(
+                f"`rules`: {name!r} maps to {unknown}, not an axis of the mesh; accepted: "
+                f"{', '.join(mesh.axis_names)} or None"
+            )
         out.setdefault(name, axes)  # the first rule for a name wins, as in flax
     return out
 
@@ -318,8 +339,10 @@ def local_batch_size(global_batch_size: int, mesh: Mesh) -> int:
     over the mesh's batch shards ("data" x "fsdp") and the processes."""
     shards, n_proc = batch_shards(mesh), jax.process_count()
     if global_batch_size < 1 or global_batch_size % shards or global_batch_size % n_proc:
-        raise ValueError(f"`batch_size` {global_batch_size} must be a positive multiple of the batch shards "
-                         f"(data x fsdp = {shards}) and of the process count ({n_proc})")
+        raise ValueError(
+            f"`batch_size` {global_batch_size} must be a positive multiple of the batch shards "
+            f"(data x fsdp = {shards}) and of the process count ({n_proc})"
+        )
     return global_batch_size // n_proc
 
 

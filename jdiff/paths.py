@@ -131,8 +131,10 @@ class AbstractPath(eqx.Module):
             self._check_params()
         if not _concrete(t_min, t_max):
             return
-        _require(0.0 <= float(t_min) < float(t_max) <= 1.0,
-                 f"{name}: the time range must satisfy 0 <= t_min < t_max <= 1; got t_min={t_min}, t_max={t_max}")
+        _require(
+            0.0 <= float(t_min) < float(t_max) <= 1.0,
+            f"{name}: the time range must satisfy 0 <= t_min < t_max <= 1; got t_min={t_min}, t_max={t_max}",
+        )
         if not params_concrete:
             return
         # Concrete values: evaluate now, even while a jit trace is building the path.
@@ -140,15 +142,21 @@ class AbstractPath(eqx.Module):
             ends = jnp.asarray([t_min, t_max], jnp.float32)
             a, s, lam = (np.asarray(v, np.float32) for v in (self.alpha(ends), self.sigma(ends), self.log_snr(ends)))
         for what, v in (("alpha", a), ("sigma", s), ("log_snr", lam)):
-            _require(np.all(np.isfinite(v)),
-                     f"{name}: {what} is not finite at the ends of its time range (t_min={t_min}: {float(v[0])}, "
-                     f"t_max={t_max}: {float(v[1])}); choose t_min/t_max inside the range where it is finite")
-        _require(np.all(a > 0) and np.all(s > 0),
-                 f"{name}: alpha and sigma must be positive at t_min and t_max; got alpha={a.tolist()}, "
-                 f"sigma={s.tolist()} at t=({t_min}, {t_max})")
-        _require(float(lam[0]) > float(lam[1]),
-                 f"{name}: the log-SNR must decrease from t_min to t_max (t = 0 is data, t = 1 noise); got "
-                 f"log_snr(t_min)={float(lam[0])}, log_snr(t_max)={float(lam[1])}")
+            _require(
+                np.all(np.isfinite(v)),
+                f"{name}: {what} is not finite at the ends of its time range (t_min={t_min}: {float(v[0])}, "
+                f"t_max={t_max}: {float(v[1])}); choose t_min/t_max inside the range where it is finite",
+            )
+        _require(
+            np.all(a > 0) and np.all(s > 0),
+            f"{name}: alpha and sigma must be positive at t_min and t_max; got alpha={a.tolist()}, "
+            f"sigma={s.tolist()} at t=({t_min}, {t_max})",
+        )
+        _require(
+            float(lam[0]) > float(lam[1]),
+            f"{name}: the log-SNR must decrease from t_min to t_max (t = 0 is data, t = 1 noise); got "
+            f"log_snr(t_min)={float(lam[0])}, log_snr(t_max)={float(lam[1])}",
+        )
 
     def _check_params(self):
         """Raise a ValueError naming a bad schedule parameter (concrete values only)."""
@@ -197,8 +205,9 @@ class AbstractPath(eqx.Module):
         return 2.0 * s * (self.d_sigma(t) - self.drift(t) * s)
 
     # -- sampling ------------------------------------------------------------------
-    def marginal(self, key: PRNGKeyArray, x0: Float[Array, "*x"],
-                 t: Float[ArrayLike, "*t"]) -> tuple[Float[Array, "*x"], Float[Array, "*x"]]:
+    def marginal(
+        self, key: PRNGKeyArray, x0: Float[Array, "*x"], t: Float[ArrayLike, "*t"]
+    ) -> tuple[Float[Array, "*x"], Float[Array, "*x"]]:
         """Sample x_t ~ p(x_t | x0). Returns (x_t, eps). `t` is a scalar or has shape x0.shape[:k]."""
         eps = jax.random.normal(key, jnp.shape(x0), jnp.result_type(x0))
         a, s = expand_to(self.alpha(t), x0, "t"), expand_to(self.sigma(t), x0, "t")
@@ -241,8 +250,10 @@ def expand_to(c, x, name="t"):
 def _check_betas(path):
     name = type(path).__name__
     _require(float(path.beta_min) >= 0.0, f"{name}: `beta_min` must be >= 0; got {path.beta_min}")
-    _require(float(path.beta_max) > float(path.beta_min),
-             f"{name}: `beta_max` must exceed `beta_min`; got beta_min={path.beta_min}, beta_max={path.beta_max}")
+    _require(
+        float(path.beta_max) > float(path.beta_min),
+        f"{name}: `beta_max` must exceed `beta_min`; got beta_min={path.beta_min}, beta_max={path.beta_max}",
+    )
 
 
 class _VPFromLogSNR(AbstractPath):
@@ -452,8 +463,10 @@ class VEGeometric(AbstractPath):
 def _check_sigmas(path):
     name = type(path).__name__
     _require(float(path.sigma_min) > 0.0, f"{name}: `sigma_min` must be > 0; got {path.sigma_min}")
-    _require(float(path.sigma_max) > float(path.sigma_min),
-             f"{name}: `sigma_max` must exceed `sigma_min`; got sigma_min={path.sigma_min}, sigma_max={path.sigma_max}")
+    _require(
+        float(path.sigma_max) > float(path.sigma_min),
+        f"{name}: `sigma_max` must exceed `sigma_min`; got sigma_min={path.sigma_min}, sigma_max={path.sigma_max}",
+    )
 
 
 class EDM(AbstractPath):
@@ -475,8 +488,10 @@ class EDM(AbstractPath):
     def __init__(self, sigma_min: float = 0.002, sigma_max: float = 80.0):
         self.sigma_min, self.sigma_max = sigma_min, sigma_max
         if not _concrete(sigma_min, sigma_max):
-            raise ValueError("EDM: `sigma_min` and `sigma_max` fix the static time range t_min = sigma_min / "
-                             "sigma_max; pass numbers, not traced values")
+            raise ValueError(
+                "EDM: `sigma_min` and `sigma_max` fix the static time range t_min = sigma_min / "
+                "sigma_max; pass numbers, not traced values"
+            )
         self.t_min, self.t_max = float(sigma_min) / float(sigma_max), 1.0
 
     def _check_params(self):

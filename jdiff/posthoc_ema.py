@@ -70,8 +70,10 @@ def sigma_rel_to_gamma(sigma_rel):
     """The exponent gamma of relative standard deviation `sigma_rel` in (0, 1/sqrt(12)) (Eq. 126)."""
     s = np.asarray(sigma_rel, np.float64)
     if np.any(~(s > 0)) or np.any(s >= SIGMA_REL_MAX):
-        raise ValueError(f"`sigma_rel` must be in (0, {SIGMA_REL_MAX:.4f}) (0: no averaging, 1/sqrt(12): the "
-                         f"uniform average); got {sigma_rel}")
+        raise ValueError(
+            f"`sigma_rel` must be in (0, {SIGMA_REL_MAX:.4f}) (0: no averaging, 1/sqrt(12): the "
+            f"uniform average); got {sigma_rel}"
+        )
     out = [max(np.roots([1.0, 7.0, 16.0 - v**-2, 12.0 - v**-2]).real) for v in s.ravel()]
     return np.asarray(out, np.float64).reshape(s.shape)
 
@@ -206,8 +208,10 @@ def load_snapshots(directory: str, *, max_step: int | None = None) -> list[Snaps
     read into memory (for large models, reconstruct from a few snapshots at a time)."""
     files = sorted(f for f in glob.glob(os.path.join(directory, "phema_*.npz")) if _SNAPSHOT.search(f))
     if not files:
-        raise FileNotFoundError(f"no post-hoc EMA snapshots (phema_<step>.npz) in {directory!r}: train with "
-                                "config.posthoc_ema.sigma_rels set (two profiles, e.g. (0.05, 0.10))")
+        raise FileNotFoundError(
+            f"no post-hoc EMA snapshots (phema_<step>.npz) in {directory!r}: train with "
+            "config.posthoc_ema.sigma_rels set (two profiles, e.g. (0.05, 0.10))"
+        )
     out = []
     for f in files:
         with np.load(f) as z:
@@ -217,7 +221,7 @@ def load_snapshots(directory: str, *, max_step: int | None = None) -> list[Snaps
             sigma_rels = [float(s) for s in z["sigma_rels"]]
             for i, s in enumerate(sigma_rels):
                 prefix = f"profile{i}:"
-                arrays = {k[len(prefix):]: z[k] for k in z.files if k.startswith(prefix)}
+                arrays = {k[len(prefix) :]: z[k] for k in z.files if k.startswith(prefix)}
                 out.append(Snapshot(step, s, arrays))
     return out
 
@@ -251,5 +255,6 @@ def _unflatten_like(template, flat: dict):
     missing = [jax.tree_util.keystr(p) for p, _ in leaves if jax.tree_util.keystr(p) not in flat]
     if missing:
         raise ValueError(f"the snapshots do not hold the template's leaves {', '.join(missing[:5])}")
-    return jax.tree_util.tree_unflatten(treedef, [jnp.asarray(flat[jax.tree_util.keystr(p)], leaf.dtype)
-                                                  for p, leaf in leaves])
+    return jax.tree_util.tree_unflatten(
+        treedef, [jnp.asarray(flat[jax.tree_util.keystr(p)], leaf.dtype) for p, leaf in leaves]
+    )

@@ -59,8 +59,9 @@ def _check_shapes(pred, x):
         raise ValueError(f"`pred` has shape {jnp.shape(pred)} but `x` has shape {jnp.shape(x)}; they must match")
 
 
-def to_x0_eps(pred: Float[Array, "*x"], kind: str, x: Float[Array, "*x"], t: Float[ArrayLike, "*t"],
-              path: AbstractPath) -> tuple[Float[Array, "*x"], Float[Array, "*x"]]:
+def to_x0_eps(
+    pred: Float[Array, "*x"], kind: str, x: Float[Array, "*x"], t: Float[ArrayLike, "*t"], path: AbstractPath
+) -> tuple[Float[Array, "*x"], Float[Array, "*x"]]:
     """Return (x0, eps) implied by a prediction `pred` of kind `kind` at (x, t)."""
     check_kind(kind)
     _check_shapes(pred, x)
@@ -81,8 +82,14 @@ def to_x0_eps(pred: Float[Array, "*x"], kind: str, x: Float[Array, "*x"], t: Flo
     return (s * pred - ds * x) / det, (da * x - a * pred) / det
 
 
-def from_x0_eps(x0: Float[Array, "*x"], eps: Float[Array, "*x"], kind: str, x: Float[Array, "*x"],
-                t: Float[ArrayLike, "*t"], path: AbstractPath) -> Float[Array, "*x"]:
+def from_x0_eps(
+    x0: Float[Array, "*x"],
+    eps: Float[Array, "*x"],
+    kind: str,
+    x: Float[Array, "*x"],
+    t: Float[ArrayLike, "*t"],
+    path: AbstractPath,
+) -> Float[Array, "*x"]:
     """The prediction of kind `kind` implied by the pair (x0, eps) at (x, t)."""
     check_kind(kind)
     if kind == "x0":
@@ -98,8 +105,14 @@ def from_x0_eps(x0: Float[Array, "*x"], eps: Float[Array, "*x"], kind: str, x: F
     return da * x0 + ds * eps
 
 
-def convert(pred: Float[Array, "*x"], from_kind: str, to_kind: str, x: Float[Array, "*x"], t: Float[ArrayLike, "*t"],
-            path: AbstractPath) -> Float[Array, "*x"]:
+def convert(
+    pred: Float[Array, "*x"],
+    from_kind: str,
+    to_kind: str,
+    x: Float[Array, "*x"],
+    t: Float[ArrayLike, "*t"],
+    path: AbstractPath,
+) -> Float[Array, "*x"]:
     """Convert a prediction between kinds (identity when the kinds agree)."""
     check_kind(from_kind, "from_kind")
     check_kind(to_kind, "to_kind")

@@ -134,9 +134,16 @@ def _split(model: nnx.Module):
     return graphdef, params, rest
 
 
-def init_train_state(model: nnx.Module, tx: optax.GradientTransformation, key, *, mesh=None,
-                     rules=parallel.FSDP_RULES, data_position: int = 0,
-                     power_ema: tuple[float, ...] = ()) -> tuple[Any, TrainState]:
+def init_train_state(
+    model: nnx.Module,
+    tx: optax.GradientTransformation,
+    key,
+    *,
+    mesh=None,
+    rules=parallel.FSDP_RULES,
+    data_position: int = 0,
+    power_ema: tuple[float, ...] = (),
+) -> tuple[Any, TrainState]:
     """Split `model` and build the initial TrainState (EMA = the initial params).
 
     key: the run's base PRNG key (raw uint32 key, e.g. jax.random.PRNGKey(seed)).
@@ -151,29 +158,49 @@ def init_train_state(model: nnx.Module, tx: optax.GradientTransformation, key, *
     Returns (graphdef, state); the graphdef is static and shared by every later call.
     """
     graphdef, params, rest = _split(model)
+
     # Distinct buffers for every leaf: the step donates its input, and XLA refuses to
     # donate one buffer twice.
     def zero():
         return jnp.zeros((), jnp.int32)
 
-    scalars = {"step": zero(), "key": jnp.array(key), "data_position": jnp.asarray(data_position, jnp.int32),
-               "nonfinite_run": zero(), "nonfinite_total": zero()}
+    scalars = {
+        "step": zero(),
+        "key": jnp.array(key),
+        "data_position": jnp.asarray(data_position, jnp.int32),
+        "nonfinite_run": zero(),
+        "nonfinite_total": zero(),
+    }
     if mesh is None:
         profiles = posthoc_ema.PowerEMA.init(params, power_ema) if power_ema else ()
-        return graphdef, TrainState(params=params, opt_state=tx.init(params), ema_params=jax.tree.map(jnp.copy, params),
-                                    rest=rest, power_ema=profiles, **scalars)
+        return graphdef, TrainState(
+            params=params,
+            opt_state=tx.init(params),
+            ema_params=jax.tree.map(jnp.copy, params),
+            rest=rest,
+            power_ema=profiles,
+            **scalars,
+        )
     p_sharding = parallel.param_shardings(params, mesh, rules)
     params = parallel.to_global(params, p_sharding)
-    o_sharding = optax.tree_map_params(tx, lambda _, s: s, jax.eval_shape(tx.init, params), p_sharding,
-                                       transform_non_params=lambda _: parallel.replicated(mesh),
-                                       is_leaf=lambda x: isinstance(x, nnx.Variable))
+    o_sharding = optax.tree_map_params(
+        tx,
+        lambda _, s: s,
+        jax.eval_shape(tx.init, params),
+        p_sharding,
+        transform_non_params=lambda _: parallel.replicated(mesh),
+        is_leaf=lambda x: isinstance(x, nnx.Variable),
+    )
     state = TrainState(
         params=params,
         opt_state=jax.jit(tx.init, out_shardings=o_sharding)(params),
         ema_params=jax.jit(lambda p: jax.tree.map(jnp.copy, p), out_shardings=p_sharding)(params),
         rest=parallel.replicate(rest, mesh),
-        power_ema=posthoc_ema.PowerEMA.init(params, power_ema, copy=jax.jit(
-            lambda p: jax.tree.map(jnp.copy, p), out_shardings=p_sharding)) if power_ema else (),
+        power_ema=posthoc_ema.PowerEMA.init(
+            params, power_ema, copy=jax.jit(lambda p: jax.tree.map(jnp.copy, p), out_shardings=p_sharding)
+        )
+        if power_ema
+        else (),
         **parallel.replicate(scalars, mesh),
     )
     return graphdef, state
@@ -259,9 +286,7 @@ def make_train_step(
         # update (a NaN learning rate, an overflowing optimizer statistic).
         finite = jnp.isfinite(loss) & tree_all_finite(grads) & tree_all_finite(params)
         d = ema_decay(state.step, ema, ema_warmup)
-        ema_params = jax.tree.map(
-            lambda e, p: (d * e + (1.0 - d) * p).astype(e.dtype), state.ema_params, params
-        )
+        ema_params = jax.tree.map(lambda e, p: (d * e + (1.0 - d) * p).astype(e.dtype), state.ema_params, params)
         power = state.power_ema  # post-hoc EMA profiles: t = steps taken after this one
         power = power.update(params, state.step + 1) if isinstance(power, posthoc_ema.PowerEMA) else power
 
@@ -358,8 +383,11 @@ class MetricWriter:
             self._path, self._rows = path, rows
             # A unique suffix: the file name's time has whole seconds, and tensorboardX truncates
             # an existing file of the same name (a resume within the second).
-            self._tb = SummaryWriter(logdir=os.fspath(workdir / "tb"), filename_suffix=f".{time.time_ns()}",
-                                     purge_step=None if start_step is None else start_step + 1)
+            self._tb = SummaryWriter(
+                logdir=os.fspath(workdir / "tb"),
+                filename_suffix=f".{time.time_ns()}",
+                purge_step=None if start_step is None else start_step + 1,
+            )
             self._jsonl = None if _files.is_url(path) else path.open("a")
 
     def write_scalars(self, step: int, scalars: dict) -> None:
@@ -443,7 +471,7 @@ def image_grid(images, ncol: int | None = None, pad: int = 1) -> np.ndarray:
     grid = np.full((nrow * (h + pad) + pad, ncol * (w + pad) + pad, c), 0, np.uint8)
     for i in range(n):
         r, q = divmod(i, ncol)
-        grid[pad + r * (h + pad): pad + r * (h + pad) + h, pad + q * (w + pad): pad + q * (w + pad) + w] = x[i]
+        grid[pad + r * (h + pad) : pad + r * (h + pad) + h, pad + q * (w + pad) : pad + q * (w + pad) + w] = x[i]
     return grid
 
 

@@ -41,12 +41,29 @@ def main(out):
     recipe = _lib.recipe_for(config)
     graphdef, params, rest = nnx.split(recipe.build_model(), nnx.Param, ...)
     draw = recipe.make_sampler(graphdef, (16, 8, 8, 1))
-    acc = _sample_eval.feature_stats_of_samples(draw.draw, params, rest, tiny_nets(), num_samples=40, batch_size=16,
-                                                mesh=parallel.make_mesh(), seed=3, progress=False,
-                                                state_dir=os.path.join(out, "state"), fingerprint="mp")
+    acc = _sample_eval.feature_stats_of_samples(
+        draw.draw,
+        params,
+        rest,
+        tiny_nets(),
+        num_samples=40,
+        batch_size=16,
+        mesh=parallel.make_mesh(),
+        seed=3,
+        progress=False,
+        state_dir=os.path.join(out, "state"),
+        fingerprint="mp",
+    )
     if jax.process_index() == 0:
-        np.savez(os.path.join(out, "merged.npz"), fid_mean=acc.fid.mean, fid_m2=acc.fid.m2, dino_mean=acc.dino.mean,
-                 is_sum_p=acc.inception_score.sum_p, processes=jax.process_count(), devices=len(jax.devices()))
+        np.savez(
+            os.path.join(out, "merged.npz"),
+            fid_mean=acc.fid.mean,
+            fid_m2=acc.fid.m2,
+            dino_mean=acc.dino.mean,
+            is_sum_p=acc.inception_score.sum_p,
+            processes=jax.process_count(),
+            devices=len(jax.devices()),
+        )
     print("RESULT done", flush=True)
 
 

@@ -50,8 +50,13 @@ def main(argv):
     c = config()
     c.total_steps = total
     result = _lib.train_and_evaluate(c, workdir, hooks=[lambda *_: time.sleep(sleep)] if sleep else ())
-    report = {"process": jax.process_index(), "processes": jax.process_count(), "devices": jax.device_count(),
-              "step": result["step"], "preempted": result["preempted"]}
+    report = {
+        "process": jax.process_index(),
+        "processes": jax.process_count(),
+        "devices": jax.device_count(),
+        "step": result["step"],
+        "preempted": result["preempted"],
+    }
     if num_samples and not result["preempted"]:
         x, _, _ = _lib.sample_workdir(workdir, num_samples=num_samples, out=os.path.join(workdir, "samples", "final"))
         report["sample_sum"] = float(x.sum())

@@ -66,7 +66,8 @@ SAMPLERS = {  # grid, x_T, key
 DIFFRAX = {  # t0 / t1, x_T, key
     "solve_pf_ode": lambda x_T=X, t0=None, t1=None, key=KEY: S.solve_pf_ode(MODEL, x_T, t0=t0, t1=t1),
     "solve_reverse_sde": lambda x_T=X, t0=None, t1=None, key=KEY: S.solve_reverse_sde(
-        MODEL, key, x_T, t0=t0, t1=t1, num_steps=4),
+        MODEL, key, x_T, t0=t0, t1=t1, num_steps=4
+    ),
 }
 LOSSES = {  # x0, key, t where the loss takes it
     "dsm_loss": lambda x0=X0, key=KEY, t=None: losses.dsm_loss(MODEL, key, x0, t=t),
@@ -76,19 +77,25 @@ LOSSES = {  # x0, key, t where the loss takes it
     "vdm_loss": lambda x0=X0, key=KEY, t=None: losses.vdm_loss(MODEL, key, x0, t=t, num_bins=None),
     "vlb": lambda x0=X0, key=KEY, t=None: losses.vlb(MODEL, key, x0, num_steps=10, num_bins=None),
     "vlb_bits_per_dim": lambda x0=X0, key=KEY, t=None: likelihood.vlb_bits_per_dim(
-        MODEL, key, x0, num_steps=10, num_bins=None),
+        MODEL, key, x0, num_steps=10, num_bins=None
+    ),
     "elbo_bits_per_dim": lambda x0=X0, key=KEY, t=None: likelihood.elbo_bits_per_dim(
-        MODEL, key, x0, num_time_samples=2, num_bins=None),
+        MODEL, key, x0, num_time_samples=2, num_bins=None
+    ),
     "noisy_classifier_loss": lambda x0=X0, key=KEY, t=None: guidance.noisy_classifier_loss(
-        lambda x, t: jnp.zeros((x.shape[0], 2)), PATH, key, x0, cond=LABELS, t=t),
+        lambda x, t: jnp.zeros((x.shape[0], 2)), PATH, key, x0, cond=LABELS, t=t
+    ),
     "consistency_training_loss": lambda x0=X0, key=KEY, t=None: flowmaps.consistency_training_loss(
-        FLOW_DDIM, key, x0, step=0, total_steps=10),
+        FLOW_DDIM, key, x0, step=0, total_steps=10
+    ),
     "consistency_distillation_loss": lambda x0=X0, key=KEY, t=None: flowmaps.consistency_distillation_loss(
-        FLOW_DDIM, key, x0, teacher_step=TEACHER),
+        FLOW_DDIM, key, x0, teacher_step=TEACHER
+    ),
     "meanflow_loss": lambda x0=X0, key=KEY, t=None: flowmaps.meanflow_loss(FLOW, key, x0),
     "shortcut_loss": lambda x0=X0, key=KEY, t=None: flowmaps.shortcut_loss(FLOW, key, x0, max_steps=4),
     "progressive_distillation_loss": lambda x0=X0, key=KEY, t=None: flowmaps.progressive_distillation_loss(
-        MODEL, key, x0, teacher_step=TEACHER, num_student_steps=2),
+        MODEL, key, x0, teacher_step=TEACHER, num_student_steps=2
+    ),
 }
 TAKES_T = ("dsm_loss", "ddpm_loss", "cfm_loss", "edm_loss", "vdm_loss", "noisy_classifier_loss")
 
@@ -137,15 +144,28 @@ TRACED = [
     ("cfm_loss-x1-shape", lambda x1: losses.cfm_loss(MODEL, KEY, X0, x1=x1), jnp.zeros((B, 3)), "x1"),
     ("vlb-grid-2d", lambda g: losses.vlb(MODEL, KEY, X0, grid=g, num_bins=None), GRID[None], "grid"),
     ("ode_log_likelihood-x-int", lambda x: likelihood.ode_log_likelihood(MODEL, x), X[0].astype(jnp.int32), "x"),
-    ("ode_log_likelihood-probes-shape",
-     lambda p: likelihood.ode_log_likelihood(MODEL, X[0], divergence=likelihood.Hutchinson(2), probes=p),
-     jnp.ones((3, 2)), "probes"),
+    (
+        "ode_log_likelihood-probes-shape",
+        lambda p: likelihood.ode_log_likelihood(MODEL, X[0], divergence=likelihood.Hutchinson(2), probes=p),
+        jnp.ones((3, 2)),
+        "probes",
+    ),
     ("ode_log_likelihood_batch-x-scalar", lambda x: likelihood.ode_log_likelihood_batch(MODEL, x), X[0, 0], "x"),
-    ("classifier_free-w-shape", lambda w: guidance.classifier_free(MODEL, w, null_cond=None)(X, 0.5, LABELS),
-     jnp.ones((3,)), "w"),
+    (
+        "classifier_free-w-shape",
+        lambda w: guidance.classifier_free(MODEL, w, null_cond=None)(X, 0.5, LABELS),
+        jnp.ones((3,)),
+        "w",
+    ),
     ("drop_labels-labels-float", lambda y: guidance.drop_labels(KEY, y, 0.1, 2), jnp.ones((B,), F32), "labels"),
-    ("mlp-cond-float", lambda c: jdiff.Model(models.MLP(2, hidden=8, depth=1, num_classes=2, rngs=nnx.Rngs(0)),
-                                             PATH, "eps")(X, 0.5, c), jnp.ones((B,), F32), "cond"),
+    (
+        "mlp-cond-float",
+        lambda c: jdiff.Model(models.MLP(2, hidden=8, depth=1, num_classes=2, rngs=nnx.Rngs(0)), PATH, "eps")(
+            X, 0.5, c
+        ),
+        jnp.ones((B,), F32),
+        "cond",
+    ),
 ]
 
 
@@ -158,8 +178,11 @@ def test_shape_and_dtype_errors_come_at_trace_time(fn, bad, argument):
 # -- increasing / non-monotone grids of the discrete bound (t_0 < ... < t_T) -------------------
 
 
-@pytest.mark.parametrize("grid", [jnp.linspace(0.9, 0.1, 5), jnp.array([0.1, 0.5, 0.4, 0.9]), jnp.array([0.1, 1.5])],
-                         ids=["decreasing", "non_monotone", "beyond_t_max"])
+@pytest.mark.parametrize(
+    "grid",
+    [jnp.linspace(0.9, 0.1, 5), jnp.array([0.1, 0.5, 0.4, 0.9]), jnp.array([0.1, 1.5])],
+    ids=["decreasing", "non_monotone", "beyond_t_max"],
+)
 def test_vlb_grid_must_increase_inside_the_path_range(grid):
     with pytest.raises(ValueError, match="`grid`"):
         losses.vlb_terms(MODEL, KEY, X0, grid=grid, num_bins=None)
@@ -179,7 +202,8 @@ BY_NAME = {
     "convert_same_kind": lambda p: jdiff.convert(X, "eps", "eps", X, 0.5, p),
     "uniform_time": lambda p: losses.uniform_time(KEY, (B,), p),
     "noisy_classifier_loss": lambda p: guidance.noisy_classifier_loss(
-        lambda x, t: jnp.zeros((x.shape[0], 2)), p, KEY, X0, cond=LABELS),
+        lambda x, t: jnp.zeros((x.shape[0], 2)), p, KEY, X0, cond=LABELS
+    ),
 }
 
 
@@ -195,8 +219,9 @@ def test_a_path_passed_as_a_string_is_refused_by_name(name):
 
 NETS = {
     "mlp": lambda: models.MLP(2, hidden=8, depth=1, num_classes=3, rngs=nnx.Rngs(0)),
-    "unet": lambda: models.UNet(4, 1, ch=8, ch_mult=(1,), num_res_blocks=1, attn_resolutions=(), num_classes=3,
-                                dropout=0.0, rngs=nnx.Rngs(0)),
+    "unet": lambda: models.UNet(
+        4, 1, ch=8, ch_mult=(1,), num_res_blocks=1, attn_resolutions=(), num_classes=3, dropout=0.0, rngs=nnx.Rngs(0)
+    ),
     "dit": lambda: models.DiT(4, 1, patch_size=2, hidden=8, depth=1, num_heads=2, num_classes=3, rngs=nnx.Rngs(0)),
 }
 
@@ -223,8 +248,11 @@ def test_traced_class_labels_out_of_range_fail_when_run():
 
 
 def test_classes_that_do_not_exist():
-    with pytest.raises(ValueError, match=r"`cond` names a class with no component; accepted: the mixture's classes "
-                                         r"\[0, 1\]"):
+    with pytest.raises(
+        ValueError,
+        match=r"`cond` names a class with no component; accepted: the mixture's classes "
+        r"\[0, 1\]",
+    ):
         GM.sample_class(KEY, 4, 5)
     with pytest.raises(ValueError, match="`cond`"):
         GM.sample_class(KEY, 4, jnp.array([0, 1]))  # one class per call

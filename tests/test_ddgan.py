@@ -46,8 +46,10 @@ def _posterior_draw(gm, path, x, t, z):
 
 def _exact_posterior_generator(gm, path):
     """G(x_t, z, t) = a draw of x0 ~ p(x0 | x_t): the ideal DDGAN generator (latent_dim = D + 1)."""
+
     def g(x, z, t, cond=None):
         return jax.vmap(lambda xi, ti, zi: _posterior_draw(gm, path, xi, ti, zi))(x, t, z)
+
     return g
 
 
@@ -57,8 +59,9 @@ def _marginal_sample(gm, path, key, t, n):
     return path.alpha(t) * gm.sample(k0, n) + path.sigma(t) * jax.random.normal(k1, (n, gm.dim))
 
 
-@pytest.mark.parametrize("path", [jdiff.VPLinear(), jdiff.Linear(), jdiff.VEGeometric(0.01, 5.0)],
-                         ids=["vp", "linear", "ve"])
+@pytest.mark.parametrize(
+    "path", [jdiff.VPLinear(), jdiff.Linear(), jdiff.VEGeometric(0.01, 5.0)], ids=["vp", "linear", "ve"]
+)
 def test_posterior_step_with_the_exact_denoiser_has_the_closed_form_moments(path):
     """With G = the oracle's E[x0 | x_t], one DDGAN step from t to s at a fixed x_t draws
     x_s ~ N(mu, v I) with the Gaussian-conditioning closed form of (x_s, x_t) | x0:
@@ -95,7 +98,8 @@ def test_exact_posterior_generator_samples_the_data_in_t_steps(num_steps):
     x_T = _marginal_sample(gm, path, jax.random.key(0), grid[0], N)
     mean = gm.weights @ gm.means
     cov = jnp.einsum("k,kij->ij", gm.weights, gm.covs + jnp.einsum("ki,kj->kij", gm.means, gm.means)) - jnp.outer(
-        mean, mean)
+        mean, mean
+    )
 
     def check(x, tol=5.0):
         se = np.sqrt(np.diag(cov) / N)
@@ -171,8 +175,11 @@ def test_constant_discriminator_gives_the_equilibrium_values():
         np.testing.assert_allclose(out.d_loss, np.log1p(np.exp(-c)) + np.log1p(np.exp(c)), rtol=1e-12)
         np.testing.assert_allclose(out.g_loss, np.log1p(np.exp(-c)), rtol=1e-12)
         np.testing.assert_array_equal(out.r1, 0.0)
-    np.testing.assert_allclose(adversarial.ddgan_loss(_toy_ddgan(), lambda xs, xt, t, c=None: 0 * xs[:, 0],
-                                                      jax.random.key(1), x0).d_loss, 2 * np.log(2), rtol=1e-12)
+    np.testing.assert_allclose(
+        adversarial.ddgan_loss(_toy_ddgan(), lambda xs, xt, t, c=None: 0 * xs[:, 0], jax.random.key(1), x0).d_loss,
+        2 * np.log(2),
+        rtol=1e-12,
+    )
 
 
 def test_r1_is_the_gradient_norm_on_the_real_sample():
@@ -182,8 +189,9 @@ def test_r1_is_the_gradient_norm_on_the_real_sample():
     the generator's."""
     x0 = mixture_2d().sample(jax.random.key(0), 16)
     w = jnp.array([0.3, -1.2])
-    out = adversarial.ddgan_loss(_toy_ddgan(), lambda xs, xt, t, c=None: xs @ w + xt[:, 0], jax.random.key(1), x0,
-                                 r1_gamma=0.2)
+    out = adversarial.ddgan_loss(
+        _toy_ddgan(), lambda xs, xt, t, c=None: xs @ w + xt[:, 0], jax.random.key(1), x0, r1_gamma=0.2
+    )
     np.testing.assert_allclose(out.r1, 0.1 * (w @ w), rtol=1e-12)
     quad = lambda xs, xt, t, c=None: -0.5 * jnp.sum(xs**2, -1)
     out = adversarial.ddgan_loss(_toy_ddgan(num_steps=1), quad, jax.random.key(1), x0, r1_gamma=0.2)
@@ -199,8 +207,10 @@ def test_one_gradient_is_each_players_own_gradient():
     grid = adversarial.ddgan_grid(path, 3)
     x0 = mixture_2d().sample(jax.random.key(0), 32)
     k = jax.random.split(jax.random.key(5), 4)
-    players = {"generator": {"w": jax.random.normal(k[0], (2, 2)), "v": jax.random.normal(k[1], (3, 2))},
-               "discriminator": {"a": jax.random.normal(k[2], (4, 8)), "u": jax.random.normal(k[3], (8,))}}
+    players = {
+        "generator": {"w": jax.random.normal(k[0], (2, 2)), "v": jax.random.normal(k[1], (3, 2))},
+        "discriminator": {"a": jax.random.normal(k[2], (4, 8)), "u": jax.random.normal(k[3], (8,))},
+    }
 
     class G(eqx.Module):
         p: dict
@@ -218,11 +228,18 @@ def test_one_gradient_is_each_players_own_gradient():
     def all_grads(p):
         def grads(term):
             def f(p):
-                out = adversarial.ddgan_loss(adversarial.DDGAN(G(p["generator"]), path, grid, 3),
-                                             D(p["discriminator"]), jax.random.key(3), x0, r1_gamma=0.1)
+                out = adversarial.ddgan_loss(
+                    adversarial.DDGAN(G(p["generator"]), path, grid, 3),
+                    D(p["discriminator"]),
+                    jax.random.key(3),
+                    x0,
+                    r1_gamma=0.1,
+                )
                 return jnp.mean(getattr(out, term))
+
             g = jax.grad(f)(p)
             return g["generator"], g["discriminator"]
+
         return grads("loss"), grads("d_loss"), grads("g_loss")
 
     (g_total, d_total), (g_d, d_d), (g_g, d_g) = all_grads(players)

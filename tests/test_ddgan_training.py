@@ -23,8 +23,9 @@ def _loss_fn(num_steps):
     grid = adversarial.ddgan_grid(PATH, num_steps)
 
     def loss_fn(net, batch, key):
-        out = adversarial.ddgan_loss(adversarial.DDGAN(net.generator, PATH, grid, LATENT), net.discriminator, key,
-                                     batch, r1_gamma=0.05)
+        out = adversarial.ddgan_loss(
+            adversarial.DDGAN(net.generator, PATH, grid, LATENT), net.discriminator, key, batch, r1_gamma=0.05
+        )
         return out.loss, {"d_loss": out.d_loss, "g_loss": out.g_loss, "d_real": out.d_real, "d_fake": out.d_fake}
 
     return loss_fn
@@ -40,8 +41,9 @@ def _batch(i, n=64, mean=(0.0, 0.0), std=1.0):
 
 
 def _host(tree):
-    return jax.tree.map(lambda x: np.asarray(jax.random.key_data(x) if jax.dtypes.issubdtype(
-        x.dtype, jax.dtypes.prng_key) else x), tree)
+    return jax.tree.map(
+        lambda x: np.asarray(jax.random.key_data(x) if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key) else x), tree
+    )
 
 
 def test_two_player_step_is_finite_and_resumes_exactly(tmp_path):
@@ -77,8 +79,10 @@ def test_two_player_step_is_finite_and_resumes_exactly(tmp_path):
     # both players moved, each with its own optimizer state
     _, init = training.init_train_state(_pair(), tx, jax.random.PRNGKey(0))
     for player in adversarial.PLAYERS:
-        moved = [np.max(np.abs(a - np.asarray(b))) for a, b in
-                 zip(jax.tree.leaves(straight.params[player]), jax.tree.leaves(init.params[player]))]
+        moved = [
+            np.max(np.abs(a - np.asarray(b)))
+            for a, b in zip(jax.tree.leaves(straight.params[player]), jax.tree.leaves(init.params[player]))
+        ]
         assert max(moved) > 1e-4, player
 
 
@@ -153,8 +157,9 @@ def test_recipe_loss_and_optimizer_are_the_library_calls():
     x = jax.random.normal(jax.random.PRNGKey(0), (8, 2), jnp.float32)
     key = jax.random.PRNGKey(1)
     loss, extra = recipe.build_loss()(net, {"x": x}, key)
-    ddgan = adversarial.DDGAN(net.generator, jdiff.VPLinear(), adversarial.ddgan_grid(jdiff.VPLinear(), 4),
-                              config.model.kwargs.latent_dim)
+    ddgan = adversarial.DDGAN(
+        net.generator, jdiff.VPLinear(), adversarial.ddgan_grid(jdiff.VPLinear(), 4), config.model.kwargs.latent_dim
+    )
     want = adversarial.ddgan_loss(ddgan, net.discriminator, key, x, r1_gamma=config.loss.kwargs.r1_gamma)
     np.testing.assert_array_equal(loss, want.loss)
     for name in ("d_loss", "g_loss", "r1", "d_real", "d_fake"):
@@ -173,12 +178,14 @@ def test_bad_gan_configs_fail_in_one_line():
     from experiments import _recipes
     from experiments._config import ConfigError
 
-    cases = [({"gan.num_steps": 0}, "config.gan.num_steps"),
-             ({"gan.discriminator_learning_rate": -1.0}, "config.gan.discriminator_learning_rate"),
-             ({"model.name": "mlp"}, "config.model.name"),
-             ({"loss.name": "cfm_loss"}, "config.loss.name"),
-             ({"loss.kwargs": {"r1": 1.0}}, "config.loss.kwargs"),
-             ({"loss.label_dropout": 0.1}, "config.loss.label_dropout")]
+    cases = [
+        ({"gan.num_steps": 0}, "config.gan.num_steps"),
+        ({"gan.discriminator_learning_rate": -1.0}, "config.gan.discriminator_learning_rate"),
+        ({"model.name": "mlp"}, "config.model.name"),
+        ({"loss.name": "cfm_loss"}, "config.loss.name"),
+        ({"loss.kwargs": {"r1": 1.0}}, "config.loss.kwargs"),
+        ({"loss.label_dropout": 0.1}, "config.loss.label_dropout"),
+    ]
     for override, key in cases:
         config = _toy_config()
         for k, v in override.items():
@@ -189,8 +196,11 @@ def test_bad_gan_configs_fail_in_one_line():
         assert str(e.value).startswith(key) and "\n" not in str(e.value), (override, str(e.value))
     config = _toy_config()
     del config["gan"]
-    with pytest.raises(ConfigError, match=r"^config\.model\.name: 'ddgan_mlp' is a gan network and needs a "
-                                          r"config\.gan section"):
+    with pytest.raises(
+        ConfigError,
+        match=r"^config\.model\.name: 'ddgan_mlp' is a gan network and needs a "
+        r"config\.gan section",
+    ):
         _recipes.recipe_for(config)
     recipe = _recipes.recipe_for(_toy_config())
     with pytest.raises(ValueError, match="samples on the 4-step"):

@@ -21,7 +21,9 @@ import jdiff  # noqa: E402
 
 def test_every_public_module_gets_an_api_page_listing_its_public_names():
     modules = docs_hooks.public_modules()
-    assert modules[0] == "jdiff" and modules[1:len(jdiff._SUBMODULES) + 1] == [f"jdiff.{m}" for m in jdiff._SUBMODULES]
+    assert modules[0] == "jdiff" and modules[1 : len(jdiff._SUBMODULES) + 1] == [
+        f"jdiff.{m}" for m in jdiff._SUBMODULES
+    ]
     # A public module file that `jdiff._SUBMODULES` does not list still gets its page.
     files = {f"jdiff.{p.stem}" for p in (ROOT / "jdiff").glob("*.py") if not p.name.startswith("_")}
     assert files <= set(modules) and len(set(modules)) == len(modules)
@@ -49,20 +51,27 @@ def test_the_docstring_check_finds_a_missing_docstring_and_a_missing_name(tmp_pa
     )
     monkeypatch.syspath_prepend(str(tmp_path))
     problems = docs_hooks.docstring_problems(["jdiff_doccheck_example"])
-    assert sorted(problems) == sorted([
-        "jdiff_doccheck_example: its docstring names `jdiff.samplers.NoSuchSolver`, which does not exist",
-        "jdiff_doccheck_example.documented: its docstring names `jdiff.Model.no_such_view`, which does not exist",
-        "jdiff_doccheck_example.undocumented: public, but has no docstring",
-    ])
+    assert sorted(problems) == sorted(
+        [
+            "jdiff_doccheck_example: its docstring names `jdiff.samplers.NoSuchSolver`, which does not exist",
+            "jdiff_doccheck_example.documented: its docstring names `jdiff.Model.no_such_view`, which does not exist",
+            "jdiff_doccheck_example.undocumented: public, but has no docstring",
+        ]
+    )
 
 
 def test_links_of_root_pages_and_docs_pages_point_at_site_pages():
-    readme = "[samplers](docs/samplers.md#usage), ![x](docs/demo_digits.png), [tour](colab/tour.ipynb), [c](CHANGELOG.md)"
+    readme = (
+        "[samplers](docs/samplers.md#usage), ![x](docs/demo_digits.png), [tour](colab/tour.ipynb), [c](CHANGELOG.md)"
+    )
     assert docs_hooks.rewrite_links(readme, from_root=True) == (
         "[samplers](samplers.md#usage), ![x](demo_digits.png), [tour](notebooks/tour.md), [c](changelog.md)"
     )
     page = "[home](../README.md), [nb](../colab/quickstart.ipynb), [g](guidance.md)"
-    assert docs_hooks.rewrite_links(page, from_root=False) == "[home](index.md), [nb](notebooks/quickstart.md), [g](guidance.md)"
+    assert (
+        docs_hooks.rewrite_links(page, from_root=False)
+        == "[home](index.md), [nb](notebooks/quickstart.md), [g](guidance.md)"
+    )
 
 
 def test_a_notebook_page_shows_its_code_and_stored_pictures():
@@ -84,7 +93,9 @@ def test_the_version_is_defined_once_and_the_changelog_has_its_release():
     releases = re.findall(r"^## \[([^\]]+)\](?: - (\d{4}-\d{2}-\d{2}))?$", changelog, re.MULTILINE)
     assert releases[0] == ("Unreleased", "")
     assert releases[1][0] == jdiff.__version__ and releases[1][1], "the newest release is the package's version"
-    assert (ROOT / "jdiff" / "py.typed").exists() and "py.typed" in pyproject["tool"]["setuptools"]["package-data"]["jdiff"]
+    assert (ROOT / "jdiff" / "py.typed").exists() and "py.typed" in pyproject["tool"]["setuptools"]["package-data"][
+        "jdiff"
+    ]
 
 
 def test_contributing_examples_run():

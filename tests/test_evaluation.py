@@ -58,13 +58,14 @@ def test_fid_between_two_known_gaussians_from_streamed_samples():
     y = rng.multivariate_normal(m2, s2, n)
     sx, sy = FeatureStats.empty(d), FeatureStats.empty(d)
     for i in range(0, n, 30_000):
-        sx, sy = sx.update(x[i:i + 30_000]), sy.update(y[i:i + 30_000])
+        sx, sy = sx.update(x[i : i + 30_000]), sy.update(y[i : i + 30_000])
     w12 = np.linalg.eigvalsh(_sqrtm(s1) @ s2 @ _sqrtm(s1))
     exact = np.sum((m1 - m2) ** 2) + np.trace(s1) + np.trace(s2) - 2 * np.sum(np.sqrt(w12))
     fid = metrics.frechet_distance_from_stats(*sx.mean_cov(), *sy.mean_cov())
     assert fid == pytest.approx(exact, abs=0.02)
-    assert fid == pytest.approx(metrics.frechet_distance_from_stats(x.mean(0), np.cov(x.T), y.mean(0), np.cov(y.T)),
-                                rel=1e-10)
+    assert fid == pytest.approx(
+        metrics.frechet_distance_from_stats(x.mean(0), np.cov(x.T), y.mean(0), np.cov(y.T)), rel=1e-10
+    )
 
 
 def _sqrtm(a):
@@ -127,7 +128,7 @@ def _reference_inception_score(logits, splits):
     n = p.shape[0]
     scores = []
     for k in range(splits):
-        part = p[k * n // splits:(k + 1) * n // splits]
+        part = p[k * n // splits : (k + 1) * n // splits]
         py = part.mean(0, keepdims=True)
         scores.append(np.exp(np.mean(np.sum(part * (np.log(part) - np.log(py)), 1))))
     return np.mean(scores), np.std(scores)

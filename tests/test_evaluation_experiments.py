@@ -33,9 +33,12 @@ def nets(tmp_path_factory):
     kw = {"embed_dim": 32, "depth": 2, "num_heads": 4}
     dino = nnx.eval_shape(lambda: metrics.DinoV2(None, pos_grid=4, rngs=nnx.Rngs(0), **kw))
     metrics.write_weights(folder / "dinov2.safetensors", random_torch_weights(dino, seed=1))
-    return _sample_eval.FeatureNets(metrics.InceptionV3.from_file(folder / "inception.npz", width=1 / 8),
-                                    metrics.DinoV2.from_file(folder / "dinov2.safetensors", None, **kw),
-                                    inception_size=75, dinov2_size=28)
+    return _sample_eval.FeatureNets(
+        metrics.InceptionV3.from_file(folder / "inception.npz", width=1 / 8),
+        metrics.DinoV2.from_file(folder / "dinov2.safetensors", None, **kw),
+        inception_size=75,
+        dinov2_size=28,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -49,8 +52,18 @@ def model():
 
 def _stats(model, nets, num_devices, **kw):
     draw, params, rest = model
-    return _sample_eval.feature_stats_of_samples(draw.draw, params, rest, nets, num_samples=NUM, batch_size=BATCH,
-                                                 mesh=parallel.make_mesh(num_devices), seed=3, progress=False, **kw)
+    return _sample_eval.feature_stats_of_samples(
+        draw.draw,
+        params,
+        rest,
+        nets,
+        num_samples=NUM,
+        batch_size=BATCH,
+        mesh=parallel.make_mesh(num_devices),
+        seed=3,
+        progress=False,
+        **kw,
+    )
 
 
 def test_sharded_evaluation_on_8_devices_matches_one_device(model, nets):
@@ -67,7 +80,8 @@ def test_sharded_evaluation_on_8_devices_matches_one_device(model, nets):
     draw, params, rest = model
     mesh = parallel.make_mesh(8)
     x = jax.jit(draw.draw, out_shardings=parallel.data_sharded(mesh))(
-        parallel.replicate(params, mesh), parallel.replicate(rest, mesh), jax.random.PRNGKey(0))
+        parallel.replicate(params, mesh), parallel.replicate(rest, mesh), jax.random.PRNGKey(0)
+    )
     assert len({s.device for s in x.addressable_shards}) == 8
     assert all(s.data.shape == (BATCH // 8, 8, 8, 1) for s in x.addressable_shards)
 
@@ -109,8 +123,14 @@ def test_evaluate_fid_on_a_workdir_reports_and_resumes(workdir, nets, tmp_path):
     rng = np.random.default_rng(0)
     ref = tmp_path / "ref.npz"
     metrics.save_stats(ref, rng.standard_normal(nets.inception.num_features), np.eye(nets.inception.num_features))
-    kw = {"num_samples": NUM, "batch_size": BATCH, "ref": str(ref), "nets": nets, "progress": False,
-          "save_stats": str(tmp_path / "samples.npz")}
+    kw = {
+        "num_samples": NUM,
+        "batch_size": BATCH,
+        "ref": str(ref),
+        "nets": nets,
+        "progress": False,
+        "save_stats": str(tmp_path / "samples.npz"),
+    }
     res = _sample_eval.evaluate_fid(workdir, **kw)
     with open(res["json"]) as f:
         saved = json.load(f)
@@ -137,14 +157,15 @@ def test_posthoc_ema_sweep_on_the_digits(workdir, tmp_path):
 def test_reference_statistics_of_the_data_set(workdir, nets, tmp_path):
     # 1797 digits in sharded batches of 16 (the last one padded) on 8 devices = the statistics of
     # the same features computed directly, batch by batch on one device.
-    res = _sample_eval.write_reference_stats(workdir, str(tmp_path / "ref.npz"), nets=nets, batch_size=BATCH,
-                                             progress=False)
+    res = _sample_eval.write_reference_stats(
+        workdir, str(tmp_path / "ref.npz"), nets=nets, batch_size=BATCH, progress=False
+    )
     assert res["num_images"] == 1797
     x = np.asarray(_lib.load_all(load_config_file(CONFIG + ":runlocal")).x, np.float32)
     feat = jax.jit(lambda x: nets.inception.pool3(metrics.inception_preprocess(_sample_eval.to_pixels(x), size=75)))
     direct = metrics.FeatureStats.empty(nets.inception.num_features)
     for i in range(0, 1797, 256):
-        direct = direct.update(feat(x[i:i + 256]))
+        direct = direct.update(feat(x[i : i + 256]))
     mu, sigma = metrics.load_stats(tmp_path / "ref.npz")
     np.testing.assert_allclose(mu, direct.mean_cov()[0], rtol=1e-5, atol=1e-6 * np.abs(mu).max())
     np.testing.assert_allclose(sigma, direct.mean_cov()[1], rtol=1e-4, atol=1e-5 * np.abs(sigma).max())
@@ -162,8 +183,14 @@ def test_two_processes_give_the_statistics_of_one(model, nets, tmp_path):
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     worker = os.path.join(root, "tests", "evaluation_mp_worker.py")
-    job = local.start([sys.executable, worker, str(tmp_path)], 2, devices_per_process=4, log_dir=str(tmp_path / "logs"),
-                      cwd=root, env={"JAX_ENABLE_X64": "1"})  # as tests/conftest.py sets for this process
+    job = local.start(
+        [sys.executable, worker, str(tmp_path)],
+        2,
+        devices_per_process=4,
+        log_dir=str(tmp_path / "logs"),
+        cwd=root,
+        env={"JAX_ENABLE_X64": "1"},
+    )  # as tests/conftest.py sets for this process
     codes = job.wait(600)
     assert codes == [0, 0], [pathlib.Path(log).read_text()[-2000:] for log in job.logs]
     assert sorted(os.listdir(tmp_path / "state")) == ["state_p0.npz", "state_p1.npz"]

@@ -96,12 +96,20 @@ def test_dinov2_full_layout_matches_the_hub_checkpoints(arch, dim, depth):
     # Facts from facebookresearch/dinov2 (vision_transformer.py, layers/*, hub/backbones.py:
     # img_size 518 -> 37 x 37 patches + CLS, patch 14, qkv one Linear, LayerScale, MLP ratio 4).
     facts = {
-        "cls_token": (1, 1, dim), "pos_embed": (1, 1370, dim),
-        "patch_embed.proj.weight": (dim, 3, 14, 14), "patch_embed.proj.bias": (dim,),
-        "blocks.0.norm1.weight": (dim,), "blocks.0.attn.qkv.weight": (3 * dim, dim),
-        "blocks.0.attn.qkv.bias": (3 * dim,), "blocks.0.attn.proj.weight": (dim, dim), "blocks.0.ls1.gamma": (dim,),
-        f"blocks.{last}.mlp.fc1.weight": (4 * dim, dim), f"blocks.{last}.mlp.fc2.weight": (dim, 4 * dim),
-        f"blocks.{last}.ls2.gamma": (dim,), "norm.weight": (dim,), "norm.bias": (dim,),
+        "cls_token": (1, 1, dim),
+        "pos_embed": (1, 1370, dim),
+        "patch_embed.proj.weight": (dim, 3, 14, 14),
+        "patch_embed.proj.bias": (dim,),
+        "blocks.0.norm1.weight": (dim,),
+        "blocks.0.attn.qkv.weight": (3 * dim, dim),
+        "blocks.0.attn.qkv.bias": (3 * dim,),
+        "blocks.0.attn.proj.weight": (dim, dim),
+        "blocks.0.ls1.gamma": (dim,),
+        f"blocks.{last}.mlp.fc1.weight": (4 * dim, dim),
+        f"blocks.{last}.mlp.fc2.weight": (dim, 4 * dim),
+        f"blocks.{last}.ls2.gamma": (dim,),
+        "norm.weight": (dim,),
+        "norm.bias": (dim,),
     }
     for key, shape in facts.items():
         assert shapes[key] == shape, key
@@ -120,8 +128,12 @@ def test_dinov2_full_layout_matches_the_hub_checkpoints(arch, dim, depth):
 @pytest.mark.parametrize("ext", ["npz", "safetensors"])
 def test_weight_files_round_trip(tmp_path, ext):
     rng = np.random.default_rng(0)
-    arrays = {"a.weight": rng.standard_normal((3, 4)).astype(np.float32), "b": np.arange(5, dtype=np.int64),
-              "c": rng.standard_normal((2, 2)).astype(np.float16), "d": np.float64(3.5) * np.ones((1,))}
+    arrays = {
+        "a.weight": rng.standard_normal((3, 4)).astype(np.float32),
+        "b": np.arange(5, dtype=np.int64),
+        "c": rng.standard_normal((2, 2)).astype(np.float16),
+        "d": np.float64(3.5) * np.ones((1,)),
+    }
     path = tmp_path / f"w.{ext}"
     metrics.write_weights(path, arrays)
     back = metrics.read_weights(path)
@@ -139,9 +151,9 @@ def test_safetensors_header_is_the_published_format(tmp_path):
     metrics.write_weights(path, {"w": np.arange(6, dtype=np.float32).reshape(2, 3)})
     raw = path.read_bytes()
     (n,) = struct.unpack("<Q", raw[:8])
-    header = json.loads(raw[8:8 + n])
+    header = json.loads(raw[8 : 8 + n])
     assert header["w"] == {"dtype": "F32", "shape": [2, 3], "data_offsets": [0, 24]}
-    np.testing.assert_array_equal(np.frombuffer(raw[8 + n:], "<f4"), np.arange(6))
+    np.testing.assert_array_equal(np.frombuffer(raw[8 + n :], "<f4"), np.arange(6))
 
 
 def test_weight_file_errors_name_the_problem(tmp_path):
@@ -180,8 +192,9 @@ def test_inception_loads_npz_and_safetensors_alike(tmp_path, tiny_inception):
     for a, b in zip(jax.tree.leaves(nnx.state(net)), jax.tree.leaves(nnx.state(other)), strict=True):
         np.testing.assert_array_equal(a, b)
     # the file's arrays arrive in flax layout: torch OIHW -> HWIO, (out, in) -> (in, out)
-    np.testing.assert_array_equal(net.Mixed_6b.branch7x7_2.conv.kernel[...],
-                                  weights["Mixed_6b.branch7x7_2.conv.weight"].transpose(2, 3, 1, 0))
+    np.testing.assert_array_equal(
+        net.Mixed_6b.branch7x7_2.conv.kernel[...], weights["Mixed_6b.branch7x7_2.conv.weight"].transpose(2, 3, 1, 0)
+    )
     np.testing.assert_array_equal(net.fc.kernel[...], weights["fc.weight"].T)
     np.testing.assert_array_equal(net.Mixed_7c.branch_pool.bn.var[...], weights["Mixed_7c.branch_pool.bn.running_var"])
 
@@ -195,7 +208,7 @@ def test_inception_shapes_determinism_and_batch_independence(tiny_inception):
     pool2, logits2 = apply(state, x)
     np.testing.assert_array_equal(pool, pool2)
     np.testing.assert_array_equal(logits, logits2)
-    ones = [apply(state, x[i:i + 1]) for i in (0, 1)]
+    ones = [apply(state, x[i : i + 1]) for i in (0, 1)]
     np.testing.assert_allclose(np.concatenate([h[0] for h in ones]), pool, rtol=2e-5, atol=1e-6)
     np.testing.assert_allclose(np.concatenate([h[1] for h in ones]), logits, rtol=2e-5, atol=1e-5)
     # IS logits without the classifier bias (openai/improved-gan's softmax/logits/MatMul weight only)
@@ -227,19 +240,27 @@ def test_basic_conv_and_pools_follow_torch_semantics():
     rng = np.random.default_rng(0)
     cin, cout = 3, 4
     w = rng.standard_normal((cout, cin, 1, 7)).astype(np.float32)
-    bn = {"weight": rng.uniform(0.5, 1.5, cout), "bias": rng.standard_normal(cout),
-          "running_mean": rng.standard_normal(cout), "running_var": rng.uniform(0.5, 1.5, cout)}
+    bn = {
+        "weight": rng.uniform(0.5, 1.5, cout),
+        "bias": rng.standard_normal(cout),
+        "running_mean": rng.standard_normal(cout),
+        "running_var": rng.uniform(0.5, 1.5, cout),
+    }
     layer = BasicConv2d(cin, cout, (1, 7), stride=2, padding=(0, 3), rngs=nnx.Rngs(0))
-    mapping = {"conv.weight": (("conv", "kernel"), oihw_to_hwio), "bn.weight": (("bn", "scale"), None),
-               "bn.bias": (("bn", "bias"), None), "bn.running_mean": (("bn", "mean"), None),
-               "bn.running_var": (("bn", "var"), None)}
+    mapping = {
+        "conv.weight": (("conv", "kernel"), oihw_to_hwio),
+        "bn.weight": (("bn", "scale"), None),
+        "bn.bias": (("bn", "bias"), None),
+        "bn.running_mean": (("bn", "mean"), None),
+        "bn.running_var": (("bn", "var"), None),
+    }
     load_state_dict(layer, {"conv.weight": w, **{f"bn.{k}": v.astype(np.float32) for k, v in bn.items()}}, mapping)
     x = rng.standard_normal((1, 9, 11, cin)).astype(np.float32)
     xp = np.pad(x, ((0, 0), (0, 0), (3, 3), (0, 0)))
     ref = np.zeros((1, 5, 6, cout))
     for i in range(5):
         for j in range(6):
-            patch = xp[0, 2 * i, 2 * j:2 * j + 7, :]  # (7, cin)
+            patch = xp[0, 2 * i, 2 * j : 2 * j + 7, :]  # (7, cin)
             ref[0, i, j] = np.einsum("kc,ock->o", patch, w[:, :, 0, :])
     ref = (ref - bn["running_mean"]) / np.sqrt(bn["running_var"] + 1e-3) * bn["weight"] + bn["bias"]
     np.testing.assert_allclose(layer(jnp.asarray(x)), np.maximum(ref, 0.0), rtol=1e-5, atol=1e-5)
@@ -257,8 +278,13 @@ def test_basic_conv_and_pools_follow_torch_semantics():
 
 
 def _pil(x, size, flt):
-    return np.stack([np.asarray(Image.fromarray(x[..., c].astype(np.float32), mode="F").resize((size, size), flt))
-                     for c in range(x.shape[-1])], axis=-1)
+    return np.stack(
+        [
+            np.asarray(Image.fromarray(x[..., c].astype(np.float32), mode="F").resize((size, size), flt))
+            for c in range(x.shape[-1])
+        ],
+        axis=-1,
+    )
 
 
 def test_inception_preprocessing_matches_the_references():
@@ -366,5 +392,6 @@ def test_dinov2_preprocessing_matches_edm2():
     got = metrics.dinov2_preprocess(pixels)
     assert got.shape == (1, 224, 224, 3)
     ref = (_pil(pixels[0], 224, Image.BICUBIC) / 255.0 - np.array([0.485, 0.456, 0.406])) / np.array(
-        [0.229, 0.224, 0.225])
+        [0.229, 0.224, 0.225]
+    )
     np.testing.assert_allclose(got[0], ref, atol=1e-4)

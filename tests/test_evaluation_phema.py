@@ -60,8 +60,12 @@ def test_train_step_tracks_power_ema_and_checkpoints_keep_it(tmp_path):
     tx = optax.sgd(1.0)
     graphdef, state = training.init_train_state(net, tx, jax.random.PRNGKey(0), power_ema=(0.05, 0.10))
     p0 = jax.tree.map(np.asarray, state.params)
-    step = training.make_train_step(lambda m, b, k: -jnp.sum(m.kernel[...]) - jnp.sum(m.bias[...]) + 0.0 * b[:, 0],
-                                    graphdef, tx, grad_clip_norm=None)
+    step = training.make_train_step(
+        lambda m, b, k: -jnp.sum(m.kernel[...]) - jnp.sum(m.bias[...]) + 0.0 * b[:, 0],
+        graphdef,
+        tx,
+        grad_clip_norm=None,
+    )
     for _ in range(40):
         state, _ = step(state, jnp.zeros((2, 1)))
     for s, prof in zip(state.power_ema.sigma_rels, state.power_ema.params, strict=True):
@@ -101,8 +105,12 @@ def test_posthoc_reconstruction_matches_the_closed_form_ema():
     rng = np.random.default_rng(0)
     n, d, every = 4096, 32, 256
     k = np.arange(1, n + 1, dtype=np.float64)[:, None]
-    traj = (np.log(k) * rng.standard_normal(d) + np.sqrt(k) * rng.standard_normal(d) / 25
-            + 0.05 * np.cumsum(rng.standard_normal((n, d)), 0) + 0.2 * rng.standard_normal((n, d)))
+    traj = (
+        np.log(k) * rng.standard_normal(d)
+        + np.sqrt(k) * rng.standard_normal(d) / 25
+        + 0.05 * np.cumsum(rng.standard_normal((n, d)), 0)
+        + 0.2 * rng.standard_normal((n, d))
+    )
     ema = P.PowerEMA.init(jnp.zeros(d), (0.05, 0.10))
     update = jax.jit(lambda e, p, t: e.update(p, t))
     snaps = []
@@ -124,4 +132,5 @@ def test_posthoc_reconstruction_matches_the_closed_form_ema():
     # a target time before the end: only the snapshots up to it are used
     mid = P.reconstruct(snaps, 0.07, step=2048)["w"]
     assert np.linalg.norm(mid - _weights(2048, 0.07) @ traj[:2048]) < 1e-2 * np.linalg.norm(
-        _weights(2048, 0.07) @ traj[:2048] - traj[2047])
+        _weights(2048, 0.07) @ traj[:2048] - traj[2047]
+    )

@@ -23,13 +23,19 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # runs are `slow`; the fast suite checks every full config abstractly (names, U-Net kwargs,
 # shapes: test_every_config_checks) and runs what they add over the MLP configs (EDM
 # preconditioning, class conditioning, synthetic data) on the MLP (test_config_features_on_the_mlp).
-CONFIGS = ["toy2d_fm", "digits_mlp", "toy_ct", "digits_cfg", "toy_ddgan",
-           pytest.param("digits_ddgan", marks=pytest.mark.slow),  # conv GAN: R1's double backward compiles slowly
-           pytest.param("digits_vp", marks=pytest.mark.slow),
-           pytest.param("digits_edm", marks=pytest.mark.slow),
-           pytest.param("mnist5k", marks=pytest.mark.slow),
-           pytest.param("mnist5k_nested", marks=pytest.mark.slow),  # fast: test_nested_experiments on 8x8
-           pytest.param("cifar10", marks=pytest.mark.slow)]
+CONFIGS = [
+    "toy2d_fm",
+    "digits_mlp",
+    "toy_ct",
+    "digits_cfg",
+    "toy_ddgan",
+    pytest.param("digits_ddgan", marks=pytest.mark.slow),  # conv GAN: R1's double backward compiles slowly
+    pytest.param("digits_vp", marks=pytest.mark.slow),
+    pytest.param("digits_edm", marks=pytest.mark.slow),
+    pytest.param("mnist5k", marks=pytest.mark.slow),
+    pytest.param("mnist5k_nested", marks=pytest.mark.slow),  # fast: test_nested_experiments on 8x8
+    pytest.param("cifar10", marks=pytest.mark.slow),
+]
 
 
 def get_config(name, arg="runlocal"):
@@ -43,8 +49,10 @@ def _rows(path):
 
 def _host(tree):
     """A host copy (the next step donates the device buffers); typed PRNG keys as raw data."""
+
     def leaf(x):
         return np.asarray(jax.random.key_data(x) if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key) else x)
+
     return jax.tree.map(leaf, tree)
 
 
@@ -63,6 +71,7 @@ def test_resume_after_sigterm_equals_uninterrupted_run(tmp_path):
         def hook(step, state, metrics):
             if step == 2 * k:
                 final[name] = _host(state)
+
         return hook
 
     r = _lib.train_and_evaluate(config, str(tmp_path / "a"), hooks=[keep_last("a")])
@@ -206,8 +215,16 @@ def test_consistency_distillation_starts_from_the_teachers_ddim_step(tmp_path):
     c.path = teacher.path.copy_and_resolve_references()
     c.loss.name = "flowmaps.consistency_distillation_loss"
     c.loss.kwargs = {"num_scales": 18}
-    c.flowmap.update(param="ddim_denoiser", sigma_data=1.0, time_input="edm", teacher_solver="heun",
-                     teacher_workdir=str(tmp_path / "teacher"), init_from_teacher=True, target="ema", num_steps=2)
+    c.flowmap.update(
+        param="ddim_denoiser",
+        sigma_data=1.0,
+        time_input="edm",
+        teacher_solver="heun",
+        teacher_workdir=str(tmp_path / "teacher"),
+        init_from_teacher=True,
+        target="ema",
+        num_steps=2,
+    )
     c.total_steps, c.sample_every = 4, 0
     recipe = _lib.recipe_for(c)
     assert isinstance(recipe, _lib.FlowMapRecipe) and isinstance(recipe.teacher, _lib.DiffusionRecipe)
@@ -317,12 +334,18 @@ def test_recipe_loss_is_the_library_loss_with_the_configs_objects():
     key = jax.random.PRNGKey(5)
     got = recipe.build_loss()(net, {"x": x, "label": labels}, key)
     expected = guidance.with_label_dropout(losses.dsm_loss, 0.25, 3)(
-        jdiff.Model(net, recipe.path, "v"), key, x, cond=labels, weighting=losses.MinSNRWeighting(gamma=2.0),
-        time_sampler=losses.stratified_time)
+        jdiff.Model(net, recipe.path, "v"),
+        key,
+        x,
+        cond=labels,
+        weighting=losses.MinSNRWeighting(gamma=2.0),
+        time_sampler=losses.stratified_time,
+    )
     assert got.shape == (6,) and np.all(np.isfinite(got))
     np.testing.assert_array_equal(got, expected)
     unweighted = guidance.with_label_dropout(losses.dsm_loss, 0.25, 3)(
-        jdiff.Model(net, recipe.path, "v"), key, x, cond=labels, time_sampler=losses.stratified_time)
+        jdiff.Model(net, recipe.path, "v"), key, x, cond=labels, time_sampler=losses.stratified_time
+    )
     assert np.max(np.abs(np.asarray(got) - np.asarray(unweighted))) > 1e-4  # the weighting reached the loss
 
     config = _mlp_variant("edm")
@@ -336,8 +359,15 @@ def test_recipe_loss_is_the_library_loss_with_the_configs_objects():
 def _cli(*args):
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
     env.pop("XLA_FLAGS", None)
-    return subprocess.run([sys.executable, "-m", "experiments.train", *args], cwd=ROOT, env=env, check=False,
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "experiments.train", *args],
+        cwd=ROOT,
+        env=env,
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def test_cli_bad_override_is_one_line(tmp_path):
@@ -360,6 +390,7 @@ def test_data_holdout_is_left_out_of_training_and_is_what_evaluate_scores():
     assert config.data.holdout == 0.1
     train, held = _lib.load_data(config), _lib.load_heldout(config)
     assert train.x.shape[0] == 1617 and held.x.shape[0] == 180
+
     def rows(x):
         return sorted(r.tobytes() for r in x.reshape(x.shape[0], -1))
 

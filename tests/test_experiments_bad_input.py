@@ -132,46 +132,123 @@ CASES = [
     ("checkpoint_every_zero", {"checkpoint_every": 0}, "config.checkpoint_every", "an int >= 1", "both"),
     ("log_every_zero", {"log_every": 0}, "config.log_every", "an int >= 1", "both"),
     ("total_steps_negative", {"total_steps": -5}, "config.total_steps", "an int >= 1", "both"),
-    ("nan_npz", npz("nan.npz"), "config.data.kwargs.path: {files}/nan.npz: array 'x' has 4096 non-finite",
-     "finite values", "both"),
+    (
+        "nan_npz",
+        npz("nan.npz"),
+        "config.data.kwargs.path: {files}/nan.npz: array 'x' has 4096 non-finite",
+        "finite values",
+        "both",
+    ),
     ("batch_not_divisible", {"batch_size": "devices+1"}, "config.batch_size", "a multiple of", "both"),
     ("num_devices_above_machine", {"num_devices": "devices+1"}, "config.num_devices", "[1, ", "both"),
-    ("missing_npz", npz("missing.npz"), "config.data.kwargs.path: {files}/missing.npz does not exist", ".npz",
-     "both"),
-    ("truncated_npz", npz("truncated.npz"), "config.data.kwargs.path: {files}/truncated.npz cannot be read",
-     "numpy.savez", "both"),
-    ("wrong_array_key", npz("ok.npz", key="images"), "config.data.kwargs.key: {files}/ok.npz has no array 'images'",
-     "x, label", "both"),
+    ("missing_npz", npz("missing.npz"), "config.data.kwargs.path: {files}/missing.npz does not exist", ".npz", "both"),
+    (
+        "truncated_npz",
+        npz("truncated.npz"),
+        "config.data.kwargs.path: {files}/truncated.npz cannot be read",
+        "numpy.savez",
+        "both",
+    ),
+    (
+        "wrong_array_key",
+        npz("ok.npz", key="images"),
+        "config.data.kwargs.key: {files}/ok.npz has no array 'images'",
+        "x, label",
+        "both",
+    ),
     ("workdir_parent_is_a_file", {}, "--workdir: cannot create {files}/a_file/run", "parent folders", "fresh"),
-    ("text_named_npz", npz("text.npz"), "config.data.kwargs.path: {files}/text.npz is not an .npz or .npy",
-     "numpy.savez", "both"),
+    (
+        "text_named_npz",
+        npz("text.npz"),
+        "config.data.kwargs.path: {files}/text.npz is not an .npz or .npy",
+        "numpy.savez",
+        "both",
+    ),
     # more
-    ("one_inf_npz", npz("inf_one.npz"), ("config.data.kwargs.path: {files}/inf_one.npz: array 'x' has 64 non-finite "
-     "values (NaN or inf), the first in example 40"), "finite", "both"),
-    ("string_npz", npz("strings.npz"), "config.data.kwargs.path: {files}/strings.npz: array 'x' has dtype <U1",
-     "integer, bool or float", "both"),
-    ("float_range_npz", npz("range.npz"), ("config.data.kwargs.max_value: {files}/range.npz: array 'x' has float "
-     "images in [3, 3]"), "max_value", "both"),
-    ("uint16_npz", npz("uint16.npz"), ("config.data.kwargs.max_value: {files}/uint16.npz: array 'x' has integer "
-     "values in [4000, 4000]"), "max_value", "both"),
-    ("label_length_npz", npz("short_labels.npz"), ("config.data.kwargs.label_key: {files}/short_labels.npz: array "
-     "'label' has dtype int64 and shape (63,)"), "shape (64,)", "both"),
-    ("object_npy", npz("objects.npy"), "config.data.kwargs.path: {files}/objects.npy holds Python objects",
-     "numeric", "both"),
+    (
+        "one_inf_npz",
+        npz("inf_one.npz"),
+        (
+            "config.data.kwargs.path: {files}/inf_one.npz: array 'x' has 64 non-finite "
+            "values (NaN or inf), the first in example 40"
+        ),
+        "finite",
+        "both",
+    ),
+    (
+        "string_npz",
+        npz("strings.npz"),
+        "config.data.kwargs.path: {files}/strings.npz: array 'x' has dtype <U1",
+        "integer, bool or float",
+        "both",
+    ),
+    (
+        "float_range_npz",
+        npz("range.npz"),
+        ("config.data.kwargs.max_value: {files}/range.npz: array 'x' has float images in [3, 3]"),
+        "max_value",
+        "both",
+    ),
+    (
+        "uint16_npz",
+        npz("uint16.npz"),
+        ("config.data.kwargs.max_value: {files}/uint16.npz: array 'x' has integer values in [4000, 4000]"),
+        "max_value",
+        "both",
+    ),
+    (
+        "label_length_npz",
+        npz("short_labels.npz"),
+        ("config.data.kwargs.label_key: {files}/short_labels.npz: array 'label' has dtype int64 and shape (63,)"),
+        "shape (64,)",
+        "both",
+    ),
+    (
+        "object_npy",
+        npz("objects.npy"),
+        "config.data.kwargs.path: {files}/objects.npy holds Python objects",
+        "numeric",
+        "both",
+    ),
     ("npz_is_a_folder", npz("foreign"), "config.data.kwargs.path: {files}/foreign is a directory", ".npz", "both"),
-    ("npz_without_path", {"data.name": "npz", "data.holdout": 0.0}, ("config.data.kwargs.path: the 'npz' loader "
-     "needs it"), "--config.data.kwargs.path=", "both"),
-    ("npz_option_typo", npz("ok.npz", pth="x"), "config.data.kwargs.pth: the 'npz' loader has no option 'pth'",
-     "path, key, label_key, max_value", "both"),
+    (
+        "npz_without_path",
+        {"data.name": "npz", "data.holdout": 0.0},
+        ("config.data.kwargs.path: the 'npz' loader needs it"),
+        "--config.data.kwargs.path=",
+        "both",
+    ),
+    (
+        "npz_option_typo",
+        npz("ok.npz", pth="x"),
+        "config.data.kwargs.pth: the 'npz' loader has no option 'pth'",
+        "path, key, label_key, max_value",
+        "both",
+    ),
     ("ema_decay_above_one", {"ema_decay": 1.5}, "config.ema_decay: 1.5 is out of range", "[0, 1]", "both"),
-    ("learning_rate_nan", {"optimizer.learning_rate": float("nan")}, ("config.optimizer.learning_rate: nan is not "
-     "finite"), "a float > 0", "both"),
-    ("learning_rate_negative", {"optimizer.learning_rate": -1e-3}, "config.optimizer.learning_rate",
-     "a float > 0", "both"),
+    (
+        "learning_rate_nan",
+        {"optimizer.learning_rate": float("nan")},
+        ("config.optimizer.learning_rate: nan is not finite"),
+        "a float > 0",
+        "both",
+    ),
+    (
+        "learning_rate_negative",
+        {"optimizer.learning_rate": -1e-3},
+        "config.optimizer.learning_rate",
+        "a float > 0",
+        "both",
+    ),
     ("warmup_negative", {"optimizer.warmup_steps": -3}, "config.optimizer.warmup_steps", "an int >= 0", "both"),
     ("b2_one", {"optimizer.b2": 1.0}, "config.optimizer.b2", "[0, 1)", "both"),
-    ("grad_clip_negative", {"optimizer.grad_clip_norm": -1.0}, "config.optimizer.grad_clip_norm",
-     "or None (no clipping)", "both"),
+    (
+        "grad_clip_negative",
+        {"optimizer.grad_clip_norm": -1.0},
+        "config.optimizer.grad_clip_norm",
+        "or None (no clipping)",
+        "both",
+    ),
     ("max_nonfinite_zero", {"max_nonfinite_steps": 0}, "config.max_nonfinite_steps", "an int >= 1", "both"),
     ("keep_checkpoints_zero", {"keep_checkpoints": 0}, "config.keep_checkpoints", "an int >= 1", "both"),
     ("sample_every_negative", {"sample_every": -1}, "config.sample_every", "an int >= 0", "both"),
@@ -184,24 +261,56 @@ CASES = [
     ("batch_float", {"batch_size": 16.0}, "config.batch_size: 16.0 is a float", "an int >= 1", "both"),
     ("num_devices_zero", {"num_devices": 0}, "config.num_devices", "or None (every visible device)", "both"),
     ("shape_mismatch", {"data.shape": (8, 8, 3)}, "config.data.shape: (8, 8, 3)", "(8, 8, 1)", "both"),
-    ("too_few_classes", {"data.cond": "label", "model.kwargs.num_classes": 5},
-     "config.model.kwargs.num_classes: 5 classes, but the data has labels up to 9", "an int >= 10", "both"),
+    (
+        "too_few_classes",
+        {"data.cond": "label", "model.kwargs.num_classes": 5},
+        "config.model.kwargs.num_classes: 5 classes, but the data has labels up to 9",
+        "an int >= 10",
+        "both",
+    ),
     ("unknown_path", {"path.name": "brownian"}, "config.path.name: unknown path 'brownian'", "vp_cosine", "both"),
     ("workdir_is_a_file", {}, "--workdir: {files}/a_file is a file", "a new or empty directory", "fresh"),
-    ("foreign_folder", {}, "--workdir: {files}/foreign holds files (notes.txt) but no config.json",
-     "a new or empty directory", "fresh"),
-    ("changed_config", {"total_steps": 8, "optimizer.learning_rate": 0.01},
-     "config.optimizer.learning_rate, config.total_steps: differ from {workdir}/config.json",
-     "--allow_config_change", "existing"),
-    ("below_checkpoint", {"total_steps": 4, "allow_config_change": True},
-     "config.total_steps: 4 is below the step 6 of the workdir's latest checkpoint", "an int >= 6", "existing"),
-    ("another_network", {"total_steps": 8, "model.kwargs.hidden": 48, "allow_config_change": True},
-     "config.model: the latest checkpoint (6) of {workdir} does not fit", "the network and optimizer", "existing"),
-    ("corrupt_config_json", {"corrupt": True}, "--workdir: {workdir}/config.json is not valid JSON",
-     "a workdir written by experiments.train", "existing"),
+    (
+        "foreign_folder",
+        {},
+        "--workdir: {files}/foreign holds files (notes.txt) but no config.json",
+        "a new or empty directory",
+        "fresh",
+    ),
+    (
+        "changed_config",
+        {"total_steps": 8, "optimizer.learning_rate": 0.01},
+        "config.optimizer.learning_rate, config.total_steps: differ from {workdir}/config.json",
+        "--allow_config_change",
+        "existing",
+    ),
+    (
+        "below_checkpoint",
+        {"total_steps": 4, "allow_config_change": True},
+        "config.total_steps: 4 is below the step 6 of the workdir's latest checkpoint",
+        "an int >= 6",
+        "existing",
+    ),
+    (
+        "another_network",
+        {"total_steps": 8, "model.kwargs.hidden": 48, "allow_config_change": True},
+        "config.model: the latest checkpoint (6) of {workdir} does not fit",
+        "the network and optimizer",
+        "existing",
+    ),
+    (
+        "corrupt_config_json",
+        {"corrupt": True},
+        "--workdir: {workdir}/config.json is not valid JSON",
+        "a workdir written by experiments.train",
+        "existing",
+    ),
 ]
-WORKDIRS = {"workdir_parent_is_a_file": "{files}/a_file/run", "workdir_is_a_file": "{files}/a_file",
-            "foreign_folder": "{files}/foreign"}
+WORKDIRS = {
+    "workdir_parent_is_a_file": "{files}/a_file/run",
+    "workdir_is_a_file": "{files}/a_file",
+    "foreign_folder": "{files}/foreign",
+}
 
 
 def _params():
@@ -212,8 +321,9 @@ def _params():
 
 
 @pytest.mark.parametrize("name, overrides, start, accepted, where", list(_params()))
-def test_bad_input_is_one_line_exit_2_and_leaves_the_workdir_as_it_was(name, overrides, start, accepted, where,
-                                                                         files, trained, tmp_path, capsys):
+def test_bad_input_is_one_line_exit_2_and_leaves_the_workdir_as_it_was(
+    name, overrides, start, accepted, where, files, trained, tmp_path, capsys
+):
     workdir = str(tmp_path / "fresh")
     if where == "existing":
         workdir = trained[0]
@@ -226,7 +336,9 @@ def test_bad_input_is_one_line_exit_2_and_leaves_the_workdir_as_it_was(name, ove
     fill = {"files": files, "workdir": workdir}
     overrides = {k: v for k, v in overrides.items() if k not in ("corrupt", "allow_config_change")} | {
         k: {kk: vv.format(**fill) if isinstance(vv, str) else vv for kk, vv in v.items()} if k == "data.kwargs" else v
-        for k, v in overrides.items() if k == "data.kwargs"}
+        for k, v in overrides.items()
+        if k == "data.kwargs"
+    }
     for k, v in overrides.items():
         if v == "devices+1":
             if jax.device_count() == 1 and k == "batch_size":
@@ -235,8 +347,9 @@ def test_bad_input_is_one_line_exit_2_and_leaves_the_workdir_as_it_was(name, ove
     allow = name in ("below_checkpoint", "another_network")
     before = snapshot(workdir)
 
-    code, err = run_cli(capsys, lambda: _lib.train_and_evaluate(make_config(**overrides), workdir,
-                                                               allow_config_change=allow))
+    code, err = run_cli(
+        capsys, lambda: _lib.train_and_evaluate(make_config(**overrides), workdir, allow_config_change=allow)
+    )
     assert code == _lib.EXIT_BAD_INPUT == 2
     assert len(err) == 1, err
     assert ONE_LINE.match(err[0]), err[0]
@@ -248,9 +361,22 @@ def test_bad_input_is_one_line_exit_2_and_leaves_the_workdir_as_it_was(name, ove
 
 
 def test_the_table_holds_every_issue_input_and_ten_more():
-    issue = {"batch_negative", "batch_zero", "batch_above_data", "checkpoint_every_zero", "log_every_zero",
-             "total_steps_negative", "nan_npz", "batch_not_divisible", "num_devices_above_machine", "missing_npz",
-             "truncated_npz", "wrong_array_key", "workdir_parent_is_a_file", "text_named_npz"}
+    issue = {
+        "batch_negative",
+        "batch_zero",
+        "batch_above_data",
+        "checkpoint_every_zero",
+        "log_every_zero",
+        "total_steps_negative",
+        "nan_npz",
+        "batch_not_divisible",
+        "num_devices_above_machine",
+        "missing_npz",
+        "truncated_npz",
+        "wrong_array_key",
+        "workdir_parent_is_a_file",
+        "text_named_npz",
+    }
     names = {c[0] for c in CASES}
     assert issue <= names and len(names - issue) >= 10 and len(names) == len(CASES)
 
@@ -267,20 +393,48 @@ SAMPLE_CASES = [
     ("unknown_grid", {"grid": "cosine"}, "--grid: unknown grid 'cosine'", "karras"),
     ("out_under_a_file", {"out": "{files}/a_file/x"}, "--out: cannot create {files}/a_file/x.png", "parent folders"),
     ("clock_unknown", {"solver": "euler", "clock": "lambda"}, "--clock: unknown clock 'lambda'", "sigma"),
-    ("clock_for_a_solver_without_one", {"solver": "dpmpp_2m", "clock": "sigma"},
-     "--clock: solver 'dpmpp_2m' has no clock option", "euler, heun, lms"),
-    ("optimize_objective_unknown", {"grid": "optimize", "optimize": {"objective": "kl"}},
-     "--optimize_objective: unknown grid objective 'kl'", "local_error"),
-    ("optimize_steps_zero", {"grid": "optimize", "optimize": {"iterations": 0}}, "--optimize_steps: 0 is out of range",
-     "an int >= 1"),
-    ("optimize_lr_negative", {"grid": "optimize", "optimize": {"learning_rate": -0.1}},
-     "--optimize_lr: -0.1 is out of range", "a float > 0"),
-    ("optimize_init_unknown", {"grid": "optimize", "optimize": {"init": "cosine"}},
-     "--optimize_init: unknown grid 'cosine'", "karras"),
-    ("optimize_flag_without_optimize", {"optimize": {"iterations": 5}},
-     "--optimize_steps: applies with --grid=optimize only", "--grid=optimize"),
-    ("optimize_stochastic_solver", {"grid": "optimize", "solver": "ddpm"}, "--solver: 'ddpm' draws noise",
-     "a deterministic solver"),
+    (
+        "clock_for_a_solver_without_one",
+        {"solver": "dpmpp_2m", "clock": "sigma"},
+        "--clock: solver 'dpmpp_2m' has no clock option",
+        "euler, heun, lms",
+    ),
+    (
+        "optimize_objective_unknown",
+        {"grid": "optimize", "optimize": {"objective": "kl"}},
+        "--optimize_objective: unknown grid objective 'kl'",
+        "local_error",
+    ),
+    (
+        "optimize_steps_zero",
+        {"grid": "optimize", "optimize": {"iterations": 0}},
+        "--optimize_steps: 0 is out of range",
+        "an int >= 1",
+    ),
+    (
+        "optimize_lr_negative",
+        {"grid": "optimize", "optimize": {"learning_rate": -0.1}},
+        "--optimize_lr: -0.1 is out of range",
+        "a float > 0",
+    ),
+    (
+        "optimize_init_unknown",
+        {"grid": "optimize", "optimize": {"init": "cosine"}},
+        "--optimize_init: unknown grid 'cosine'",
+        "karras",
+    ),
+    (
+        "optimize_flag_without_optimize",
+        {"optimize": {"iterations": 5}},
+        "--optimize_steps: applies with --grid=optimize only",
+        "--grid=optimize",
+    ),
+    (
+        "optimize_stochastic_solver",
+        {"grid": "optimize", "solver": "ddpm"},
+        "--solver: 'ddpm' draws noise",
+        "a deterministic solver",
+    ),
 ]
 EVALUATE_CASES = [
     ("batch_zero", {"batch_size": 0}, "--batch_size: 0 is out of range", "an int >= 1"),
@@ -288,15 +442,20 @@ EVALUATE_CASES = [
     ("rtol_negative", {"rtol": -1.0}, "--rtol: -1.0 is out of range", "a float > 0"),
     ("num_examples_zero", {"num_examples": 0}, "--num_examples: 0 is out of range", "an int >= 1"),
     ("unknown_divergence", {"divergence": "trace"}, "--divergence: unknown estimator 'trace'", "hutchinson"),
-    ("out_under_a_file", {"out": "{files}/a_file/e.json"}, "--out: cannot create {files}/a_file/e.json",
-     "parent folders"),
+    (
+        "out_under_a_file",
+        {"out": "{files}/a_file/e.json"},
+        "--out: cannot create {files}/a_file/e.json",
+        "parent folders",
+    ),
 ]
 
 
 @pytest.mark.parametrize(
     "job, name, kwargs, start, accepted",
     [pytest.param("sample", *c, id=f"sample-{c[0]}") for c in SAMPLE_CASES]
-    + [pytest.param("evaluate", *c, id=f"evaluate-{c[0]}") for c in EVALUATE_CASES])
+    + [pytest.param("evaluate", *c, id=f"evaluate-{c[0]}") for c in EVALUATE_CASES],
+)
 def test_sample_and_evaluate_bad_arguments_are_one_line(job, name, kwargs, start, accepted, files, trained, capsys):
     workdir = trained[0]
     kwargs = {k: v.format(files=files) if isinstance(v, str) else v for k, v in kwargs.items()}
@@ -340,20 +499,41 @@ def test_entry_points_as_subprocesses(files, trained, tmp_path):
     cfg = "--config=experiments/configs/digits_mlp.py:runlocal"
     fresh = str(tmp_path / "fresh")
     runs = {  # argv -> (start of the stderr line, piece of the accepted values)
-        ("train", cfg, f"--workdir={workdir}", "--config.sample_every=0", "--config.batch_size=-4"):
-            ("error: config.batch_size: -4 is out of range", "an int >= 1"),
-        ("train", cfg, f"--workdir={fresh}", "--config.data.name=npz", "--config.data.holdout=0.0",
-         f"--config.data.kwargs.path={files}/truncated.npz", "--config.data.kwargs.max_value=255"):
-            (f"error: config.data.kwargs.path: {files}/truncated.npz cannot be read", "numpy.savez"),
-        ("sample", f"--workdir={workdir}", "--solver_kwargs=eta"):
-            ("error: --solver_kwargs: 'eta' is not name=number", "eta=1.0"),
-        ("sample", f"--workdir={workdir}", "--grid=optimize", "--optimize_objective=kl"):
-            ("error: --optimize_objective: unknown grid objective 'kl'", "global_error"),
+        ("train", cfg, f"--workdir={workdir}", "--config.sample_every=0", "--config.batch_size=-4"): (
+            "error: config.batch_size: -4 is out of range",
+            "an int >= 1",
+        ),
+        (
+            "train",
+            cfg,
+            f"--workdir={fresh}",
+            "--config.data.name=npz",
+            "--config.data.holdout=0.0",
+            f"--config.data.kwargs.path={files}/truncated.npz",
+            "--config.data.kwargs.max_value=255",
+        ): (f"error: config.data.kwargs.path: {files}/truncated.npz cannot be read", "numpy.savez"),
+        ("sample", f"--workdir={workdir}", "--solver_kwargs=eta"): (
+            "error: --solver_kwargs: 'eta' is not name=number",
+            "eta=1.0",
+        ),
+        ("sample", f"--workdir={workdir}", "--grid=optimize", "--optimize_objective=kl"): (
+            "error: --optimize_objective: unknown grid objective 'kl'",
+            "global_error",
+        ),
     }
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
     env.pop("XLA_FLAGS", None)
-    procs = {argv: subprocess.Popen([sys.executable, "-m", f"experiments.{argv[0]}", *argv[1:]], cwd=ROOT, env=env,
-                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for argv in runs}
+    procs = {
+        argv: subprocess.Popen(
+            [sys.executable, "-m", f"experiments.{argv[0]}", *argv[1:]],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for argv in runs
+    }
     for argv, p in procs.items():
         _out, err = p.communicate(timeout=180)
         lines = [line for line in err.splitlines() if line.strip()]
@@ -376,8 +556,16 @@ def test_sample_grid_optimize_fits_writes_and_samples_on_the_grid(trained, tmp_p
 
     workdir, out, lines = trained[0], str(tmp_path / "opt"), []
     options = {"iterations": 12, "num_samples": 16, "learning_rate": 0.1, "init": "uniform"}
-    x, png, npz = _lib.sample_workdir(workdir, solver="dpmpp_2m", num_steps=4, grid="optimize", num_samples=8,
-                                      out=out, optimize=options, progress=lines.append)
+    x, png, npz = _lib.sample_workdir(
+        workdir,
+        solver="dpmpp_2m",
+        num_steps=4,
+        grid="optimize",
+        num_samples=8,
+        out=out,
+        optimize=options,
+        progress=lines.append,
+    )
     assert os.path.exists(png) and os.path.exists(npz)
     config, recipe, ema = _lib.restore(workdir)
     path = recipe.path
@@ -388,8 +576,9 @@ def test_sample_grid_optimize_fits_writes_and_samples_on_the_grid(trained, tmp_p
     assert np.max(np.abs(grid - uniform)) > 1e-3  # it moved
     assert [line for line in lines if "update 1/12," in line or "update 12/12," in line], lines
     assert lines[-1] == f"wrote {out}_grid.npy", lines
-    again, _, _ = _lib.sample_workdir(workdir, solver="dpmpp_2m", grid=out + "_grid.npy", num_samples=8,
-                                      out=str(tmp_path / "again"))
+    again, _, _ = _lib.sample_workdir(
+        workdir, solver="dpmpp_2m", grid=out + "_grid.npy", num_samples=8, out=str(tmp_path / "again")
+    )
     np.testing.assert_array_equal(again, x)
 
     net = nnx.merge(ema.graphdef, ema.params, ema.rest)
@@ -398,8 +587,10 @@ def test_sample_grid_optimize_fits_writes_and_samples_on_the_grid(trained, tmp_p
     run = jax.jit(lambda g, x_T: S.sample(S.DPMSolverPP2M(), model, x_T, g))
     x_T = path.prior_sample(jax.random.PRNGKey(99), (64, *config.data.shape), np.float32)
     ref = S.sample(S.DPMSolverPP3M(), model, x_T, S.log_snr_grid(path, 200))  # converged to ~1e-6
-    rms = {name: float(np.sqrt(np.mean((run(g, x_T) - ref) ** 2))) for name, g in (("uniform", uniform),
-                                                                                   ("optimised", grid))}
+    rms = {
+        name: float(np.sqrt(np.mean((run(g, x_T) - ref) ** 2)))
+        for name, g in (("uniform", uniform), ("optimised", grid))
+    }
     assert rms["optimised"] < 0.7 * rms["uniform"], rms
 
 
@@ -408,10 +599,15 @@ def test_kwargs_overrides_add_entries_to_a_locked_config():
     Python literals (else kept as text); a section that does not exist is a one-line error."""
     config = make_config()
     config.lock()
-    _config._apply_kwargs_overrides(config, [("data.kwargs", "path", "/data/my images.npz"),
-                                             ("data.kwargs", "max_value", "255"),
-                                             ("sample.solver_kwargs", "eta", "1.0"),
-                                             ("model.kwargs", "hidden", "48")])
+    _config._apply_kwargs_overrides(
+        config,
+        [
+            ("data.kwargs", "path", "/data/my images.npz"),
+            ("data.kwargs", "max_value", "255"),
+            ("sample.solver_kwargs", "eta", "1.0"),
+            ("model.kwargs", "hidden", "48"),
+        ],
+    )
     assert config.data.kwargs.to_dict() == {"path": "/data/my images.npz", "max_value": 255}
     assert config.sample.solver_kwargs.eta == 1.0 and config.model.kwargs.hidden == 48
     with pytest.raises(_lib.ConfigError, match=r"^config\.model\.kwargs\.hidden: .*; accepted: "):
@@ -429,8 +625,15 @@ def test_a_diverged_run_ends_with_one_line_naming_step_count_and_checkpoint(tmp_
     """A learning rate of 1e30 overflows the network after its first updates; the run stops at
     the step that completes max_nonfinite_steps non-finite steps in a row (exit code 3), naming
     that step, the count and the last checkpoint, whose every value is finite."""
-    config = make_config(**{"optimizer.learning_rate": 1e30, "optimizer.warmup_steps": 0, "max_nonfinite_steps": 3,
-                            "checkpoint_every": 2, "total_steps": 40})
+    config = make_config(
+        **{
+            "optimizer.learning_rate": 1e30,
+            "optimizer.warmup_steps": 0,
+            "max_nonfinite_steps": 3,
+            "checkpoint_every": 2,
+            "total_steps": 40,
+        }
+    )
     finite = {}
     workdir = str(tmp_path / "run")
 
@@ -444,9 +647,11 @@ def test_a_diverged_run_ends_with_one_line_naming_step_count_and_checkpoint(tmp_
     stop = next(s for s in steps if s >= 3 and not any(finite[s - i] for i in range(3)))  # first 3-in-a-row
     saved = max(s for s in range(2, stop + 1, 2))  # saves run after the step, before the next is checked
     ckpt = os.path.join(workdir, "checkpoints", str(saved))
-    assert err[0] == (f"error: training diverged at step {stop}: 3 consecutive steps (since step {stop - 2}) had a "
-                      f"non-finite loss or gradient, the limit config.max_nonfinite_steps=3; last finite checkpoint: "
-                      f"{ckpt} (step {saved}); lower config.optimizer.learning_rate or check the data")
+    assert err[0] == (
+        f"error: training diverged at step {stop}: 3 consecutive steps (since step {stop - 2}) had a "
+        f"non-finite loss or gradient, the limit config.max_nonfinite_steps=3; last finite checkpoint: "
+        f"{ckpt} (step {saved}); lower config.optimizer.learning_rate or check the data"
+    )
     assert _lib.restore(workdir)[2].step == saved
     assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(_lib.restore(workdir)[2].params))
 
@@ -463,8 +668,8 @@ def _tb_scalars(workdir, tag="loss"):
             data = f.read()
         i = 0
         while i + 12 <= len(data):  # TFRecord: u64 length, u32 crc, payload, u32 crc
-            (n,) = struct.unpack("<Q", data[i:i + 8])
-            event = event_pb2.Event.FromString(data[i + 12:i + 12 + n])
+            (n,) = struct.unpack("<Q", data[i : i + 8])
+            event = event_pb2.Event.FromString(data[i + 12 : i + 12 + n])
             i += 12 + n + 4
             if event.HasField("session_log") and event.session_log.status == event_pb2.SessionLog.START:
                 seen = [(s, v) for s, v in seen if s < event.step]

@@ -35,9 +35,15 @@ def exact_flow(gm, path, rtol=1e-10):
             return (s - t)[:, None] * vel(y, t + tau * (s - t))
 
         sol = diffrax.diffeqsolve(
-            diffrax.ODETerm(vf), diffrax.Dopri8(), 0.0, 1.0, 0.1, x,
+            diffrax.ODETerm(vf),
+            diffrax.Dopri8(),
+            0.0,
+            1.0,
+            0.1,
+            x,
             stepsize_controller=diffrax.PIDController(rtol=rtol, atol=rtol),
-            adjoint=diffrax.ForwardMode(), max_steps=4096,
+            adjoint=diffrax.ForwardMode(),
+            max_steps=4096,
         )
         return sol.ys[-1]
 
@@ -175,12 +181,18 @@ def test_flow_map_is_a_pytree_argument_and_validates():
     path = paths.VEGeometric()
     x = jax.random.normal(jax.random.key(0), (8, 2), jnp.float32)
     jump = jax.jit(lambda flow, x: flow(x, 0.8, 0.2))
-    out = jump(flowmaps.FlowMap(models.FlowMapMLP(2, hidden=16, depth=1, rngs=nnx.Rngs(0)), path,
-                                flowmaps.DDIMDenoiser(0.5)), x)
+    out = jump(
+        flowmaps.FlowMap(models.FlowMapMLP(2, hidden=16, depth=1, rngs=nnx.Rngs(0)), path, flowmaps.DDIMDenoiser(0.5)),
+        x,
+    )
     assert out.shape == x.shape and out.dtype == x.dtype
     with count_compiles() as n:
-        other = jump(flowmaps.FlowMap(models.FlowMapMLP(2, hidden=16, depth=1, rngs=nnx.Rngs(1)), path,
-                                      flowmaps.DDIMDenoiser(0.7)), x)
+        other = jump(
+            flowmaps.FlowMap(
+                models.FlowMapMLP(2, hidden=16, depth=1, rngs=nnx.Rngs(1)), path, flowmaps.DDIMDenoiser(0.7)
+            ),
+            x,
+        )
     assert n() == 0 and float(jnp.max(jnp.abs(other - out))) > 0
     net = tiny_net(jax.random.key(0), 2)
     flow = flowmaps.FlowMap(net, path)
@@ -258,6 +270,7 @@ def test_meanflow_loss_jvp_equals_finite_differences(monkeypatch, guided):
         cond = jax.random.randint(jax.random.key(2), (256,), 0, 2)
         kw = {"guidance_scale": 2.0, "guidance_kappa": 0.5, "null_cond": jnp.asarray(2), "cond_drop_prob": 0.1}
     key = jax.random.key(3)
+
     # p = 0: the raw squared error ||u - u_tgt||^2 (the adaptive weight would squash it to ~1).
     def loss():
         return flowmaps.meanflow_loss(flow, key, x0, cond=cond, fraction_r_neq_t=0.5, adaptive_p=0.0, **kw)
@@ -278,7 +291,9 @@ def test_meanflow_loss_adaptive_weight():
 
     @jax.jit
     def run():
-        return [flowmaps.meanflow_loss(flow, jax.random.key(2), x0, adaptive_p=p, adaptive_c=1e-3) for p in (0.0, 1.0, 0.5)]
+        return [
+            flowmaps.meanflow_loss(flow, jax.random.key(2), x0, adaptive_p=p, adaptive_c=1e-3) for p in (0.0, 1.0, 0.5)
+        ]
 
     plain, adapt, half = run()
     np.testing.assert_allclose(adapt, plain / (plain + 1e-3), rtol=1e-10)
@@ -359,8 +374,9 @@ def test_sample_multistep_and_renoising_marginals(path):
     run = jax.jit(lambda x, g, k, gamma: flowmaps.sample(flow, x, g, key=k, gamma=gamma))
     x_T = marginal(jax.random.key(0), path.t_max)
     # gamma = 0: the scan composes exact jumps = one exact jump.
-    np.testing.assert_allclose(run(x_T, grid, jax.random.key(1), 0.0), gaussian_flow(path)(x_T, path.t_max, path.t_min),
-                               rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(
+        run(x_T, grid, jax.random.key(1), 0.0), gaussian_flow(path)(x_T, path.t_max, path.t_min), rtol=1e-10, atol=1e-10
+    )
     for gamma in (0.5, 1.0):
         factor = 1.0
         for i, (t, t_next) in enumerate(itertools.pairwise(grid)):
@@ -371,8 +387,12 @@ def test_sample_multistep_and_renoising_marginals(path):
             factor *= a_i
             beta, se, resid = _regression_stats(x_i, x_next)
             msg = f"gamma {gamma}, step {i}"
-            np.testing.assert_allclose(np.mean(np.asarray(x_next), 0), float(path.alpha(t_next)) * mu,
-                                       atol=5 * math.sqrt(var_next / n), err_msg=msg)
+            np.testing.assert_allclose(
+                np.mean(np.asarray(x_next), 0),
+                float(path.alpha(t_next)) * mu,
+                atol=5 * math.sqrt(var_next / n),
+                err_msg=msg,
+            )
             np.testing.assert_allclose(np.var(np.asarray(x_next), 0), var_next, rtol=5 * math.sqrt(2 / n), err_msg=msg)
             np.testing.assert_allclose(resid, noise, rtol=5 * math.sqrt(2 / n), err_msg=msg)
             np.testing.assert_allclose(beta, a_i, atol=5 * se.max() + 1e-12, err_msg=msg)
@@ -488,15 +508,19 @@ def test_consistency_distillation_loss_is_the_teachers_local_error(solver_name, 
     phi = gaussian_flow(path)
     flow = as_flow(phi, path)
     x0 = MU[None, :] + SD * jax.random.normal(jax.random.key(0), (N, 2))
-    run = jax.jit(lambda k: flowmaps.consistency_distillation_loss(flow, jax.random.key(1), x0, teacher_step=teacher,
-                                                                   num_scales=k, huber_c=0.0))
+    run = jax.jit(
+        lambda k: flowmaps.consistency_distillation_loss(
+            flow, jax.random.key(1), x0, teacher_step=teacher, num_scales=k, huber_c=0.0
+        )
+    )
     ns = np.array([40, 80, 160, 320])
     errs = [float(jnp.mean(run(k))) for k in ns]
     slope = np.polyfit(np.log(ns), np.log(errs), 1)[0]
     assert abs(slope + (order + 1)) < 0.25, (slope, errs)
     # the exact teacher step (the flow map itself) gives a zero loss
-    exact = flowmaps.consistency_distillation_loss(flow, jax.random.key(1), x0,
-                                                   teacher_step=lambda x, t, s, c: phi(x, t, s))
+    exact = flowmaps.consistency_distillation_loss(
+        flow, jax.random.key(1), x0, teacher_step=lambda x, t, s, c: phi(x, t, s)
+    )
     assert float(jnp.max(exact)) < 1e-12
 
 
@@ -519,8 +543,9 @@ def test_shortcut_self_consistency_vanishes_for_exact_average_velocity():
         return u(x, t, s)
 
     x0 = gm.sample(jax.random.key(0), N)
-    loss = flowmaps.shortcut_loss(flowmaps.FlowMap(net, path), jax.random.key(1), x0, max_steps=16,
-                                  consistency_fraction=1.0)
+    loss = flowmaps.shortcut_loss(
+        flowmaps.FlowMap(net, path), jax.random.key(1), x0, max_steps=16, consistency_fraction=1.0
+    )
     assert loss.shape == (N,)
     assert float(jnp.max(loss)) < 1e-14, float(jnp.max(loss))
     (t1, s1), (t2, s2), (t3, s3) = seen
@@ -537,8 +562,12 @@ def test_shortcut_self_consistency_vanishes_for_exact_average_velocity():
     # flow-matching examples (s = t): the exact velocity's loss is E||v - v_cond||^2 > 0, and
     # u(x, t, t) = v is the minimizer: a perturbed velocity does worse
     _, _, _, _, v = oracle()
-    fm, worse = (flowmaps.shortcut_loss(flowmaps.FlowMap(lambda x, t, s, c, a=a: a * v(x, t), path), jax.random.key(1),
-                                        x0, consistency_fraction=0.0) for a in (1.0, 1.1))
+    fm, worse = (
+        flowmaps.shortcut_loss(
+            flowmaps.FlowMap(lambda x, t, s, c, a=a: a * v(x, t), path), jax.random.key(1), x0, consistency_fraction=0.0
+        )
+        for a in (1.0, 1.1)
+    )
     assert 0.05 < float(jnp.mean(fm)) < float(jnp.mean(worse))
     # the average-velocity losses need the AverageVelocity parameterization
     with pytest.raises(TypeError, match="AverageVelocity"):
@@ -574,8 +603,11 @@ def test_progressive_distillation_target_and_order():
     assert float(jnp.max(jnp.abs(x_tilde - model.x0(z, t)))) > 1e-3  # x~ is not the teacher's x0
 
     ns = np.array([8, 16, 32, 64])
-    losses = jax.jit(lambda k: flowmaps.progressive_distillation_loss(model, jax.random.key(3), x0, teacher_step=teacher,
-                                                                      num_student_steps=k))
+    losses = jax.jit(
+        lambda k: flowmaps.progressive_distillation_loss(
+            model, jax.random.key(3), x0, teacher_step=teacher, num_student_steps=k
+        )
+    )
     errs = [float(jnp.mean(losses(k))) for k in ns]
     slope = np.polyfit(np.log(ns), np.log(errs), 1)[0]
     assert abs(slope + 2.0) < 0.3, (slope, errs)

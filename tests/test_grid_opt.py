@@ -26,8 +26,9 @@ def setup():
     model = callback_oracle(PATH, "x0", differentiable=True)
     x_fit = PATH.prior_sample(jax.random.PRNGKey(1), (32, 2), jnp.float64)
     x_test = PATH.prior_sample(jax.random.PRNGKey(2), (256, 2), jnp.float64)
-    ref = S.solve_pf_ode(model, jnp.concatenate([x_fit, x_test]), solver=diffrax.Dopri8(), rtol=1e-10,
-                         atol=1e-10).sample
+    ref = S.solve_pf_ode(
+        model, jnp.concatenate([x_fit, x_test]), solver=diffrax.Dopri8(), rtol=1e-10, atol=1e-10
+    ).sample
     # the fit batch's reference is handed to GlobalError: one diffrax solve for the whole module
     return model, x_fit, x_test, ref[32:], S.GlobalError(reference=ref[:32])
 
@@ -53,8 +54,17 @@ def test_optimised_grid_beats_the_best_fixed_grid(setup, name):
     fixed = {g: _names.get_grid(g, PATH, N) for g in _names.GRIDS}
     errs = {g: _rms(solver, model, x_test, ref, grid) for g, grid in fixed.items()}
     best = min(errs, key=errs.get)
-    result = S.optimize_grid(solver, model, jax.random.PRNGKey(0), x_fit, N, objective=objective, init=fixed[best],
-                             iterations=20, learning_rate=0.1)
+    result = S.optimize_grid(
+        solver,
+        model,
+        jax.random.PRNGKey(0),
+        x_fit,
+        N,
+        objective=objective,
+        init=fixed[best],
+        iterations=20,
+        learning_rate=0.1,
+    )
     err = _rms(solver, model, x_test, ref, result.grid)
     assert err < ratio * errs[best], (name, err, errs)
     assert float(result.loss) < float(result.initial_loss)
@@ -68,16 +78,26 @@ def test_local_error_objective_needs_no_reference_and_lowers_the_error(setup):
     model, x_fit, x_test, ref, _ = setup
     solver = S.DPMSolverPP2M()
     init = S.karras_grid(PATH, N)
-    result = S.optimize_grid(solver, model, jax.random.PRNGKey(0), x_fit, N, objective=S.LocalError(), init=init,
-                             iterations=15, learning_rate=0.1)
+    result = S.optimize_grid(
+        solver,
+        model,
+        jax.random.PRNGKey(0),
+        x_fit,
+        N,
+        objective=S.LocalError(),
+        init=init,
+        iterations=15,
+        learning_rate=0.1,
+    )
     before, after = _rms(solver, model, x_test, ref, init), _rms(solver, model, x_test, ref, result.grid)
     assert after < 0.8 * before, (before, after)
 
 
 def test_optimisation_is_deterministic_given_its_key(setup):
     model, x_fit, _, _, objective = setup
-    run = lambda key: S.optimize_grid(S.DDIM(), model, key, x_fit, 6, objective=objective, iterations=4,
-                                      batch_size=8, learning_rate=0.2)
+    run = lambda key: S.optimize_grid(
+        S.DDIM(), model, key, x_fit, 6, objective=objective, iterations=4, batch_size=8, learning_rate=0.2
+    )
     a, b, c = run(jax.random.PRNGKey(3)), run(jax.random.PRNGKey(3)), run(jax.random.PRNGKey(4))
     np.testing.assert_array_equal(a.grid, b.grid)
     np.testing.assert_array_equal(a.history, b.history)
@@ -87,8 +107,16 @@ def test_optimisation_is_deterministic_given_its_key(setup):
 def test_progress_is_reported_from_inside_the_program(setup):
     model, x_fit, _, _, objective = setup
     seen = []
-    result = S.optimize_grid(S.DDIM(), model, jax.random.PRNGKey(0), x_fit, 6, objective=objective, iterations=3,
-                             progress=lambda i, rms: seen.append((i, rms)))
+    result = S.optimize_grid(
+        S.DDIM(),
+        model,
+        jax.random.PRNGKey(0),
+        x_fit,
+        6,
+        objective=objective,
+        iterations=3,
+        progress=lambda i, rms: seen.append((i, rms)),
+    )
     jax.effects_barrier()
     assert [i for i, _ in seen] == [0, 1, 2]
     np.testing.assert_allclose([r for _, r in seen], np.sqrt(np.asarray(result.history)), rtol=1e-12)

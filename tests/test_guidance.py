@@ -129,8 +129,11 @@ def test_guided_models_are_models_and_compose():
     x, cond = _toy_points()
     t = jnp.linspace(0.1, 0.9, N)
     log_prob = lambda x_, t_, c_: -jnp.sum(x_**2, axis=1)
-    for guided in (guidance.classifier_free(toy, 2.0, null_cond=2), guidance.autoguidance(toy, toy, 2.0),
-                   guidance.classifier_guidance(toy, log_prob, 1.0)):
+    for guided in (
+        guidance.classifier_free(toy, 2.0, null_cond=2),
+        guidance.autoguidance(toy, toy, 2.0),
+        guidance.classifier_guidance(toy, log_prob, 1.0),
+    ):
         assert isinstance(guided, Model) and guided.path is path and guided.kind == kind
         assert guided.x0(x, t, cond).shape == x.shape
     twice = guidance.classifier_free(guidance.classifier_free(toy, 1.5, null_cond=2), 2.0, null_cond=2)
@@ -281,8 +284,9 @@ def test_autoguidance():
     _close(g(x, t, cond), weak(x, t, cond) + 2.0 * (main(x, t, cond) - weak(x, t, cond)), rtol=1e-11, atol=1e-11)
     one = guidance.autoguidance(main_model, weak_model, 1.0)
     _close(one(x, t, cond), main(x, t, cond), rtol=1e-12, atol=1e-12)
-    ag = guidance.autoguidance(Model(_toy, path, "velocity"), Model(lambda x_, t_, c_: _toy(x_, t_, 2), path, "velocity"),
-                               2.5)
+    ag = guidance.autoguidance(
+        Model(_toy, path, "velocity"), Model(lambda x_, t_, c_: _toy(x_, t_, 2), path, "velocity"), 2.5
+    )
     cfg = guidance.classifier_free(Model(_toy, path, "velocity"), 2.5, null_cond=2)
     _close(ag(x, t, cond), cfg(x, t, cond), rtol=1e-14, atol=1e-14)
 
@@ -422,8 +426,9 @@ def test_trained_noisy_classifier_guides_to_its_class():
     def loss(params, key):
         k0, k1 = jax.random.split(key)
         x0, comp = gm.sample(k0, 512, return_components=True)
-        per_example = guidance.noisy_classifier_loss(lambda x, t: logits_fn(params, x, t), path, k1, x0,
-                                                     cond=gm.labels[comp])
+        per_example = guidance.noisy_classifier_loss(
+            lambda x, t: logits_fn(params, x, t), path, k1, x0, cond=gm.labels[comp]
+        )
         return jnp.mean(per_example)
 
     @jax.jit
@@ -439,9 +444,18 @@ def test_trained_noisy_classifier_guides_to_its_class():
     params = train(params)
     x0, comp = gm.sample(jax.random.PRNGKey(22), 4000, return_components=True)
     exact = lambda x, t: jax.vmap(lambda xi, ti: gm.class_log_posterior(xi, ti, path))(x, t)
-    ce = jax.jit(lambda f_params, use_exact: jnp.mean(guidance.noisy_classifier_loss(
-        (lambda x, t: exact(x, t)) if use_exact else (lambda x, t: logits_fn(f_params, x, t)),
-        path, jax.random.PRNGKey(23), x0, cond=gm.labels[comp])), static_argnums=1)
+    ce = jax.jit(
+        lambda f_params, use_exact: jnp.mean(
+            guidance.noisy_classifier_loss(
+                (lambda x, t: exact(x, t)) if use_exact else (lambda x, t: logits_fn(f_params, x, t)),
+                path,
+                jax.random.PRNGKey(23),
+                x0,
+                cond=gm.labels[comp],
+            )
+        ),
+        static_argnums=1,
+    )
     bayes, trained = float(ce(params, True)), float(ce(params, False))
     assert bayes <= trained < bayes + 0.03, (bayes, trained)
 
@@ -570,8 +584,9 @@ def test_float32_ends_are_finite():
         res = {}
         for name, path in PATHS.items():
             for kind in KINDS:
-                g = guidance.classifier_free(Model(_toy, path, kind), 3.0, null_cond=2, rescale=0.7,
-                                             interval=(0.0, 1.0))
+                g = guidance.classifier_free(
+                    Model(_toy, path, kind), 3.0, null_cond=2, rescale=0.7, interval=(0.0, 1.0)
+                )
                 res[name, kind] = jnp.stack([g(x, jnp.float32(t), cond) for t in (path.t_min, path.t_max)])
         return res
 

@@ -55,8 +55,9 @@ def _linear_codec(q, s, c):
     c = c[None, :]
     enc = lambda x: s * (x - c) @ q
     dec = lambda z: (z / s) @ q.T + c
-    gm_z = jdiff.GaussianMixture(GM.weights, s * (GM.means - c) @ q,
-                                 covs=s**2 * jnp.einsum("ji,kjl,lm->kim", q, GM.covs, q), labels=GM.labels)
+    gm_z = jdiff.GaussianMixture(
+        GM.weights, s * (GM.means - c) @ q, covs=s**2 * jnp.einsum("ji,kjl,lm->kim", q, GM.covs, q), labels=GM.labels
+    )
     return enc, dec, gm_z
 
 
@@ -72,8 +73,11 @@ def pixel_and_latent_runs():
     grid = S.log_snr_grid(PATH, 6)
     key = jax.random.PRNGKey(1)
     run_pixel = jax.jit(lambda x: {n: S.sample(sv, pixel, x, grid, key=key) for n, sv in SOLVERS.items()})
-    run_latent = jax.jit(lambda z: {n: lm.generate(lambda m, z_T, sv=sv: S.sample(sv, m, z_T, grid, key=key), z)
-                                    for n, sv in SOLVERS.items()})
+    run_latent = jax.jit(
+        lambda z: {
+            n: lm.generate(lambda m, z_T, sv=sv: S.sample(sv, m, z_T, grid, key=key), z) for n, sv in SOLVERS.items()
+        }
+    )
     return run_pixel(x_T), run_latent(x_T)
 
 
@@ -95,8 +99,9 @@ def test_identity_autoencoder_diffrax_guidance_and_flow_maps():
     draws = {
         # the adaptive PF-ODE and the reverse SDE (diffrax)
         "ode": lambda m, z: S.solve_pf_ode(m, z, rtol=1e-6, atol=1e-6).sample,
-        "sde": lambda m, z: S.solve_reverse_sde(m, jax.random.PRNGKey(3), z, num_steps=20,
-                                                solver=diffrax.Euler()).sample,
+        "sde": lambda m, z: (
+            S.solve_reverse_sde(m, jax.random.PRNGKey(3), z, num_steps=20, solver=diffrax.Euler()).sample
+        ),
         # classifier-free guidance applied in latent space (lm.map), sampled with Heun
         "cfg": lambda m, z: S.sample(S.Heun(), m, z, S.karras_grid(PATH, 5), cond=labels),
         # a flow map on latents: one Euler jump of the oracle's velocity per step
@@ -157,8 +162,9 @@ def test_scaled_linear_autoencoder_decodes_to_the_pixel_mixture():
     lm = latent.LatentModel(callback_oracle(PATH, "eps", gm_z), dec, (2,), encoder=enc)
     n = 4000
     z_T = lm.prior_sample(jax.random.PRNGKey(5), n, jnp.float64)
-    x = np.asarray(jax.jit(lambda z: lm.generate(
-        lambda m, z: S.sample(S.DPMSolverPP3M(), m, z, S.log_snr_grid(PATH, 40)), z))(z_T))
+    x = np.asarray(
+        jax.jit(lambda z: lm.generate(lambda m, z: S.sample(S.DPMSolverPP3M(), m, z, S.log_snr_grid(PATH, 40)), z))(z_T)
+    )
     w, mu, cov = np.asarray(GM.weights), np.asarray(GM.means), np.asarray(GM.covs)
     mean = w @ mu
     c = np.asarray(c)
@@ -177,8 +183,9 @@ def test_latent_likelihood_is_the_latent_mixture_log_density():
     enc, dec, gm_z = _linear_codec(q, s, c)
     lm = latent.LatentModel(gm_z.as_model(PATH, "v"), dec, (2,), encoder=enc)
     x = GM.sample(jax.random.PRNGKey(2), 3)
-    out = latent.latent_log_likelihood(lm, x, rtol=1e-9, atol=1e-9,
-                                       prior_log_prob=lambda z: gm_z.marginal_log_prob(z, PATH.t_max, PATH))
+    out = latent.latent_log_likelihood(
+        lm, x, rtol=1e-9, atol=1e-9, prior_log_prob=lambda z: gm_z.marginal_log_prob(z, PATH.t_max, PATH)
+    )
     exact = jax.vmap(lambda z: gm_z.marginal_log_prob(z, PATH.t_min, PATH))(enc(x))
     np.testing.assert_allclose(out.log_prob, exact, atol=1e-6)
     np.testing.assert_allclose(out.bits_per_latent_dim, -exact / (2 * np.log(2.0)), atol=1e-6)
@@ -206,5 +213,6 @@ def test_latent_model_is_a_jit_argument_and_bad_input_is_named():
     with pytest.raises(ValueError, match="encoder"):
         lm.encode(z)
     with pytest.raises(TypeError, match="jdiff.Model"):
-        latent.latent_log_likelihood(latent.LatentModel(
-            flowmaps.FlowMap(lambda x, t, s, c: x, PATH), lambda z: z, (2,), encoder=lambda x: x), z)
+        latent.latent_log_likelihood(
+            latent.LatentModel(flowmaps.FlowMap(lambda x, t, s, c: x, PATH), lambda z: z, (2,), encoder=lambda x: x), z
+        )

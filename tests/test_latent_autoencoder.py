@@ -65,7 +65,8 @@ def test_posterior_kl_sample_and_clipping():
     np.testing.assert_allclose(post.kl()[0], kl_quad, rtol=1e-6)
     # Samples: mean and std of 20000 draws of the first example within 5 standard errors.
     draws = jax.vmap(lambda k: DiagonalGaussian(mean[:1], logvar[:1]).sample(k))(
-        jax.random.split(jax.random.PRNGKey(0), 20_000))[:, 0]
+        jax.random.split(jax.random.PRNGKey(0), 20_000)
+    )[:, 0]
     std = np.exp(0.5 * np.asarray(logvar[0]))
     assert np.all(np.abs(draws.mean(0) - mean[0]) < 5 * std / math.sqrt(20_000))
     assert np.all(np.abs(draws.std(0) - std) < 5 * std / math.sqrt(2 * 20_000))

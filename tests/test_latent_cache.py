@@ -13,8 +13,15 @@ from jdiff.models import AutoencoderKL
 
 
 def _ae(seed=0):
-    return AutoencoderKL(1, block_out_channels=(4, 4), layers_per_block=1, latent_channels=2, norm_num_groups=2,
-                         mid_block_add_attention=False, rngs=nnx.Rngs(seed))
+    return AutoencoderKL(
+        1,
+        block_out_channels=(4, 4),
+        layers_per_block=1,
+        latent_channels=2,
+        norm_num_groups=2,
+        mid_block_add_attention=False,
+        rngs=nnx.Rngs(seed),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -33,8 +40,11 @@ def test_estimated_norm_gives_unit_variance_latents(digits):
         assert z.std() == pytest.approx(1.0, rel=1e-5)  # Rombach et al.: unit-variance latents
         assert z.mean() == pytest.approx(0.0 if shift else raw.mean() / raw.std(), abs=1e-5)
     # Batching (with a zero-padded last batch) does not change the latents.
-    np.testing.assert_allclose(latent.encode_dataset(ae, digits.x, batch_size=90),
-                               latent.encode_dataset(ae, digits.x, batch_size=32), atol=1e-5)
+    np.testing.assert_allclose(
+        latent.encode_dataset(ae, digits.x, batch_size=90),
+        latent.encode_dataset(ae, digits.x, batch_size=32),
+        atol=1e-5,
+    )
     with pytest.raises(ValueError, match="scale"):
         latent.set_latent_norm(ae, 0.0)
 
@@ -82,8 +92,9 @@ def test_cache_shards_per_process_resume_and_refuse_stale_shards(tmp_path, digit
     os.remove(os.path.join(d, "shard-00001-of-00002.npz"))
     assert not latent.write_latent_shard(d, ae, digits, process_index=0, process_count=2, batch_size=16)
     assert latent.write_latent_shard(d, ae, digits, process_index=1, process_count=2, batch_size=16)
-    np.testing.assert_array_equal(latent.latent_cache(d, ae, digits, process_index=0, process_count=2,
-                                                      barrier=lambda: None)[0].x, ds.x)
+    np.testing.assert_array_equal(
+        latent.latent_cache(d, ae, digits, process_index=0, process_count=2, barrier=lambda: None)[0].x, ds.x
+    )
     # Another data set, or another autoencoder, is an error naming the shard, not stale latents.
     other = data.Dataset(digits.x[::-1].copy(), digits.label[::-1].copy())
     with pytest.raises(ValueError, match=r"shard-00000-of-00002.npz.*dataset"):

@@ -22,13 +22,29 @@ from jdiff import latent
 from jdiff.models import AutoencoderKL
 
 TINY = {
-    "_class_name": "AutoencoderKL", "_diffusers_version": "0.30.0", "in_channels": 3, "out_channels": 3,
-    "down_block_types": ["DownEncoderBlock2D"] * 2, "up_block_types": ["UpDecoderBlock2D"] * 2,
-    "block_out_channels": [4, 8], "layers_per_block": 1, "act_fn": "silu", "latent_channels": 2,
-    "norm_num_groups": 2, "sample_size": 8, "scaling_factor": 0.18215, "force_upcast": True,
+    "_class_name": "AutoencoderKL",
+    "_diffusers_version": "0.30.0",
+    "in_channels": 3,
+    "out_channels": 3,
+    "down_block_types": ["DownEncoderBlock2D"] * 2,
+    "up_block_types": ["UpDecoderBlock2D"] * 2,
+    "block_out_channels": [4, 8],
+    "layers_per_block": 1,
+    "act_fn": "silu",
+    "latent_channels": 2,
+    "norm_num_groups": 2,
+    "sample_size": 8,
+    "scaling_factor": 0.18215,
+    "force_upcast": True,
 }
-SD3_LIKE = {**TINY, "latent_channels": 4, "scaling_factor": 1.5305, "shift_factor": 0.0609,
-            "use_quant_conv": False, "use_post_quant_conv": False}
+SD3_LIKE = {
+    **TINY,
+    "latent_channels": 4,
+    "scaling_factor": 1.5305,
+    "shift_factor": 0.0609,
+    "use_quant_conv": False,
+    "use_post_quant_conv": False,
+}
 
 
 def diffusers_keys(cfg):
@@ -109,7 +125,9 @@ def _conv(x, w, b, stride=1, pad=(1, 1, 1, 1)):
     out = np.zeros((x.shape[0], w.shape[0], h, wd))
     for i in range(kh):
         for j in range(kw):
-            out += np.einsum("nihw,oi->nohw", x[:, :, i:i + stride * h:stride, j:j + stride * wd:stride], w[:, :, i, j])
+            out += np.einsum(
+                "nihw,oi->nohw", x[:, :, i : i + stride * h : stride, j : j + stride * wd : stride], w[:, :, i, j]
+            )
     return out + b[None, :, None, None]
 
 
@@ -213,8 +231,9 @@ def test_legacy_names_half_precision_and_pipeline_folders(tmp_path):
     write_vae(str(tmp_path / "pipe" / "vae"), TINY, legacy)
     ae = latent.load_diffusers_autoencoder(str(tmp_path / "pipe"))  # finds pipe/vae
     q = np.asarray(ae.decoder.mid_block.attentions[0].to_q.kernel[...])
-    np.testing.assert_array_equal(q, sd["decoder.mid_block.attentions.0.to_q.weight"].astype(ml_dtypes.bfloat16)
-                                  .astype(np.float32).T)
+    np.testing.assert_array_equal(
+        q, sd["decoder.mid_block.attentions.0.to_q.weight"].astype(ml_dtypes.bfloat16).astype(np.float32).T
+    )
     assert q.dtype == np.float32  # parameters are float32 whatever the file's precision
 
 
@@ -224,8 +243,11 @@ def test_unknown_missing_and_misshapen_keys_are_named(tmp_path):
     bad = dict(sd)
     bad["encoder.down_blocks.0.extra.weight"] = np.zeros(3, np.float32)
     del bad["decoder.conv_out.bias"]
-    with pytest.raises(ValueError, match=r"1 unknown key.*encoder\.down_blocks\.0\.extra\.weight.*1 parameter\(s\) "
-                                         r"missing.*decoder\.conv_out\.bias"):
+    with pytest.raises(
+        ValueError,
+        match=r"1 unknown key.*encoder\.down_blocks\.0\.extra\.weight.*1 parameter\(s\) "
+        r"missing.*decoder\.conv_out\.bias",
+    ):
         latent.load_diffusers_weights(ae, bad)
     bad = dict(sd)
     bad["encoder.conv_out.weight"] = np.zeros((6, 8, 3, 3), np.float32)  # 3 latent channels instead of 2
@@ -246,13 +268,17 @@ def test_unknown_missing_and_misshapen_keys_are_named(tmp_path):
 
 
 def test_round_trip_through_the_diffusers_state_dict(tmp_path):
-    ae = AutoencoderKL(1, block_out_channels=(4, 4), layers_per_block=1, latent_channels=2, norm_num_groups=2,
-                       rngs=nnx.Rngs(7))
+    ae = AutoencoderKL(
+        1, block_out_channels=(4, 4), layers_per_block=1, latent_channels=2, norm_num_groups=2, rngs=nnx.Rngs(7)
+    )
     sd = latent.to_diffusers_state_dict(ae)
     assert set(sd) == set(diffusers_keys({**TINY, "in_channels": 1, "out_channels": 1, "block_out_channels": [4, 4]}))
-    other = AutoencoderKL(1, block_out_channels=(4, 4), layers_per_block=1, latent_channels=2, norm_num_groups=2,
-                          rngs=nnx.Rngs(8))
+    other = AutoencoderKL(
+        1, block_out_channels=(4, 4), layers_per_block=1, latent_channels=2, norm_num_groups=2, rngs=nnx.Rngs(8)
+    )
     save_file(sd, str(tmp_path / "w.safetensors"))  # through a file: the transposed arrays are written as laid out
     latent.load_diffusers_weights(other, load_file(str(tmp_path / "w.safetensors")))
-    for (p, a), (_, b) in zip(nnx.to_flat_state(nnx.state(ae, nnx.Param)), nnx.to_flat_state(nnx.state(other, nnx.Param))):
+    for (p, a), (_, b) in zip(
+        nnx.to_flat_state(nnx.state(ae, nnx.Param)), nnx.to_flat_state(nnx.state(other, nnx.Param))
+    ):
         np.testing.assert_array_equal(a[...], b[...], err_msg=str(p))

@@ -25,9 +25,17 @@ from experiments import _evaluate, _latent, _lib
 from jdiff import checkpoint, latent, likelihood
 
 SD_VAE_CONFIG = {  # stabilityai/sd-vae-ft-ema's config.json (diffusers layout)
-    "_class_name": "AutoencoderKL", "_diffusers_version": "0.4.2", "act_fn": "silu",
-    "block_out_channels": [128, 256, 512, 512], "down_block_types": ["DownEncoderBlock2D"] * 4, "in_channels": 3,
-    "latent_channels": 4, "layers_per_block": 2, "norm_num_groups": 32, "out_channels": 3, "sample_size": 256,
+    "_class_name": "AutoencoderKL",
+    "_diffusers_version": "0.4.2",
+    "act_fn": "silu",
+    "block_out_channels": [128, 256, 512, 512],
+    "down_block_types": ["DownEncoderBlock2D"] * 4,
+    "in_channels": 3,
+    "latent_channels": 4,
+    "layers_per_block": 2,
+    "norm_num_groups": 32,
+    "out_channels": 3,
+    "sample_size": 256,
     "up_block_types": ["UpDecoderBlock2D"] * 4,
 }
 
@@ -42,8 +50,9 @@ def latent_mlp_config():
     test is the same for any network)."""
     config = get_config("mnist5k_latent")
     config.model.name = "mlp"
-    config.model.kwargs = ml_collections.ConfigDict({"in_features": 7 * 7 * 4, "hidden": 32, "depth": 1,
-                                                     "num_classes": 10, "kind": "v"})
+    config.model.kwargs = ml_collections.ConfigDict(
+        {"in_features": 7 * 7 * 4, "hidden": 32, "depth": 1, "num_classes": 10, "kind": "v"}
+    )
     return config
 
 
@@ -57,6 +66,7 @@ def latent_mlp():
 def _host(tree):
     def leaf(x):
         return np.asarray(jax.random.key_data(x) if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key) else x)
+
     return jax.tree.map(leaf, tree)
 
 
@@ -82,8 +92,9 @@ def test_autoencoder_checkpoint_carries_weights_and_latent_norm(tmp_path):
     assert isinstance(recipe, _latent.LatentRecipe) and recipe.latent_shape == (7, 7, 4)
     ae = recipe.autoencoder
     assert (float(ae.scale[...]), float(ae.shift[...])) == (pytest.approx(0.37), pytest.approx(0.05))
-    for (p, a), (_, b) in zip(nnx.to_flat_state(nnx.state(ae, nnx.Param)),
-                              nnx.to_flat_state(nnx.state(net.autoencoder, nnx.Param))):
+    for (p, a), (_, b) in zip(
+        nnx.to_flat_state(nnx.state(ae, nnx.Param)), nnx.to_flat_state(nnx.state(net.autoencoder, nnx.Param))
+    ):
         np.testing.assert_array_equal(a[...], b[...], err_msg=str(p))
     # The autoencoder recipe's samples: held-out digits, then their reconstructions.
     graphdef, params, rest = nnx.split(net, nnx.Param, ...)
@@ -100,8 +111,9 @@ def test_latent_sampler_decodes_the_inner_samples_once(latent_mlp):
     graphdef, params, rest = nnx.split(net, nnx.Param, ...)
     sampler = recipe.make_sampler(graphdef, (4, 28, 28, 1), solver="euler", num_steps=2)
     x = sampler(params, rest, jax.random.PRNGKey(0))
-    z = recipe.inner.make_sampler(graphdef, (4, 7, 7, 4), solver="euler", num_steps=2)(params, rest,
-                                                                                        jax.random.PRNGKey(0))
+    z = recipe.inner.make_sampler(graphdef, (4, 7, 7, 4), solver="euler", num_steps=2)(
+        params, rest, jax.random.PRNGKey(0)
+    )
     assert x.shape == (4, 28, 28, 1) and z.shape == (4, 7, 7, 4)
     ae = recipe.autoencoder  # decoded with the autoencoder's own normalization: z / scale + shift
     np.testing.assert_allclose(x, nnx.jit(lambda m, z: m.decode(z / m.scale[...] + m.shift[...]))(ae, z), atol=1e-5)
@@ -120,11 +132,15 @@ def test_evaluate_reports_a_latent_likelihood_not_a_pixel_bpd(latent_mlp):
     x = np.asarray(_lib.load_data(recipe.config).x[:2])
     labels = np.array([3, 7])
     make_model = lambda p: recipe.bind(nnx.merge(graphdef, *p))
-    out = _evaluate.latent_nll(recipe, make_model, (params, rest), x, labels, jax.random.PRNGKey(0),
-                              divergence=None, rtol=1e-3, batch_size=2)
+    out = _evaluate.latent_nll(
+        recipe, make_model, (params, rest), x, labels, jax.random.PRNGKey(0), divergence=None, rtol=1e-3, batch_size=2
+    )
     z = nnx.jit(lambda ae, x: (ae.encode(x).mean - ae.shift[...]) * ae.scale[...])(recipe.autoencoder, jnp.asarray(x))
-    ref = jax.jit(lambda z: likelihood.ode_log_likelihood_batch(recipe.bind(net), z, cond=jnp.asarray(labels),
-                                                                rtol=1e-3, atol=1e-3))(z)
+    ref = jax.jit(
+        lambda z: likelihood.ode_log_likelihood_batch(
+            recipe.bind(net), z, cond=jnp.asarray(labels), rtol=1e-3, atol=1e-3
+        )
+    )(z)
     np.testing.assert_allclose(out["nats"], -ref.log_prob, rtol=1e-4)
     np.testing.assert_allclose(out["bits"], out["nats"] / (7 * 7 * 4 * np.log(2.0)), rtol=1e-6)
     assert out["nats"].shape == (2,) and np.all(out["nfe"] > 0)
@@ -182,6 +198,7 @@ def test_resume_on_the_latent_cache_is_bit_identical(tmp_path):
         def hook(step, state, metrics):
             if step == config.total_steps:
                 final[name] = _host(state)
+
         return hook
 
     _lib.train_and_evaluate(config, str(tmp_path / "a"), hooks=[keep_last("a")])
@@ -214,8 +231,11 @@ def test_imagenet_dit_config_is_shaped_for_the_sd_vae(tmp_path):
     assert "--config=experiments/configs/imagenet256_latent_dit.py" in doc and "distributed=True" in doc
     recipe, net = _lib.check_config(config)  # abstract: the SD VAE's and DiT-XL/2's shapes only
     assert recipe.latent_shape == (32, 32, 4)
-    out = jax.eval_shape(lambda n, x: n(x, np.full((2,), 0.5, np.float32), np.zeros((2,), np.int32)), net,
-                         jax.ShapeDtypeStruct((2, 32, 32, 4), np.float32))
+    out = jax.eval_shape(
+        lambda n, x: n(x, np.full((2,), 0.5, np.float32), np.zeros((2,), np.int32)),
+        net,
+        jax.ShapeDtypeStruct((2, 32, 32, 4), np.float32),
+    )
     assert out.shape == (2, 32, 32, 4)
     assert sum(np.prod(v.shape) for v in jax.tree.leaves(nnx.state(net, nnx.Param))) > 600e6  # DiT-XL/2: 675M
 
@@ -226,13 +246,16 @@ def test_imagenet_dit_runlocal_trains_on_synthetic_arrays(tmp_path):
     assert r["step"] == 4 and np.isfinite(r["final_loss"])
 
 
-@pytest.mark.parametrize("override, key", [
-    ({"latent.source": "hub"}, "config.latent.source"),
-    ({"latent.source": "workdir", "latent.path": "/nonexistent"}, "config.latent.path"),
-    ({"model.kwargs.image_size": 8}, "config.model.kwargs.image_size"),
-    ({"latent.posterior": "mean"}, "config.latent.posterior"),
-    ({"latent.cache": "/tmp"}, "config.latent.cache: unknown option"),
-])
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ({"latent.source": "hub"}, "config.latent.source"),
+        ({"latent.source": "workdir", "latent.path": "/nonexistent"}, "config.latent.path"),
+        ({"model.kwargs.image_size": 8}, "config.model.kwargs.image_size"),
+        ({"latent.posterior": "mean"}, "config.latent.posterior"),
+        ({"latent.cache": "/tmp"}, "config.latent.cache: unknown option"),
+    ],
+)
 def test_bad_latent_config_fails_in_one_line(override, key, tmp_path):
     config = get_config("mnist5k_latent")
     for k, v in override.items():
@@ -249,9 +272,17 @@ def test_bad_latent_config_fails_in_one_line(override, key, tmp_path):
 
 def test_diffusers_folder_source_loads_the_weights(tmp_path):
     # A latent config on a (tiny) diffusers folder: the loader's autoencoder, normalization from config.json.
-    cfg = {**SD_VAE_CONFIG, "block_out_channels": [4, 8, 8], "down_block_types": ["DownEncoderBlock2D"] * 3,
-           "up_block_types": ["UpDecoderBlock2D"] * 3, "in_channels": 1, "out_channels": 1, "norm_num_groups": 4,
-           "layers_per_block": 1, "scaling_factor": 0.5}
+    cfg = {
+        **SD_VAE_CONFIG,
+        "block_out_channels": [4, 8, 8],
+        "down_block_types": ["DownEncoderBlock2D"] * 3,
+        "up_block_types": ["UpDecoderBlock2D"] * 3,
+        "in_channels": 1,
+        "out_channels": 1,
+        "norm_num_groups": 4,
+        "layers_per_block": 1,
+        "scaling_factor": 0.5,
+    }
     ae = random_autoencoder(5, **latent.autoencoder_kwargs_from_diffusers(cfg))
     (tmp_path / "vae").mkdir()
     (tmp_path / "vae" / "config.json").write_text(json.dumps(cfg))
@@ -264,12 +295,15 @@ def test_diffusers_folder_source_loads_the_weights(tmp_path):
     np.testing.assert_array_equal(loaded.decoder.conv_out.kernel[...], ae.decoder.conv_out.kernel[...])
 
 
-@pytest.mark.parametrize("override, key", [
-    ({"autoencoder.kl_wieght": 1e-6}, "config.autoencoder.kl_wieght: unknown option"),
-    ({"autoencoder.discriminator": "stylegan"}, "config.autoencoder.discriminator"),
-    ({"autoencoder.disc_start": -1}, "config.autoencoder.disc_start"),
-    ({"model.name": "unet"}, "config.model.name"),
-])
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ({"autoencoder.kl_wieght": 1e-6}, "config.autoencoder.kl_wieght: unknown option"),
+        ({"autoencoder.discriminator": "stylegan"}, "config.autoencoder.discriminator"),
+        ({"autoencoder.disc_start": -1}, "config.autoencoder.disc_start"),
+        ({"model.name": "unet"}, "config.model.name"),
+    ],
+)
 def test_bad_autoencoder_config_fails_in_one_line(override, key, tmp_path):
     config = get_config("mnist5k_autoencoder")
     for k, v in override.items():

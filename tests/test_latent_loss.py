@@ -12,8 +12,15 @@ from jdiff.models import AutoencoderKL
 
 def _pair(seed=0, disc=True):
     rngs = nnx.Rngs(seed)
-    ae = AutoencoderKL(1, block_out_channels=(4, 4), layers_per_block=1, latent_channels=2, norm_num_groups=2,
-                       mid_block_add_attention=False, rngs=rngs)
+    ae = AutoencoderKL(
+        1,
+        block_out_channels=(4, 4),
+        layers_per_block=1,
+        latent_channels=2,
+        norm_num_groups=2,
+        mid_block_add_attention=False,
+        rngs=rngs,
+    )
     d = latent.PatchDiscriminator(1, ch=4, num_layers=1, rngs=rngs) if disc else None
     return latent.AutoencoderGAN(ae, d)
 
@@ -25,15 +32,19 @@ def test_reconstruction_and_kl_terms():
     pair = _pair(disc=False)
     ae = pair.autoencoder
     kw = {"sample_posterior": False, "update_norm": False}
-    t = nnx.jit(lambda m, x: latent.autoencoder_loss_terms(m, jax.random.PRNGKey(0), x, l1_weight=0.0, l2_weight=1.0,
-                                                           kl_weight=0.25, **kw))(pair, X)
+    t = nnx.jit(
+        lambda m, x: latent.autoencoder_loss_terms(
+            m, jax.random.PRNGKey(0), x, l1_weight=0.0, l2_weight=1.0, kl_weight=0.25, **kw
+        )
+    )(pair, X)
     rec, post = nnx.jit(lambda m, x: m(x))(ae, X)  # the module's own decode of the posterior mean
     np.testing.assert_allclose(t.reconstruction, jnp.sum((X - rec) ** 2, axis=(1, 2, 3)), rtol=1e-5)
     np.testing.assert_allclose(t.kl, post.kl(), rtol=1e-6)
     np.testing.assert_allclose(t.loss, t.reconstruction + 0.25 * t.kl, rtol=1e-6)
     assert np.all(np.asarray(t.generator) == 0) and float(t.adaptive_weight) == 0.0
     l1 = nnx.jit(lambda m, x: latent.autoencoder_loss(m.autoencoder, jax.random.PRNGKey(0), x, kl_weight=0.0, **kw))(
-        pair, X)
+        pair, X
+    )
     np.testing.assert_allclose(l1, jnp.sum(jnp.abs(X - rec), axis=(1, 2, 3)), rtol=1e-5)
 
 
@@ -92,9 +103,13 @@ def test_each_network_gets_the_gradient_of_its_own_objective():
             return jnp.mean(t.loss - lam * jnp.mean(pair.discriminator(x_rec), axis=(1, 2)))
 
         t_early = latent.autoencoder_loss_terms(pair, key, X, update_norm=False, disc_start=5, step=jnp.asarray(4))
-        return (nnx.state(grads.discriminator), nnx.state(nnx.grad(disc_only)(pair.discriminator)),
-                nnx.state(grads.autoencoder), nnx.state(nnx.grad(ae_only)(pair.autoencoder)),
-                t_early)
+        return (
+            nnx.state(grads.discriminator),
+            nnx.state(nnx.grad(disc_only)(pair.discriminator)),
+            nnx.state(grads.autoencoder),
+            nnx.state(nnx.grad(ae_only)(pair.autoencoder)),
+            t_early,
+        )
 
     d_got, d_want, a_got, a_want, t = run(pair)
     for got, want in ((d_got, d_want), (a_got, a_want)):
@@ -113,8 +128,9 @@ def test_perceptual_term_and_running_norm():
 
     @nnx.jit
     def run(pair):
-        with_p = latent.autoencoder_loss_terms(pair, jax.random.PRNGKey(0), X, perceptual_fn=fd, perceptual_weight=2.0,
-                                               update_norm=False)
+        with_p = latent.autoencoder_loss_terms(
+            pair, jax.random.PRNGKey(0), X, perceptual_fn=fd, perceptual_weight=2.0, update_norm=False
+        )
         without = latent.autoencoder_loss_terms(pair, jax.random.PRNGKey(0), X, update_norm=False)
         post = pair.autoencoder.encode(X)
         x_rec = pair.autoencoder.decode(post.sample(jax.random.PRNGKey(0)))

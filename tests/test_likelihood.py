@@ -52,10 +52,21 @@ def test_hutchinson_unbiased_with_the_closed_form_variance():
     x = X[0]
     exact = float(MIX.marginal_log_prob(x, path.t_min, path))
     n = 400
-    solve = jax.jit(jax.vmap(lambda v: likelihood.ode_log_likelihood(
-        model, x, divergence=Hutchinson(), probes=v, rtol=1e-8, atol=1e-8,
-        prior_log_prob=_exact_prior(path),
-    ).log_prob))
+    solve = jax.jit(
+        jax.vmap(
+            lambda v: (
+                likelihood.ode_log_likelihood(
+                    model,
+                    x,
+                    divergence=Hutchinson(),
+                    probes=v,
+                    rtol=1e-8,
+                    atol=1e-8,
+                    prior_log_prob=_exact_prior(path),
+                ).log_prob
+            )
+        )
+    )
     kr, kg = jax.random.split(jax.random.PRNGKey(1))
     basis = jnp.array([[[0.0, 0.0]], [[1.0, 0.0]], [[0.0, 1.0]], [[1.0, 1.0]]])
     rad = Hutchinson(n, "rademacher").sample(kr, (1, 2), x.dtype)
@@ -81,14 +92,40 @@ def test_hutchinson_num_probes_divides_the_variance():
     x = X[0]
     exact = float(MIX.marginal_log_prob(x, path.t_min, path))
     m = 200
-    est4 = np.asarray(jax.jit(jax.vmap(lambda k: likelihood.ode_log_likelihood(
-        model, x, key=k, divergence=Hutchinson(num_probes=4, probe="gaussian"),
-        rtol=1e-8, atol=1e-8, prior_log_prob=_exact_prior(path),
-    ).log_prob))(jax.random.split(jax.random.PRNGKey(2), m)))
-    est1 = np.asarray(jax.jit(jax.vmap(lambda k: likelihood.ode_log_likelihood(
-        model, x, key=k, divergence=Hutchinson(num_probes=1, probe="gaussian"),
-        rtol=1e-8, atol=1e-8, prior_log_prob=_exact_prior(path),
-    ).log_prob))(jax.random.split(jax.random.PRNGKey(3), m)))
+    est4 = np.asarray(
+        jax.jit(
+            jax.vmap(
+                lambda k: (
+                    likelihood.ode_log_likelihood(
+                        model,
+                        x,
+                        key=k,
+                        divergence=Hutchinson(num_probes=4, probe="gaussian"),
+                        rtol=1e-8,
+                        atol=1e-8,
+                        prior_log_prob=_exact_prior(path),
+                    ).log_prob
+                )
+            )
+        )(jax.random.split(jax.random.PRNGKey(2), m))
+    )
+    est1 = np.asarray(
+        jax.jit(
+            jax.vmap(
+                lambda k: (
+                    likelihood.ode_log_likelihood(
+                        model,
+                        x,
+                        key=k,
+                        divergence=Hutchinson(num_probes=1, probe="gaussian"),
+                        rtol=1e-8,
+                        atol=1e-8,
+                        prior_log_prob=_exact_prior(path),
+                    ).log_prob
+                )
+            )
+        )(jax.random.split(jax.random.PRNGKey(3), m))
+    )
     se4 = math.sqrt(est4.var(ddof=1) / m)
     assert abs(est4.mean() - exact) < 4 * se4, (est4.mean(), exact, se4)
     assert 2.0 < est1.var(ddof=1) / est4.var(ddof=1) < 8.0
@@ -115,16 +152,20 @@ def test_default_prior_float32_image_shaped_and_nfe():
     path = paths.Linear()
     base = MIX.as_model(path, "velocity")
     calls = []
-    model = _counting(Model(lambda x, t, c: base(x.reshape(x.shape[0], 2), t, c).reshape(x.shape), path, "velocity"),
-                      calls)
+    model = _counting(
+        Model(lambda x, t, c: base(x.reshape(x.shape[0], 2), t, c).reshape(x.shape), path, "velocity"), calls
+    )
     x = X[0].astype(jnp.float32).reshape(1, 2, 1)
     ll = jax.block_until_ready(likelihood.ode_log_likelihood(model, x, rtol=1e-6, atol=1e-6))
     assert ll.log_prob.dtype == jnp.float32
     assert abs(float(ll.log_prob) - float(_exact(path, path.t_min, X[:1])[0])) < 1e-3
     assert len(calls) == int(ll.nfe), (len(calls), ll.nfe)
     calls.clear()
-    ll = jax.block_until_ready(likelihood.ode_log_likelihood(
-        model, x, key=jax.random.PRNGKey(0), divergence=Hutchinson(3), rtol=1e-3, atol=1e-3))
+    ll = jax.block_until_ready(
+        likelihood.ode_log_likelihood(
+            model, x, key=jax.random.PRNGKey(0), divergence=Hutchinson(3), rtol=1e-3, atol=1e-3
+        )
+    )
     assert len(calls) == int(ll.nfe), (len(calls), ll.nfe)
 
 
@@ -133,9 +174,7 @@ def test_nfe_counts_evaluations_non_fsal():
     path = paths.Linear()
     calls = []
     model = _counting(MIX.as_model(path, "velocity"), calls)
-    ll = jax.block_until_ready(
-        likelihood.ode_log_likelihood(model, X[0], solver=diffrax.Heun(), rtol=1e-3, atol=1e-3)
-    )
+    ll = jax.block_until_ready(likelihood.ode_log_likelihood(model, X[0], solver=diffrax.Heun(), rtol=1e-3, atol=1e-3))
     assert len(calls) == int(ll.nfe), (len(calls), ll.nfe)
 
 
@@ -143,9 +182,11 @@ def test_forward_mode_gradient_is_the_score():
     # d/dx log p_{t_min}(x) through the ODE solve equals the oracle's score at t_min.
     path = paths.Trigonometric()
     model = MIX.as_model(path, "v")
-    f = lambda x: likelihood.ode_log_likelihood(
-        model, x, rtol=1e-9, atol=1e-9, prior_log_prob=_exact_prior(path), adjoint=diffrax.ForwardMode()
-    ).log_prob
+    f = lambda x: (
+        likelihood.ode_log_likelihood(
+            model, x, rtol=1e-9, atol=1e-9, prior_log_prob=_exact_prior(path), adjoint=diffrax.ForwardMode()
+        ).log_prob
+    )
     g = jax.jit(jax.jacfwd(f))(X[0])
     np.testing.assert_allclose(g, MIX.score(X[0], path.t_min, path), rtol=1e-5, atol=1e-5)
 
@@ -156,9 +197,9 @@ def test_reverse_mode_gradient_is_the_score():
     # on the likelihood uses. (Slow: ~20 s of compilation; the forward-mode test covers the maths.)
     path = paths.Trigonometric()
     model = MIX.as_model(path, "v")
-    f = lambda x: likelihood.ode_log_likelihood(
-        model, x, rtol=1e-9, atol=1e-9, prior_log_prob=_exact_prior(path)
-    ).log_prob
+    f = lambda x: (
+        likelihood.ode_log_likelihood(model, x, rtol=1e-9, atol=1e-9, prior_log_prob=_exact_prior(path)).log_prob
+    )
     g = jax.jit(jax.vmap(jax.grad(f)))(X[:2])
     score = jax.vmap(lambda z: MIX.score(z, path.t_min, path))(X[:2])
     np.testing.assert_allclose(g, score, rtol=1e-5, atol=1e-5)
@@ -170,8 +211,12 @@ def test_bad_arguments_name_themselves():
     net = lambda x, t, c: x
     key = jax.random.PRNGKey(0)
     # An unbound network where a jdiff.Model is expected.
-    for fn in (lambda m: likelihood.ode_log_likelihood(m, X[0]), lambda m: likelihood.ode_log_likelihood_batch(m, X),
-               lambda m: likelihood.vlb_bits_per_dim(m, key, X), lambda m: likelihood.elbo_bits_per_dim(m, key, X)):
+    for fn in (
+        lambda m: likelihood.ode_log_likelihood(m, X[0]),
+        lambda m: likelihood.ode_log_likelihood_batch(m, X),
+        lambda m: likelihood.vlb_bits_per_dim(m, key, X),
+        lambda m: likelihood.elbo_bits_per_dim(m, key, X),
+    ):
         with pytest.raises(TypeError, match="`model` must be a jdiff.Model"):
             fn(net)
     # The former string forms are refused with the accepted values.
@@ -260,7 +305,10 @@ def test_vlb_and_elbo_bound_the_exact_nll_and_tighten_with_steps():
     @jax.jit
     def bounds(key):
         k1, k2, k3 = jax.random.split(key, 3)
-        vlb = [likelihood.vlb_bits_per_dim(model, k, x0, num_steps=t, num_bins=None).total for k, t in ((k1, 32), (k2, 256))]
+        vlb = [
+            likelihood.vlb_bits_per_dim(model, k, x0, num_steps=t, num_bins=None).total
+            for k, t in ((k1, 32), (k2, 256))
+        ]
         elbo = likelihood.elbo_bits_per_dim(model, k3, x0, num_time_samples=32, num_bins=None).total
         return vlb + [elbo]
 

@@ -79,8 +79,9 @@ def posterior_cov_trace(gm, x, t, path):
     gains = a * jnp.einsum("kij,kjl->kil", gm.covs, jnp.linalg.inv(covs_t))  # a S C^-1
     mus = gm.means + jnp.einsum("kij,kj->ki", gains, x[None, :] - a * gm.means)
     sigs = gm.covs - a * jnp.einsum("kij,kjl->kil", gains, gm.covs)
-    logits = jnp.log(gm.weights) + jax.vmap(
-        lambda m, c: jax.scipy.stats.multivariate_normal.logpdf(x, a * m, c))(gm.means, covs_t)
+    logits = jnp.log(gm.weights) + jax.vmap(lambda m, c: jax.scipy.stats.multivariate_normal.logpdf(x, a * m, c))(
+        gm.means, covs_t
+    )
     r = jax.nn.softmax(logits)
     mean = r @ mus
     second = jnp.einsum("k,kij->ij", r, sigs + jnp.einsum("ki,kj->kij", mus, mus))
@@ -179,8 +180,9 @@ def test_weightings_agree_across_targets_and_with_closed_forms(name):
     for wname, w in NAMED.items():
         ref = losses.loss_weight(w, t, path, "x0") * mse["x0"]
         for k in KINDS:
-            np.testing.assert_allclose(losses.loss_weight(w, t, path, k) * mse[k], ref, rtol=1e-9,
-                                       err_msg=f"{wname} {k}")
+            np.testing.assert_allclose(
+                losses.loss_weight(w, t, path, k) * mse[k], ref, rtol=1e-9, err_msg=f"{wname} {k}"
+            )
     # ... and dsm_loss applies it: eps-MSE = SNR-weighted x0-MSE (DDPM's simple loss)
     snr_x0 = losses.dsm_loss(model, key, x0, target="x0", weighting=losses.SNRWeighting())
     np.testing.assert_allclose(snr_x0, mse["eps"], rtol=1e-9)
@@ -221,8 +223,9 @@ def test_float32_weights_and_losses_finite_at_the_ends_of_every_path():
         # and a whole loss on the path with the widest log-SNR range
         for end in ("t_min", "t_max"):
             t = jnp.full((4,), getattr(model.path, end), jnp.float32)
-            out["vp_linear loss", end] = losses.dsm_loss(model, jax.random.PRNGKey(7), x0, t=t, target="score",
-                                                         weighting=losses.LikelihoodWeighting())
+            out["vp_linear loss", end] = losses.dsm_loss(
+                model, jax.random.PRNGKey(7), x0, t=t, target="score", weighting=losses.LikelihoodWeighting()
+            )
         return out
 
     for k, v in everything(x0).items():
@@ -449,8 +452,10 @@ def test_vlb_matches_closed_form_and_tightens_with_steps():
     @jax.jit
     def run(key, x0):
         # all 10 terms summed exactly; 100 and 1000 steps with the one-term unbiased estimator
-        return [losses.vlb_terms(model, jax.random.fold_in(key, T), x0, num_steps=T, num_bins=None,
-                                 sum_all_terms=T == 10) for T in steps]
+        return [
+            losses.vlb_terms(model, jax.random.fold_in(key, T), x0, num_steps=T, num_bins=None, sum_all_terms=T == 10)
+            for T in steps
+        ]
 
     exact = {}
     for T, terms in zip(steps, run(jax.random.PRNGKey(20), x0)):
@@ -491,7 +496,8 @@ def test_vdm_elbo_with_exact_model_matches_closed_form(name):
         path = schedules.LearnedLogSNR(jax.random.PRNGKey(22 if name == "learned_a" else 23), hidden=16)
     x0 = sample_1d(jax.random.PRNGKey(23), 20000)
     terms = jax.jit(lambda k, x: losses.vdm_terms(gaussian_1d_model(path, "v"), k, x, num_bins=None))(
-        jax.random.PRNGKey(24), x0)
+        jax.random.PRNGKey(24), x0
+    )
     prior, diffusion, rec = _vdm_closed_form(path)
     mean_close(terms.prior, prior)
     mean_close(terms.diffusion, diffusion, rel=0.02)
@@ -506,8 +512,12 @@ def test_vdm_weight_is_the_log_snr_derivative():
     path = paths.Linear()
     x0 = sample_1d(jax.random.PRNGKey(30), 20000)
     ts = (0.05, 0.3, 0.8)
-    run = jax.jit(lambda k, x: [losses.vdm_terms(gaussian_1d_model(path, "eps"), jax.random.fold_in(k, i), x,
-                                                 num_bins=None, t=t).diffusion for i, t in enumerate(ts)])
+    run = jax.jit(
+        lambda k, x: [
+            losses.vdm_terms(gaussian_1d_model(path, "eps"), jax.random.fold_in(k, i), x, num_bins=None, t=t).diffusion
+            for i, t in enumerate(ts)
+        ]
+    )
     for t, d in zip(ts, run(jax.random.PRNGKey(31), x0)):
         snr = ((1 - t) / t) ** 2
         ref = -0.5 * (path.t_max - path.t_min) * (-2.0 / (t * (1 - t))) * snr * mmse(snr)
@@ -533,6 +543,7 @@ def test_learned_schedule_is_monotone_and_trainable():
 
     # gradients of the bound reach every leaf (through x_t, lambda'(t) by jax.jvp, and the endpoints)
     x0 = sample_1d(jax.random.PRNGKey(27), 512)
+
     def net(x, t, c=None):  # a fixed eps-network; the model binds it to the schedule being trained
         return 0.5 * x
 
@@ -553,8 +564,7 @@ def test_learned_schedule_is_monotone_and_trainable():
     i = 3
     plus = eqx.tree_at(lambda p: p.raw_w2, path, path.raw_w2.at[i].add(1e-5))
     minus = eqx.tree_at(lambda p: p.raw_w2, path, path.raw_w2.at[i].add(-1e-5))
-    np.testing.assert_allclose(grads.raw_w2[i], (value_and_grad(plus)[0] - value_and_grad(minus)[0]) / 2e-5,
-                               rtol=1e-5)
+    np.testing.assert_allclose(grads.raw_w2[i], (value_and_grad(plus)[0] - value_and_grad(minus)[0]) / 2e-5, rtol=1e-5)
 
 
 # ---------------------------------------------------------------------------------
@@ -572,8 +582,12 @@ def test_losses_are_per_example_jit_without_recompiling_and_validate_arguments()
     out = fn(jdiff.Model(net, paths.VPLinear(), "eps"), losses.MinSNRWeighting(5.0), jax.random.PRNGKey(0), x0)
     assert out.shape == (16,)
     with count_compiles() as n:  # a new path parameter and a new gamma are traced leaves
-        again = fn(jdiff.Model(net, paths.VPLinear(beta_max=15.0), "eps"), losses.MinSNRWeighting(3.0),
-                   jax.random.PRNGKey(1), x0)
+        again = fn(
+            jdiff.Model(net, paths.VPLinear(beta_max=15.0), "eps"),
+            losses.MinSNRWeighting(3.0),
+            jax.random.PRNGKey(1),
+            x0,
+        )
     assert n() == 0 and again.shape == (16,)
     model = jdiff.Model(net, paths.VPLinear(), "eps")
     for fn_, kw, err, word in [

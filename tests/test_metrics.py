@@ -133,7 +133,9 @@ def test_mmd_unbiased_against_the_gaussian_closed_form():
 def test_energy_distance_unbiased_against_the_gaussian_closed_form():
     # 1-D: E|Z| for Z ~ N(mu, v) is sqrt(2 v / pi) exp(-mu^2 / 2v) + mu (1 - 2 Phi(-mu / sqrt v)).
     def e_abs(mu, v):
-        return math.sqrt(2 * v / math.pi) * math.exp(-(mu**2) / (2 * v)) + mu * (1 - 2 * stats.norm.cdf(-mu / math.sqrt(v)))
+        return math.sqrt(2 * v / math.pi) * math.exp(-(mu**2) / (2 * v)) + mu * (
+            1 - 2 * stats.norm.cdf(-mu / math.sqrt(v))
+        )
 
     m, s = 0.5, 1.5
     ref = 2 * e_abs(m, 1 + s**2) - e_abs(0, 2) - e_abs(0, 2 * s**2)
@@ -185,9 +187,20 @@ def test_bad_shapes_name_the_argument():
 
 def test_public_names_are_flat_reexports():
     # jdiff.metrics is a package of private modules; every public name lives at its top level.
-    names = ["PrecisionRecall", "energy_distance", "frechet_distance", "frechet_distance_from_stats", "gaussian_stats",
-             "mmd", "precision_recall", "sliced_wasserstein", "DigitClassifier", "classifier_accuracy",
-             "frechet_digit_distance", "train_digit_classifier"]
+    names = [
+        "PrecisionRecall",
+        "energy_distance",
+        "frechet_distance",
+        "frechet_distance_from_stats",
+        "gaussian_stats",
+        "mmd",
+        "precision_recall",
+        "sliced_wasserstein",
+        "DigitClassifier",
+        "classifier_accuracy",
+        "frechet_digit_distance",
+        "train_digit_classifier",
+    ]
     for name in names:
         obj = getattr(metrics, name)
         assert obj.__module__.startswith("jdiff.metrics._"), (name, obj.__module__)

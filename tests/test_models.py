@@ -51,10 +51,24 @@ def _apply(model, x, t, c):
 def _builders():
     return {
         "mlp": (lambda **kw: models.MLP(2, hidden=16, depth=1, rngs=nnx.Rngs(0), **kw), (2,)),
-        "unet": (lambda **kw: models.UNet(8, 1, ch=16, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(4,),
-                                          dropout=0.0, rngs=nnx.Rngs(0), **kw), (8, 8, 1)),
-        "dit": (lambda **kw: models.DiT(8, 1, patch_size=2, hidden=32, depth=1, num_heads=2, rngs=nnx.Rngs(0), **kw),
-                (8, 8, 1)),
+        "unet": (
+            lambda **kw: models.UNet(
+                8,
+                1,
+                ch=16,
+                ch_mult=(1, 2),
+                num_res_blocks=1,
+                attn_resolutions=(4,),
+                dropout=0.0,
+                rngs=nnx.Rngs(0),
+                **kw,
+            ),
+            (8, 8, 1),
+        ),
+        "dit": (
+            lambda **kw: models.DiT(8, 1, patch_size=2, hidden=32, depth=1, num_heads=2, rngs=nnx.Rngs(0), **kw),
+            (8, 8, 1),
+        ),
     }
 
 
@@ -104,8 +118,11 @@ def test_conditioning_reaches_output(name):
     y = np.asarray(_apply(model, x, t3, c))
     # A different class, a different time, or the null class (cond None -> index 4) each
     # change every example's output.
-    others = [_apply(model, x, t3, jnp.array([2, 2, 2])), _apply(model, x, t3 + 0.4, c),
-              _apply(model, x, t3, jnp.array([4, 4, 4]))]
+    others = [
+        _apply(model, x, t3, jnp.array([2, 2, 2])),
+        _apply(model, x, t3 + 0.4, c),
+        _apply(model, x, t3, jnp.array([4, 4, 4])),
+    ]
     for other in others:
         diff = np.abs(np.asarray(other) - y).reshape(B, -1).max(axis=1)
         assert np.all(diff > 1e-3), diff
@@ -174,17 +191,32 @@ def test_dropout_switches_with_train_eval():
     assert np.abs(np.asarray(_apply(m, x, t, None)) - np.asarray(_apply(m, x, t, None))).max() > 1e-4
 
 
-@pytest.mark.parametrize("name,size,channels,ch_mult,attn", [("unet", 28, 1, (1, 2, 2, 2), (7,)),
-                                                             ("unet", 32, 3, (1, 2, 2, 2), (16,)),
-                                                             ("dit", 28, 1, None, None), ("dit", 32, 3, None, None)])
+@pytest.mark.parametrize(
+    "name,size,channels,ch_mult,attn",
+    [
+        ("unet", 28, 1, (1, 2, 2, 2), (7,)),
+        ("unet", 32, 3, (1, 2, 2, 2), (16,)),
+        ("dit", 28, 1, None, None),
+        ("dit", 32, 3, None, None),
+    ],
+)
 def test_image_sizes(name, size, channels, ch_mult, attn):
     """28x28x1 (odd sizes 7 -> 4 -> 7 on the way up) and 32x32x3, checked abstractly."""
     if name == "unet":
-        build = lambda: models.UNet(size, channels, ch=16, ch_mult=ch_mult, num_res_blocks=1, attn_resolutions=attn,
-                                    num_classes=10, rngs=nnx.Rngs(0))
+        build = lambda: models.UNet(
+            size,
+            channels,
+            ch=16,
+            ch_mult=ch_mult,
+            num_res_blocks=1,
+            attn_resolutions=attn,
+            num_classes=10,
+            rngs=nnx.Rngs(0),
+        )
     else:
-        build = lambda: models.DiT(size, channels, patch_size=4, hidden=32, depth=1, num_heads=2, num_classes=10,
-                                   rngs=nnx.Rngs(0))
+        build = lambda: models.DiT(
+            size, channels, patch_size=4, hidden=32, depth=1, num_heads=2, num_classes=10, rngs=nnx.Rngs(0)
+        )
     model = nnx.eval_shape(build)
     x = jax.ShapeDtypeStruct((2, size, size, channels), jnp.float32)
     y = nnx.eval_shape(lambda m, x: m(x, 0.5, jnp.array([1, 10])), model, x)
@@ -205,7 +237,8 @@ def test_dit_adaln_zero_fresh_output_is_zero_and_only_final_layer_learns_first()
     @nnx.jit
     def grads(model):
         return nnx.grad(lambda m: jnp.sum((m(x, jnp.full((B,), 0.5, jnp.float32), jnp.array([0, 1, 2])) - x) ** 2))(
-            model)
+            model
+        )
 
     flat = {"/".join(map(str, p)): np.abs(np.asarray(v)).max() for p, v in nnx.to_flat_state(grads(model))}
     # With zero output weights, gradient reaches only the output projection at the first step.
@@ -231,7 +264,10 @@ def test_unet_matches_ddpm_cifar10_parameter_count():
     """The DDPM CIFAR-10 architecture (ch 128, ch_mult (1, 2, 2, 2), 2 res blocks, attention
     at 16) has 35.7M parameters (Ho et al. 2020, Sec. 4); counted abstractly. The default
     suite checks the same construction at small width (test_image_sizes)."""
-    model = nnx.eval_shape(lambda: models.UNet(32, 3, ch=128, ch_mult=(1, 2, 2, 2), num_res_blocks=2,
-                                               attn_resolutions=(16,), rngs=nnx.Rngs(0)))
+    model = nnx.eval_shape(
+        lambda: models.UNet(
+            32, 3, ch=128, ch_mult=(1, 2, 2, 2), num_res_blocks=2, attn_resolutions=(16,), rngs=nnx.Rngs(0)
+        )
+    )
     count = sum(p.size for p in jax.tree.leaves(nnx.state(model, nnx.Param)))
     assert round(count / 1e5) == 357, count

@@ -22,7 +22,10 @@ from jdiff import checkpoint
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORKER = os.path.join(ROOT, "tests", "multiprocess_worker.py")
 # Every compiled program is cached, so later launches of the same shapes skip compilation.
-CACHE = {"JAX_COMPILATION_CACHE_DIR": os.path.join(ROOT, ".jax_cache"), "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
+CACHE = {
+    "JAX_COMPILATION_CACHE_DIR": os.path.join(ROOT, ".jax_cache"),
+    "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+}
 TIMEOUT = 240  # per launch, seconds
 K = 24  # train steps
 STEP_SLEEP = 0.05  # s after every step: a SIGTERM lands well before step K
@@ -30,8 +33,14 @@ SAMPLES = 16  # drawn at the end by experiments.sample's sample_workdir
 
 
 def _launch(workdir, num_processes, devices_per_process, *args, logs):
-    return local.start([sys.executable, WORKER, str(workdir), str(K), *args], num_processes,
-                       devices_per_process=devices_per_process, log_dir=str(logs), env=CACHE, cwd=ROOT)
+    return local.start(
+        [sys.executable, WORKER, str(workdir), str(K), *args],
+        num_processes,
+        devices_per_process=devices_per_process,
+        log_dir=str(logs),
+        env=CACHE,
+        cwd=ROOT,
+    )
 
 
 def _results(job) -> list[dict]:
@@ -41,7 +50,7 @@ def _results(job) -> list[dict]:
             text = f.read()
         lines = [line for line in text.splitlines() if line.startswith("RESULT ")]
         assert lines, f"{log} has no RESULT line:\n{text[-3000:]}"
-        out.append(json.loads(lines[-1][len("RESULT "):]))
+        out.append(json.loads(lines[-1][len("RESULT ") :]))
     return out
 
 
@@ -120,11 +129,14 @@ def test_two_processes_match_one_and_agree_on_preemption(tmp_path):
     np.testing.assert_allclose([got[s] for s in range(1, K + 1)], [want[s] for s in range(1, K + 1)], rtol=2e-5)
     (step_a, a, _), (step_b, b, initial) = _final_state(ref), _final_state(run)
     assert step_a == step_b == K and int(b.step) == int(b.data_position) == K
-    moved = max(float(np.abs(np.asarray(x) - np.asarray(y)).max()) for x, y in
-                zip(jax.tree.leaves(b.params), jax.tree.leaves(initial.params)))
+    moved = max(
+        float(np.abs(np.asarray(x) - np.asarray(y)).max())
+        for x, y in zip(jax.tree.leaves(b.params), jax.tree.leaves(initial.params))
+    )
     assert moved > 1e-2  # the parameters did train
-    for x, y in zip(jax.tree.leaves((a.params, a.opt_state, a.ema_params)),
-                    jax.tree.leaves((b.params, b.opt_state, b.ema_params))):
+    for x, y in zip(
+        jax.tree.leaves((a.params, a.opt_state, a.ema_params)), jax.tree.leaves((b.params, b.opt_state, b.ema_params))
+    ):
         np.testing.assert_allclose(np.asarray(y), np.asarray(x), rtol=1e-4, atol=1e-6)
     # experiments.sample on 2 processes: each drew its share of the 16 samples, both hold all of
     # them, process 0 wrote them, and they are the one-process run's samples
@@ -140,9 +152,18 @@ def test_digits_demo_config_trains_under_two_processes(tmp_path):
     """experiments.train on the demo's config (digits_mlp), 2 processes x 4 devices: it trains
     (the loss falls), process 0 writes the sample grid and metrics, both exit 0."""
     workdir = tmp_path / "digits"
-    command = [sys.executable, "-m", "experiments.train", "--config=experiments/configs/digits_mlp.py",
-               f"--workdir={workdir}", "--config.total_steps=300", "--config.log_every=50",
-               "--config.checkpoint_every=150", "--config.sample_every=300", "--config.sample.num_samples=64"]
+    command = [
+        sys.executable,
+        "-m",
+        "experiments.train",
+        "--config=experiments/configs/digits_mlp.py",
+        f"--workdir={workdir}",
+        "--config.total_steps=300",
+        "--config.log_every=50",
+        "--config.checkpoint_every=150",
+        "--config.sample_every=300",
+        "--config.sample.num_samples=64",
+    ]
     job = local.start(command, 2, devices_per_process=4, log_dir=str(tmp_path / "logs"), env=CACHE, cwd=ROOT)
     _exit_zero(job, timeout=1800)
     rows = _losses(workdir)

@@ -51,8 +51,9 @@ def test_pyramid_matrix_and_mixture_are_the_pooled_levels():
     np.testing.assert_allclose(np.concatenate([y.reshape(len(x), -1) for y in levels], 1), x @ a.T, atol=1e-12)
     stacked = nested.pyramid_mixture(gm, PYRAMID, SHAPE)
     mean = stacked.weights @ stacked.means
-    cov = np.einsum("k,kij->ij", stacked.weights, stacked.covs + np.einsum("ki,kj->kij", stacked.means,
-                                                                          stacked.means)) - np.outer(mean, mean)
+    cov = np.einsum(
+        "k,kij->ij", stacked.weights, stacked.covs + np.einsum("ki,kj->kij", stacked.means, stacked.means)
+    ) - np.outer(mean, mean)
     y = np.asarray(x @ a.T)
     se = np.sqrt(np.diag(cov) / len(y))
     np.testing.assert_array_less(np.abs(y.mean(0) - mean), 5 * se)
@@ -82,8 +83,12 @@ def test_joint_denoiser_is_the_exact_posterior_mean():
                 prec = np.linalg.inv(cov) + (a / s) ** 2 * sum(p.T @ p for p in ps)
                 rhs = np.linalg.solve(cov, mu) + a / s**2 * a_mat.T @ y_t[i]
                 post.append(np.linalg.solve(prec, rhs))
-                logp.append(np.log(w) + scipy.stats.multivariate_normal(
-                    a * a_mat @ mu, a**2 * a_mat @ cov @ a_mat.T + s**2 * np.eye(len(a_mat))).logpdf(y_t[i]))
+                logp.append(
+                    np.log(w)
+                    + scipy.stats.multivariate_normal(
+                        a * a_mat @ mu, a**2 * a_mat @ cov @ a_mat.T + s**2 * np.eye(len(a_mat))
+                    ).logpdf(y_t[i])
+                )
             r = np.exp(np.array(logp) - scipy.special.logsumexp(logp))
             x_hat = r @ np.array(post)
             for lvl, p in zip(got, ps):
@@ -92,8 +97,11 @@ def test_joint_denoiser_is_the_exact_posterior_mean():
         np.testing.assert_allclose(coarse_from_fine, got[1], rtol=1e-9, atol=1e-12)
 
 
-@pytest.mark.parametrize("solver", [samplers.DDIM(), samplers.Heun(), samplers.DPMSolverPP2M(), samplers.DDPM()],
-                         ids=["ddim", "heun", "dpmpp_2m", "ddpm"])
+@pytest.mark.parametrize(
+    "solver",
+    [samplers.DDIM(), samplers.Heun(), samplers.DPMSolverPP2M(), samplers.DDPM()],
+    ids=["ddim", "heun", "dpmpp_2m", "ddpm"],
+)
 def test_pytree_state_samples_exactly_as_the_raveled_state(solver):
     """Any solver on the tuple of levels with the nested exact model gives the run on the flat
     stacked state with the stacked mixture's model (the same numbers, trajectory included)."""
@@ -102,11 +110,25 @@ def test_pytree_state_samples_exactly_as_the_raveled_state(solver):
     grid = samplers.log_snr_grid(path, 8)
     x_T = PYRAMID.prior_sample(path, jax.random.key(3), SHAPE, 6, jnp.float64)
     key = jax.random.key(4) if solver.stochastic else None
-    levels, traj = samplers.sample(solver, nested.exact_model(gm, PYRAMID, SHAPE, path, "eps"), x_T, grid, key=key,
-                                   return_trajectory=True, denoise_to_zero=True)
+    levels, traj = samplers.sample(
+        solver,
+        nested.exact_model(gm, PYRAMID, SHAPE, path, "eps"),
+        x_T,
+        grid,
+        key=key,
+        return_trajectory=True,
+        denoise_to_zero=True,
+    )
     flat_T = jnp.concatenate([y.reshape(6, -1) for y in x_T], 1)
-    flat, flat_traj = samplers.sample(solver, nested.pyramid_mixture(gm, PYRAMID, SHAPE).as_model(path, "eps"),
-                                      flat_T, grid, key=key, return_trajectory=True, denoise_to_zero=True)
+    flat, flat_traj = samplers.sample(
+        solver,
+        nested.pyramid_mixture(gm, PYRAMID, SHAPE).as_model(path, "eps"),
+        flat_T,
+        grid,
+        key=key,
+        return_trajectory=True,
+        denoise_to_zero=True,
+    )
     assert [y.shape for y in levels] == [(6, 4, 4, 1), (6, 2, 2, 1)]
     assert [y.shape for y in traj] == [(10, 6, 4, 4, 1), (10, 6, 2, 2, 1)]
     np.testing.assert_allclose(jnp.concatenate([y.reshape(6, -1) for y in levels], 1), flat, rtol=0, atol=1e-12)
@@ -122,15 +144,17 @@ def test_one_sampling_run_reproduces_the_pyramid():
     n = 4000
     x_T = PYRAMID.prior_sample(path, jax.random.key(5), SHAPE, n, jnp.float64)
     model = nested.exact_model(gm, PYRAMID, SHAPE, path, "x0")
-    run = jax.jit(lambda x: samplers.sample(samplers.Heun(), model, x, samplers.log_snr_grid(path, 40),
-                                            denoise_to_zero=True))
+    run = jax.jit(
+        lambda x: samplers.sample(samplers.Heun(), model, x, samplers.log_snr_grid(path, 40), denoise_to_zero=True)
+    )
     fine, coarse = PYRAMID.images(run(x_T))
     coherence = np.abs(np.asarray(nested.avg_pool(fine, 2) - coarse))
     assert coherence.max() < 2e-2 and coherence.mean() < 2e-3, (coherence.max(), coherence.mean())
     x = np.asarray(fine).reshape(n, -1)
     mean = gm.weights @ gm.means
     cov = np.einsum("k,kij->ij", gm.weights, gm.covs + np.einsum("ki,kj->kij", gm.means, gm.means)) - np.outer(
-        mean, mean)
+        mean, mean
+    )
     np.testing.assert_array_less(np.abs(x.mean(0) - mean), 5 * np.sqrt(np.diag(cov) / n) + 5e-3)
     np.testing.assert_allclose(np.cov(x.T), cov, atol=6 * np.sqrt(2 / n) * np.max(np.diag(cov)))
 
@@ -151,6 +175,7 @@ def test_the_exact_joint_model_minimises_the_nested_loss():
             out = list(exact.net(levels, t, cond))
             out[level] = out[level] + delta
             return tuple(out)
+
         return jdiff.Model(net, path, "eps")
 
     base, per_level = nested.nested_loss(exact, key, x0, pyramid=PYRAMID, weights=w, return_levels=True)
@@ -169,19 +194,30 @@ def test_nested_unet_levels_see_each_other():
     (abstractly: a 28x28 compile takes minutes), starts at zero (zero-initialised heads), and once
     its weights move every level's prediction depends on every level's input (the coarse U-Net
     sits inside the fine one): perturbing level j alone changes prediction i, for all i, j."""
-    net = nnx.eval_shape(lambda: models.NestedUNet(28, 1, num_levels=3, ch=8, ch_mult=(1, 2, 2), num_res_blocks=1,
-                                                   dropout=0.0, rngs=nnx.Rngs(0)))
+    net = nnx.eval_shape(
+        lambda: models.NestedUNet(
+            28, 1, num_levels=3, ch=8, ch_mult=(1, 2, 2), num_res_blocks=1, dropout=0.0, rngs=nnx.Rngs(0)
+        )
+    )
     levels = tuple(jax.ShapeDtypeStruct((2, s, s, 1), jnp.float32) for s in (28, 14, 7))
     out = jax.eval_shape(lambda n, lv: n(lv, 0.5), net, levels)
     assert [o.shape for o in out] == [(2, 28, 28, 1), (2, 14, 14, 1), (2, 7, 7, 1)]
-    net = models.NestedUNet(8, 1, num_levels=3, ch=4, ch_mult=(1, 1, 1), num_res_blocks=1, dropout=0.0,
-                            rngs=nnx.Rngs(0))  # 8, 4, 2: the same wiring, cheaper to compile
+    net = models.NestedUNet(
+        8, 1, num_levels=3, ch=4, ch_mult=(1, 1, 1), num_res_blocks=1, dropout=0.0, rngs=nnx.Rngs(0)
+    )  # 8, 4, 2: the same wiring, cheaper to compile
     graphdef, params, rest = nnx.split(net, nnx.Param, ...)
     forward = jax.jit(lambda p, lv: nnx.merge(graphdef, p, rest)(lv, 0.5))  # examples do not interact
     # 4 groups of 2 examples: the base levels, then level j perturbed alone (group j + 1)
     base = [jax.random.normal(jax.random.key(i), (2, s, s, 1), jnp.float32) for i, s in enumerate((8, 4, 2))]
-    levels = tuple(jnp.concatenate([y + (0.5 * jax.random.normal(jax.random.key(10 + j), y.shape) if j == lvl else 0.0)
-                                    for j in (None, 0, 1, 2)]) for lvl, y in enumerate(base))
+    levels = tuple(
+        jnp.concatenate(
+            [
+                y + (0.5 * jax.random.normal(jax.random.key(10 + j), y.shape) if j == lvl else 0.0)
+                for j in (None, 0, 1, 2)
+            ]
+        )
+        for lvl, y in enumerate(base)
+    )
     out = forward(params, levels)
     assert [o.shape for o in out] == [(8, 8, 8, 1), (8, 4, 4, 1), (8, 2, 2, 1)]
     assert all(float(jnp.max(jnp.abs(o))) == 0.0 for o in out)
@@ -204,8 +240,9 @@ def test_bad_input_names_the_argument():
     path = jdiff.VPCosine()
     model = nested.exact_model(gm, PYRAMID, SHAPE, path, "eps")
     with pytest.raises(ValueError, match="share the leading batch axis"):
-        samplers.sample(samplers.DDIM(), model, (jnp.zeros((2, 4, 4, 1)), jnp.zeros((3, 2, 2, 1))),
-                        samplers.log_snr_grid(path, 2))
+        samplers.sample(
+            samplers.DDIM(), model, (jnp.zeros((2, 4, 4, 1)), jnp.zeros((3, 2, 2, 1))), samplers.log_snr_grid(path, 2)
+        )
     with pytest.raises(ValueError, match="one weight per level"):
         nested.nested_loss(model, jax.random.key(0), jnp.zeros((2, 4, 4, 1)), pyramid=PYRAMID, weights=(1.0,))
     with pytest.raises(TypeError, match="`pyramid` must be a jdiff.nested.Pyramid"):

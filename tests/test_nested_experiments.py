@@ -55,14 +55,24 @@ def test_recipe_loss_is_the_nested_loss_with_the_configs_objects():
     graphdef, params, rest = nnx.split(net, nnx.Param, ...)
     leaves, treedef = jax.tree.flatten(params)  # move the zero-initialised heads
     keys = jax.random.split(jax.random.PRNGKey(1), len(leaves))
-    net = nnx.merge(graphdef, treedef.unflatten([p + 0.05 * jax.random.normal(k, p.shape, p.dtype)
-                                                 for p, k in zip(leaves, keys)]), rest)
+    net = nnx.merge(
+        graphdef,
+        treedef.unflatten([p + 0.05 * jax.random.normal(k, p.shape, p.dtype) for p, k in zip(leaves, keys)]),
+        rest,
+    )
     x = jax.random.uniform(jax.random.PRNGKey(0), (4, 8, 8, 1), jnp.float32, -1, 1)
     labels = jnp.array([0, 1, 2, 0])
     key = jax.random.PRNGKey(5)
     model = jdiff.Model(net, jdiff.VPCosine(), "v")
-    want, levels = nested.nested_loss(model, key, x, pyramid=nested.Pyramid((1, 2, 4), shift_power=1.0),
-                                      weights=(2.0, 1.0, 0.5), cond=labels, return_levels=True)
+    want, levels = nested.nested_loss(
+        model,
+        key,
+        x,
+        pyramid=nested.Pyramid((1, 2, 4), shift_power=1.0),
+        weights=(2.0, 1.0, 0.5),
+        cond=labels,
+        return_levels=True,
+    )
     got, extra = recipe.build_loss()(net, {"x": x, "label": labels}, key)
     np.testing.assert_array_equal(got, want)
     np.testing.assert_array_equal(extra["loss_level2"], levels[:, 2])
@@ -74,12 +84,15 @@ def test_recipe_loss_is_the_nested_loss_with_the_configs_objects():
 
 @pytest.mark.parametrize(
     "override, key",
-    [({"nested.factors": (1, 3, 9)}, "config.nested.factors"),
-     ({"nested.factors": (1, 2)}, "config.model.kwargs.num_levels"),
-     ({"nested.weights": (1.0, 1.0)}, "config.nested.weights"),
-     ({"nested.start_steps": (0, -1, 0)}, "config.nested.start_steps"),
-     ({"loss.name": "dsm_loss"}, "config.loss.name"),
-     ({"model.name": "unet"}, "config.model.name")])
+    [
+        ({"nested.factors": (1, 3, 9)}, "config.nested.factors"),
+        ({"nested.factors": (1, 2)}, "config.model.kwargs.num_levels"),
+        ({"nested.weights": (1.0, 1.0)}, "config.nested.weights"),
+        ({"nested.start_steps": (0, -1, 0)}, "config.nested.start_steps"),
+        ({"loss.name": "dsm_loss"}, "config.loss.name"),
+        ({"model.name": "unet"}, "config.model.name"),
+    ],
+)
 def test_bad_nested_configs_fail_in_one_line(override, key):
     config = mnist5k_nested.get_config("runlocal")
     for k, v in override.items():
@@ -94,8 +107,11 @@ def test_nested_network_without_a_nested_section_is_refused():
     config = mnist5k_nested.get_config("runlocal")
     del config["nested"]
     config.loss.name = "dsm_loss"
-    with pytest.raises(ConfigError, match=r"^config\.model\.name: 'nested_unet' is a nested network and needs a "
-                                          r"config\.nested section"):
+    with pytest.raises(
+        ConfigError,
+        match=r"^config\.model\.name: 'nested_unet' is a nested network and needs a "
+        r"config\.nested section",
+    ):
         _recipes.recipe_for(config)
 
 

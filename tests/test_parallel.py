@@ -23,8 +23,9 @@ def _mlp():
 
 
 def _dit():
-    return models.DiT(8, 1, patch_size=2, hidden=64, depth=2, num_heads=4, num_classes=3, kind="velocity",
-                      rngs=nnx.Rngs(0))
+    return models.DiT(
+        8, 1, patch_size=2, hidden=64, depth=2, num_heads=4, num_classes=3, kind="velocity", rngs=nnx.Rngs(0)
+    )
 
 
 def _batch(net, seed=0):
@@ -50,8 +51,9 @@ def _step_and_init(make_net, mesh_shape: tuple):
     n, data, fsdp, model = mesh_shape
     mesh = parallel.make_mesh(n, data=data, fsdp=fsdp, model=model)
     graphdef, state = training.init_train_state(make_net(), _TX, jax.random.PRNGKey(0), mesh=mesh, rules=RULES)
-    step = training.make_train_step(_loss, graphdef, _TX, mesh=mesh, state_sharding=parallel.shardings_of(state),
-                                    donate=False)
+    step = training.make_train_step(
+        _loss, graphdef, _TX, mesh=mesh, state_sharding=parallel.shardings_of(state), donate=False
+    )
     return mesh, step, state
 
 
@@ -109,18 +111,35 @@ def test_logical_rules_split_only_dimensions_that_divide():
 @pytest.mark.parametrize("name", ["mlp", "dit", "unet"])
 def test_every_network_kernel_is_annotated(name):
     """Every kernel/embedding of the three networks carries logical axis names, so FSDP splits it."""
-    build = {"mlp": _mlp, "dit": _dit,
-             "unet": lambda: models.UNet(8, 1, ch=16, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(4,),
-                                         num_classes=3, rngs=nnx.Rngs(0))}[name]
+    build = {
+        "mlp": _mlp,
+        "dit": _dit,
+        "unet": lambda: models.UNet(
+            8, 1, ch=16, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(4,), num_classes=3, rngs=nnx.Rngs(0)
+        ),
+    }[name]
     params = nnx.state(nnx.eval_shape(build), nnx.Param)
     flat = jax.tree_util.tree_flatten_with_path(params, is_leaf=lambda x: isinstance(x, nnx.Variable))[0]
-    weights = [(jax.tree_util.keystr(p), v) for p, v in flat
-               if jax.tree_util.keystr(p).endswith(("['kernel']", "['embedding']"))]
-    assert weights and all(v.get_metadata().get("out_sharding") for _, v in weights), \
-        [k for k, v in weights if not v.get_metadata().get("out_sharding")]
+    weights = [
+        (jax.tree_util.keystr(p), v)
+        for p, v in flat
+        if jax.tree_util.keystr(p).endswith(("['kernel']", "['embedding']"))
+    ]
+    assert weights and all(v.get_metadata().get("out_sharding") for _, v in weights), [
+        k for k, v in weights if not v.get_metadata().get("out_sharding")
+    ]
     mesh = parallel.make_mesh(data=1, fsdp=8)
-    sharded = [k for (k, v), s in zip(weights, [parallel.logical_to_spec(
-        v.get_metadata()["out_sharding"], v.get_value().shape, mesh, RULES) for _, v in weights]) if s != P()]
+    sharded = [
+        k
+        for (k, v), s in zip(
+            weights,
+            [
+                parallel.logical_to_spec(v.get_metadata()["out_sharding"], v.get_value().shape, mesh, RULES)
+                for _, v in weights
+            ],
+        )
+        if s != P()
+    ]
     assert len(sharded) >= 0.8 * len(weights)  # all but the few of width < 8 (data channels, class rows)
 
 
@@ -140,8 +159,9 @@ def _bytes_per_device(tree):
 REPLICATED, FSDP8 = (None, -1, 1, 1), (None, 1, 8, 1)
 
 
-@pytest.mark.parametrize("mesh_shape,spec", [(FSDP8, P("fsdp")), ((None, 2, 2, 2), P("fsdp", "model"))],
-                         ids=["fsdp8", "data2_fsdp2_model2"])
+@pytest.mark.parametrize(
+    "mesh_shape,spec", [(FSDP8, P("fsdp")), ((None, 2, 2, 2), P("fsdp", "model"))], ids=["fsdp8", "data2_fsdp2_model2"]
+)
 def test_sharded_runs_train_like_replicated(mesh_shape, spec):
     """FSDP on 8 devices, and FSDP x tensor parallelism x data parallelism on 2 x 2 x 2."""
     rep_states, rep_losses = _train(_mlp, REPLICATED, 3)
@@ -150,8 +170,9 @@ def test_sharded_runs_train_like_replicated(mesh_shape, spec):
     a, b = rep_states[-1], states[-1]
     assert b.params["blocks"][0]["dense1"]["kernel"].get_value().sharding.spec == spec
     # Adam turns a rounding-level gradient difference into an update of up to lr: absolute tolerance
-    for x, y in zip(jax.tree.leaves((a.params, a.ema_params, a.opt_state)),
-                    jax.tree.leaves((b.params, b.ema_params, b.opt_state))):
+    for x, y in zip(
+        jax.tree.leaves((a.params, a.ema_params, a.opt_state)), jax.tree.leaves((b.params, b.ema_params, b.opt_state))
+    ):
         np.testing.assert_allclose(np.asarray(y), np.asarray(x), rtol=1e-4, atol=2e-5)
 
 
@@ -212,8 +233,14 @@ def test_restore_onto_another_mesh_shape_continues_identically(tmp_path):
 def test_to_global_keeps_values_and_keys():
     mesh = parallel.make_mesh(data=1, fsdp=8)
     tree = {"w": np.arange(32.0, dtype=np.float32).reshape(8, 4), "k": jax.random.key(3), "s": jnp.int32(5)}
-    out = parallel.to_global(tree, {"w": jax.sharding.NamedSharding(mesh, P("fsdp")),
-                                    "k": parallel.replicated(mesh), "s": parallel.replicated(mesh)})
+    out = parallel.to_global(
+        tree,
+        {
+            "w": jax.sharding.NamedSharding(mesh, P("fsdp")),
+            "k": parallel.replicated(mesh),
+            "s": parallel.replicated(mesh),
+        },
+    )
     assert [s.data.shape for s in out["w"].addressable_shards] == [(1, 4)] * 8
     np.testing.assert_array_equal(parallel.to_host(out["w"]), tree["w"])
     assert jax.dtypes.issubdtype(out["k"].dtype, jax.dtypes.prng_key)

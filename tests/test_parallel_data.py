@@ -55,9 +55,10 @@ def test_resume_from_the_position_is_exact(pipeline):
     if pipeline == "grain":
         assert it._iter.get_state() == state  # grain's own iterator state is the position
     want = [next(it) for _ in range(5)]
-    for resumed in (data.make_iterator(arrays, 16, seed=2, process_index=1, process_count=2, position=9,
-                                       pipeline=pipeline),
-                    data.make_iterator(arrays, 16, seed=2, process_index=1, process_count=2, pipeline=pipeline)):
+    for resumed in (
+        data.make_iterator(arrays, 16, seed=2, process_index=1, process_count=2, position=9, pipeline=pipeline),
+        data.make_iterator(arrays, 16, seed=2, process_index=1, process_count=2, pipeline=pipeline),
+    ):
         if resumed.position == 0:
             resumed.set_state(state)
         for w in want:
@@ -83,6 +84,7 @@ def test_make_iterator_chooses_and_checks():
 def _host(tree):
     def leaf(x):
         return np.asarray(jax.random.key_data(x) if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key) else x)
+
     return jax.tree.map(leaf, tree)
 
 
@@ -100,6 +102,7 @@ def test_training_on_grain_batches_resumes_bit_for_bit(tmp_path):
         def hook(step, state, metrics):
             if step == 2 * k:
                 final[name] = _host(state)
+
         return hook
 
     _lib.train_and_evaluate(config, str(tmp_path / "a"), hooks=[keep("a")])

@@ -15,8 +15,12 @@ TRAIN = ["python", "-m", "experiments.train", "--config=experiments/configs/cifa
 
 
 def _dry(module, *args) -> str:
-    out = subprocess.run([sys.executable, "-m", f"experiments.launch.{module}", *args, "--dry_run", "--", *TRAIN],
-                         capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [sys.executable, "-m", f"experiments.launch.{module}", *args, "--dry_run", "--", *TRAIN],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 0, out.stderr
     return out.stdout
 
@@ -27,17 +31,40 @@ def test_local_dry_run_gives_each_process_its_rank():
     for i, line in enumerate(lines):
         words = shlex.split(line)
         env = dict(w.split("=", 1) for w in words[:5])
-        assert env == {"JAX_COORDINATOR_ADDRESS": "127.0.0.1:4567", "JAX_NUM_PROCESSES": "3", "JAX_PROCESS_ID": str(i),
-                       "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+        assert env == {
+            "JAX_COORDINATOR_ADDRESS": "127.0.0.1:4567",
+            "JAX_NUM_PROCESSES": "3",
+            "JAX_PROCESS_ID": str(i),
+            "JAX_PLATFORMS": "cpu",
+            "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
+        }
         assert words[5:] == TRAIN  # the local launcher passes the command through as it is
 
 
 def test_tpu_vm_dry_run_runs_setup_then_the_same_command_on_every_worker():
-    setup, run = [shlex.split(line) for line in _dry(
-        "tpu_vm", "--tpu=my-v4-32", "--zone=us-central2-b", "--project=proj", "--setup",
-        "--repo=https://example.com/jdiff.git", "--ref=v1").splitlines()]
-    head = ["gcloud", "compute", "tpus", "tpu-vm", "ssh", "my-v4-32", "--zone=us-central2-b", "--project=proj",
-            "--worker=all"]
+    setup, run = [
+        shlex.split(line)
+        for line in _dry(
+            "tpu_vm",
+            "--tpu=my-v4-32",
+            "--zone=us-central2-b",
+            "--project=proj",
+            "--setup",
+            "--repo=https://example.com/jdiff.git",
+            "--ref=v1",
+        ).splitlines()
+    ]
+    head = [
+        "gcloud",
+        "compute",
+        "tpus",
+        "tpu-vm",
+        "ssh",
+        "my-v4-32",
+        "--zone=us-central2-b",
+        "--project=proj",
+        "--worker=all",
+    ]
     assert setup[:-1] == head and run[:-1] == head
     remote_setup = setup[-1].removeprefix("--command=")
     assert "git clone -q https://example.com/jdiff.git jdiff" in remote_setup
@@ -52,12 +79,14 @@ def test_tpu_vm_dry_run_runs_setup_then_the_same_command_on_every_worker():
 
 @pytest.mark.parametrize("per", ["gpu", "node"])
 def test_slurm_dry_run_script(per):
-    text = _dry("slurm", "--nodes=2", "--gpus_per_node=4", f"--per={per}", "--partition=p", "--requeue",
-                "--chdir=/shared/jdiff")
+    text = _dry(
+        "slurm", "--nodes=2", "--gpus_per_node=4", f"--per={per}", "--partition=p", "--requeue", "--chdir=/shared/jdiff"
+    )
     lines = text.splitlines()
     assert lines[0] == "#!/bin/bash"
-    sbatch = dict(line.removeprefix("#SBATCH --").split("=", 1) for line in lines if line.startswith("#SBATCH --")
-                  and "=" in line)
+    sbatch = dict(
+        line.removeprefix("#SBATCH --").split("=", 1) for line in lines if line.startswith("#SBATCH --") and "=" in line
+    )
     assert sbatch["nodes"] == "2" and sbatch["gpus-per-node"] == "4" and sbatch["partition"] == "p"
     assert sbatch["ntasks-per-node"] == ("4" if per == "gpu" else "1")
     assert sbatch["signal"] == "TERM@120" and "#SBATCH --requeue" in lines
@@ -85,8 +114,9 @@ def test_local_launcher_runs_ends_and_times_out(tmp_path):
     assert codes[1] == 3 and codes[0] != 0 and job.exit_code(codes) != 0
     assert time.monotonic() - t0 < 60 and all(p.poll() is not None for p in job.processes)
 
-    job = local.start([sys.executable, "-c", "import time; time.sleep(600)"], 2, port=1234,
-                      log_dir=str(tmp_path / "slow"))
+    job = local.start(
+        [sys.executable, "-c", "import time; time.sleep(600)"], 2, port=1234, log_dir=str(tmp_path / "slow")
+    )
     assert job.wait(2.0) == [local.TIMEOUT_EXIT] * 2 and all(p.poll() is not None for p in job.processes)
     with pytest.raises(ValueError, match="`num_processes` must be a positive int"):
         local.process_envs(0, port=1)

@@ -15,8 +15,22 @@ from experiments import _config, _images, _workdir
 from experiments.configs import toy2d_fm
 from jdiff import checkpoint, training
 
-_FNS = ("copy", "exists", "glob", "isdir", "listdir", "makedirs", "mkdir", "open", "remove", "rename", "replace",
-        "rmtree", "stat", "walk")
+_FNS = (
+    "copy",
+    "exists",
+    "glob",
+    "isdir",
+    "listdir",
+    "makedirs",
+    "mkdir",
+    "open",
+    "remove",
+    "rename",
+    "replace",
+    "rmtree",
+    "stat",
+    "walk",
+)
 
 
 @pytest.fixture
@@ -27,7 +41,7 @@ def fake_gcs(tmp_path, monkeypatch):
 
     def local(p):
         s = os.fspath(p)
-        return os.path.join(root, s[len("gs://"):]) if s.startswith("gs://") else s
+        return os.path.join(root, s[len("gs://") :]) if s.startswith("gs://") else s
 
     def remote(p):
         return "gs://" + os.path.relpath(p, root) if str(p).startswith(root) else p
@@ -41,6 +55,7 @@ def fake_gcs(tmp_path, monkeypatch):
             if name == "walk":
                 return ((remote(d), dirs, files) for d, dirs, files in out)
             return out
+
         return fn
 
     class TensorBoardFiles:  # tensorboardX's writer of gs:// event files, on the fake store
@@ -96,8 +111,11 @@ def test_workdir_files_on_local_and_cloud_storage(where, tmp_path, monkeypatch, 
     w.write_scalars(3, {"loss": 0.25})
     w.close()
     with open(os.path.join(disk, "metrics.jsonl")) as f:
-        assert [json.loads(line) for line in f] == [{"step": 1, "loss": 1.0}, {"step": 2, "loss": 0.5},
-                                                    {"step": 3, "loss": 0.25}]
+        assert [json.loads(line) for line in f] == [
+            {"step": 1, "loss": 1.0},
+            {"step": 2, "loss": 0.5},
+            {"step": 3, "loss": 0.25},
+        ]
     assert any(n.startswith("events.out.tfevents") for n in os.listdir(os.path.join(disk, "tb")))
 
     png = workdir + "/samples/step_0000001.png"

@@ -54,8 +54,16 @@ def test_log_snr_inverse_and_monotone(name):
 def test_float32_finite_at_both_ends(name):
     path = PATHS[name]
     t = jnp.array([path.t_min, path.t_max], jnp.float32)
-    for fn in (path.alpha, path.sigma, path.d_alpha, path.d_sigma, path.log_snr, path.d_log_snr, path.drift,
-               path.diffusion2):
+    for fn in (
+        path.alpha,
+        path.sigma,
+        path.d_alpha,
+        path.d_sigma,
+        path.log_snr,
+        path.d_log_snr,
+        path.drift,
+        path.diffusion2,
+    ):
         v = fn(t)
         assert v.dtype == jnp.float32, fn.__name__
         assert jnp.all(jnp.isfinite(v)), (name, fn.__name__, v)

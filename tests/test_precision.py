@@ -271,8 +271,9 @@ TOLERANCE = {"default": (0.05, 0.3), "corrector": (0.15, 0.4)}
 FAST_PATH = "vp_cosine"
 
 
-@pytest.mark.parametrize("name", [n if n == FAST_PATH else pytest.param(n, marks=pytest.mark.slow)
-                                  for n in all_paths()])
+@pytest.mark.parametrize(
+    "name", [n if n == FAST_PATH else pytest.param(n, marks=pytest.mark.slow) for n in all_paths()]
+)
 def test_bf16_network_on_float32_state_every_kind_and_solver(name):
     """Every solver (and, slow, the diffrax PF-ODE and reverse-SDE solves) x every kind on this path
     with a bfloat16 network and a bfloat16 x_T: the state is float32, every sample is finite, and
@@ -283,8 +284,9 @@ def test_bf16_network_on_float32_state_every_kind_and_solver(name):
     model = _emulated_kinds_model(path, gm)
     solvers = _sweep_solvers()
     x_T = path.prior_sample(jax.random.PRNGKey(0), (64, 2), F32).astype(jnp.bfloat16)
-    out = _run_variants(path, model, solvers, x_T, S.karras_grid(path, 16), jax.random.PRNGKey(1),
-                        with_diffrax=name != FAST_PATH)
+    out = _run_variants(
+        path, model, solvers, x_T, S.karras_grid(path, 16), jax.random.PRNGKey(1), with_diffrax=name != FAST_PATH
+    )
     checked = 0
     for solver, y in out.items():
         assert y.dtype == F32, solver
@@ -314,8 +316,11 @@ def test_kind_emulation_matches_real_bf16_models():
 
     @jax.jit
     def real(x):
-        return {(k, kind): S.sample(sv, _bf16_standin(gm.as_model(path, kind)), x, grid)
-                for k, sv in solvers.items() for kind in KINDS}
+        return {
+            (k, kind): S.sample(sv, _bf16_standin(gm.as_model(path, kind)), x, grid)
+            for k, sv in solvers.items()
+            for kind in KINDS
+        }
 
     got = real(x_T)
     for (k, kind), y in got.items():
@@ -418,10 +423,16 @@ def _eqns(jaxpr):
 
 NETWORKS = {
     "mlp": (lambda **kw: models.MLP(16, hidden=32, depth=2, num_classes=3, **kw), (4, 16)),
-    "unet": (lambda **kw: models.UNet(8, 1, ch=16, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(4,),
-                                      num_classes=3, dropout=0.0, **kw), (4, 8, 8, 1)),
-    "dit": (lambda **kw: models.DiT(8, 1, patch_size=2, hidden=32, depth=2, num_heads=2, num_classes=3, **kw),
-            (4, 8, 8, 1)),
+    "unet": (
+        lambda **kw: models.UNet(
+            8, 1, ch=16, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(4,), num_classes=3, dropout=0.0, **kw
+        ),
+        (4, 8, 8, 1),
+    ),
+    "dit": (
+        lambda **kw: models.DiT(8, 1, patch_size=2, hidden=32, depth=2, num_heads=2, num_classes=3, **kw),
+        (4, 8, 8, 1),
+    ),
 }
 
 
@@ -449,12 +460,21 @@ def test_networks_compute_in_bf16_with_float32_norms_softmax_and_params(name):
 
 
 DDGAN_NETWORKS = {
-    "generator_mlp": (lambda **kw: models.GeneratorMLP(16, latent_dim=4, hidden=32, depth=1, num_classes=3, **kw),
-                      (4, 16), "generator"),
-    "generator_conv": (lambda **kw: models.GeneratorConv(8, 1, ch=8, ch_mult=(1, 2), latent_dim=4, num_classes=3,
-                                                         **kw), (4, 8, 8, 1), "generator"),
-    "discriminator_conv": (lambda **kw: models.DiscriminatorConv(8, 1, ch=8, ch_mult=(1, 2), num_classes=3, **kw),
-                           (4, 8, 8, 1), "discriminator"),
+    "generator_mlp": (
+        lambda **kw: models.GeneratorMLP(16, latent_dim=4, hidden=32, depth=1, num_classes=3, **kw),
+        (4, 16),
+        "generator",
+    ),
+    "generator_conv": (
+        lambda **kw: models.GeneratorConv(8, 1, ch=8, ch_mult=(1, 2), latent_dim=4, num_classes=3, **kw),
+        (4, 8, 8, 1),
+        "generator",
+    ),
+    "discriminator_conv": (
+        lambda **kw: models.DiscriminatorConv(8, 1, ch=8, ch_mult=(1, 2), num_classes=3, **kw),
+        (4, 8, 8, 1),
+        "discriminator",
+    ),
 }
 
 
@@ -510,8 +530,14 @@ def test_bf16_training_on_digits_reaches_the_float32_loss():
     eval_keys = jax.random.split(jax.random.PRNGKey(100), 4)
 
     def run(policy):
-        net = models.MLP(64, hidden=64, depth=2, kind="velocity", rngs=nnx.Rngs(0),
-                         **({} if policy.compute_dtype is None else policy.network_kwargs()))
+        net = models.MLP(
+            64,
+            hidden=64,
+            depth=2,
+            kind="velocity",
+            rngs=nnx.Rngs(0),
+            **({} if policy.compute_dtype is None else policy.network_kwargs()),
+        )
         tx = optax.adam(2e-3)
         graphdef, state = training.init_train_state(net, tx, jax.random.PRNGKey(0))
 
@@ -525,8 +551,11 @@ def test_bf16_training_on_digits_reaches_the_float32_loss():
             state, metrics = step(state, {"x": x_all[rng.integers(0, len(x_all), 64)]})
             first = float(metrics["loss"]) if first is None else first
         assert metrics["loss"].dtype == F32
-        assert all(p.dtype == F32 for p in jax.tree.leaves((state.params, state.opt_state, state.ema_params))
-                   if jnp.issubdtype(p.dtype, jnp.floating))
+        assert all(
+            p.dtype == F32
+            for p in jax.tree.leaves((state.params, state.opt_state, state.ema_params))
+            if jnp.issubdtype(p.dtype, jnp.floating)
+        )
         model = jdiff.Model(training.model_from_state(graphdef, state), path, "velocity", policy=policy)
         final = np.mean([float(jnp.mean(losses.cfm_loss(model, k, x_all))) for k in eval_keys])
         return first, final, model
@@ -568,6 +597,9 @@ def test_config_switch_builds_bf16_networks_and_policies():
     for name in ("mnist5k_nested", "toy_ddgan"):
         config = importlib.import_module(f"experiments.configs.{name}").get_config("runlocal")
         config.model.compute_dtype = "bfloat16"
-        with pytest.raises(ConfigError, match=r"config.model.compute_dtype: 'bfloat16' is not available with a "
-                                              r"config.(nested|gan) section"):
+        with pytest.raises(
+            ConfigError,
+            match=r"config.model.compute_dtype: 'bfloat16' is not available with a "
+            r"config.(nested|gan) section",
+        ):
             _recipes.recipe_for(config)

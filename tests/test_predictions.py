@@ -33,7 +33,9 @@ def test_round_trips_every_pair(name):
         pb = predictions.convert(pa, ka, kb, x, t, path)
         x0r, epsr = predictions.to_x0_eps(pb, kb, x, t, path)
         # conversions divide by a or s near the ends: compare with scale-aware tolerances
-        np.testing.assert_allclose(epsr, eps, rtol=1e-6, atol=1e-6 * (1 + jnp.max(jnp.abs(1 / s))), err_msg=f"{ka}->{kb}")
+        np.testing.assert_allclose(
+            epsr, eps, rtol=1e-6, atol=1e-6 * (1 + jnp.max(jnp.abs(1 / s))), err_msg=f"{ka}->{kb}"
+        )
         np.testing.assert_allclose(a * x0r, a * x0, rtol=1e-6, atol=1e-6, err_msg=f"{ka}->{kb}")
 
 

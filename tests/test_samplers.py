@@ -6,7 +6,6 @@ this suite (one XLA program per solver and step count) inside its budget. The va
 the oracle's own, bit for bit.
 """
 
-
 import diffrax
 import jax
 import jax.numpy as jnp
@@ -179,8 +178,9 @@ def test_convergence_order_linear_uniform_grid(linear_orders, name):
     assert abs(order - _LINEAR_SOLVERS[name].order) < 0.5, (order, errs)
 
 
-@pytest.mark.parametrize("fixture, pc, plain", [("linear_orders", "pc_lms_3", "lms_3"),
-                                                ("vp_orders", "pc_dpmpp_3m", "dpmpp_3m")])
+@pytest.mark.parametrize(
+    "fixture, pc, plain", [("linear_orders", "pc_lms_3", "lms_3"), ("vp_orders", "pc_dpmpp_3m", "dpmpp_3m")]
+)
 def test_predictor_corrector_keeps_its_predictors_start_step(request, fixture, pc, plain):
     # Without Langevin steps the predictor-corrector is its predictor, start step included:
     # the same errors at every N, and the third order (LMS-3 without its Heun start measures
@@ -201,8 +201,12 @@ def test_lower_order_final_ends_with_first_order_steps():
     y = S.sample(S.DPMSolverPP2M(lower_order_final=True), model, x, g)
     want = S.sample(S.DDIM(), model, S.sample(S.DPMSolverPP2M(), model, x, g[:-1]), g[-2:])
     np.testing.assert_allclose(y, want, rtol=1e-12, atol=1e-12)
-    np.testing.assert_allclose(S.sample(S.DPMSolverPP3M(lower_order_final=True), model, x, g[:2]),
-                               S.sample(S.DDIM(), model, x, g[:2]), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(
+        S.sample(S.DPMSolverPP3M(lower_order_final=True), model, x, g[:2]),
+        S.sample(S.DDIM(), model, x, g[:2]),
+        rtol=1e-12,
+        atol=1e-12,
+    )
     plain, lof = (S.sample(S.UniPC(lower_order_final=v), model, x, g) for v in (False, True))
     assert not np.allclose(plain, lof)
 
@@ -279,9 +283,9 @@ def test_conditioning_is_passed_to_the_model_unchanged():
         return oracle(x, t, c)
 
     model = jdiff.Model(net, path, "x0")
-    y, traj = jax.jit(
-        lambda x, c, g: S.sample(S.DPMSolverPP2M(), model, x, g, cond=c, return_trajectory=True)
-    )(x, cond, S.log_snr_grid(path, 20))
+    y, traj = jax.jit(lambda x, c, g: S.sample(S.DPMSolverPP2M(), model, x, g, cond=c, return_trajectory=True))(
+        x, cond, S.log_snr_grid(path, 20)
+    )
     assert traj.shape == (21, n, 2) and bool(jnp.all(traj[0] == x)) and bool(jnp.all(traj[-1] == y))
     assert seen and all(c.shape == (n,) and c.dtype == cond.dtype for c in seen)
     post = jax.vmap(lambda xi: GM.class_log_posterior(xi, 0.0, path))(y)
@@ -347,9 +351,7 @@ def test_endpoints_are_finite_in_float32_and_nfe_is_exact(name):
     models = {k: _oracle(path, kind, gm, counters[k]) for k in solvers}
     x = path.prior_sample(jax.random.PRNGKey(0), (64, 2), jnp.float32)
     run = jax.jit(
-        lambda x, g, key: {
-            k: S.sample(sv, models[k], x, g, key=key, denoise_to_zero=True) for k, sv in solvers.items()
-        }
+        lambda x, g, key: {k: S.sample(sv, models[k], x, g, key=key, denoise_to_zero=True) for k, sv in solvers.items()}
     )
     n, key = 6, jax.random.PRNGKey(1)
     grids = [S.karras_grid(path, n), S.log_snr_grid(path, n)]

@@ -126,8 +126,9 @@ def test_ema_of_a_ramp_matches_its_closed_forms():
     for e, start in zip(jax.tree.leaves(state.ema_params), p0):
         np.testing.assert_allclose(e, start + 0.9 * k, rtol=0, atol=1e-5)
     # the warmup rule's values at steps 0, 1, 2 and where the cap takes over (1 + s) / (10 + s) >= 0.9 at s = 80
-    np.testing.assert_allclose(training.ema_decay(jnp.array([0, 1, 2, 79, 80, 1000]), 0.9),
-                               [0.1, 2 / 11, 3 / 12, 80 / 89, 0.9, 0.9], rtol=1e-6)
+    np.testing.assert_allclose(
+        training.ema_decay(jnp.array([0, 1, 2, 79, 80, 1000]), 0.9), [0.1, 2 / 11, 3 / 12, 80 / 89, 0.9, 0.9], rtol=1e-6
+    )
     # the sampling model carries the EMA weights
     m = training.ema_model(graphdef, state)
     np.testing.assert_array_equal(m.l1.kernel[...], state.ema_params["l1"]["kernel"][...])
@@ -157,17 +158,18 @@ def test_context_loss_gets_the_step_and_the_ema_target():
             assert abs(ema_sum - par_sum) > 100 * 2e-4
         s_ctx, m_ctx = step_ctx(s_ctx, _data(seed=i))
         s_ref, m_ref = step_ref(s_ref, _data(seed=i))
-        np.testing.assert_allclose(float(m_ctx["loss"]) - float(m_ref["loss"]), i * 100.0 + ema_sum,
-                                   rtol=0, atol=2e-4)
+        np.testing.assert_allclose(float(m_ctx["loss"]) - float(m_ref["loss"]), i * 100.0 + ema_sum, rtol=0, atol=2e-4)
         for a, b in zip(jax.tree.leaves(s_ctx.params), jax.tree.leaves(s_ref.params)):
             np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)  # no gradient through step / target
     assert int(s_ctx.step) == 4
 
+
 def test_gradient_clipping_bounds_the_update():
     tx = optax.sgd(1.0)
     graphdef, s0 = training.init_train_state(TinyMLP(nnx.Rngs(0)), tx, jax.random.PRNGKey(0))
-    step = training.make_train_step(lambda m, b, k: 100.0 * fm_loss(m, b, k), graphdef, tx, grad_clip_norm=0.5,
-                                    donate=False)
+    step = training.make_train_step(
+        lambda m, b, k: 100.0 * fm_loss(m, b, k), graphdef, tx, grad_clip_norm=0.5, donate=False
+    )
     s1, m = step(s0, _data())
     delta = optax.global_norm(jax.tree.map(lambda a, b: a - b, s1.params, s0.params))
     assert float(m["grad_norm"]) > 5.0  # the raw gradient is large ...
@@ -204,8 +206,7 @@ def test_nonfinite_steps_are_skipped_counted_and_stop():
 def test_nnx_rng_state_is_threaded_through_the_state():
     """Dropout's RNG counter is non-Param nnx state: it must advance and be checkpointed."""
     tx = optax.sgd(1e-2)
-    graphdef, state = training.init_train_state(TinyMLP(nnx.Rngs(0, dropout=1), dropout=0.5), tx,
-                                                jax.random.PRNGKey(0))
+    graphdef, state = training.init_train_state(TinyMLP(nnx.Rngs(0, dropout=1), dropout=0.5), tx, jax.random.PRNGKey(0))
     counts0 = [int(x) for x in jax.tree.leaves(state.rest) if jnp.issubdtype(x.dtype, jnp.integer)]
     step = training.make_train_step(fm_loss, graphdef, tx, donate=False)
     state, _ = step(state, _data())

@@ -104,7 +104,9 @@ def test_samplers_grids_and_losses_take_a_batch_and_return_one_loss_per_example(
     assert sample(samplers.DDIM(), model, x_T, grid).shape == x_T.shape
     levels = {"low": x_T[:, :1], "high": x_T}  # a pytree state (jdiff.nested): one batch axis for all
     assert jax.tree.map(jnp.shape, sample(samplers.Euler(), _pytree_model(path), levels, grid)) == {
-        "low": (8, 1), "high": (8, 2)}
+        "low": (8, 1),
+        "high": (8, 2),
+    }
     with pytest.raises(TypeCheckError, match="grid"):  # a 2-D grid
         sample(samplers.DDIM(), model, x_T, grid[None])
     with pytest.raises(TypeCheckError, match="x_T"):  # levels with different batch sizes

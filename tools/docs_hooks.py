@@ -37,12 +37,15 @@ _JDIFF_NAME = re.compile(r"`(jdiff(?:\.[A-Za-z_][A-Za-z0-9_]*)+)(?:\([^`]*\))?`"
 
 
 def public_modules():
-    """"jdiff" and its public submodules: those `import jdiff` declares (`jdiff._SUBMODULES`),
+    """ "jdiff" and its public submodules: those `import jdiff` declares (`jdiff._SUBMODULES`),
     then any other top-level module or package of jdiff/ whose name has no leading underscore."""
     jdiff = importlib.import_module("jdiff")
     names = list(jdiff._SUBMODULES)
-    found = sorted(p.stem for p in (ROOT / "jdiff").iterdir()
-                   if not p.name.startswith("_") and (p.suffix == ".py" or (p / "__init__.py").exists()))
+    found = sorted(
+        p.stem
+        for p in (ROOT / "jdiff").iterdir()
+        if not p.name.startswith("_") and (p.suffix == ".py" or (p / "__init__.py").exists())
+    )
     return ["jdiff"] + [f"jdiff.{name}" for name in names + [n for n in found if n not in names]]
 
 
@@ -64,7 +67,7 @@ def site_link(target: str, from_root: bool) -> str:
     if target.startswith(prefix + "colab/") and target.endswith(".ipynb"):
         return "notebooks/" + pathlib.PurePosixPath(target).stem + ".md"
     if from_root and target.startswith("docs/"):
-        return target[len("docs/"):]
+        return target[len("docs/") :]
     return target
 
 
@@ -152,8 +155,11 @@ def docstring_problems(modules=None):
     problems = []
 
     def check_refs(where, doc):
-        problems.extend(f"{where}: its docstring names `{name}`, which does not exist"
-                        for name in _JDIFF_NAME.findall(doc or "") if not _resolves(name))
+        problems.extend(
+            f"{where}: its docstring names `{name}`, which does not exist"
+            for name in _JDIFF_NAME.findall(doc or "")
+            if not _resolves(name)
+        )
 
     for modname in modules if modules is not None else public_modules():
         module = importlib.import_module(modname)
@@ -189,8 +195,11 @@ def on_config(config):
         {"Notebooks": nbs},
         {"API reference": api},
     ]
-    config["nav"] += [{src.removesuffix(".md").title(): dest} for src, dest in ROOT_PAGES.items()
-                      if src != "README.md" and (ROOT / src).exists()]
+    config["nav"] += [
+        {src.removesuffix(".md").title(): dest}
+        for src, dest in ROOT_PAGES.items()
+        if src != "README.md" and (ROOT / src).exists()
+    ]
     return config
 
 

@@ -1,7 +1,7 @@
 """The lowest versions jdiff supports, read from pyproject.toml (used by `make test-min`).
 
-    python tools/min_versions.py constraints   # pip constraints: every `name>=X` of [project.dependencies] as `name==X`
-    python tools/min_versions.py check         # the installed versions are those pins (prints the table)
+python tools/min_versions.py constraints   # pip constraints: every `name>=X` of [project.dependencies] as `name==X`
+python tools/min_versions.py check         # the installed versions are those pins (prints the table)
 """
 
 import importlib.metadata

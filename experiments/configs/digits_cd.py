@@ -41,7 +41,9 @@ def get_config(arg=None):
     c.batch_size = 128
     c.total_steps = 5000
     c.ema_decay = 0.9999
-    c.optimizer.learning_rate = 1e-4  # fine-tunes the teacher's weights (Song et al. 2023 initialise CD from the teacher)
+    c.optimizer.learning_rate = (
+        1e-4  # fine-tunes the teacher's weights (Song et al. 2023 initialise CD from the teacher)
+    )
     c.optimizer.warmup_steps = 100
     c.sample.num_samples = 100
     c.sample_every = 1000

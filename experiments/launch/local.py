@@ -36,21 +36,29 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def process_envs(num_processes: int, *, port: int, devices_per_process: int | None = None,
-                 host: str = "127.0.0.1") -> list[dict[str, str]]:
+def process_envs(
+    num_processes: int, *, port: int, devices_per_process: int | None = None, host: str = "127.0.0.1"
+) -> list[dict[str, str]]:
     """The environment variables each of `num_processes` processes gets (on top of os.environ)."""
     if not isinstance(num_processes, int) or num_processes < 1:
         raise ValueError(f"`num_processes` must be a positive int; got {num_processes!r}")
     if devices_per_process is not None and (not isinstance(devices_per_process, int) or devices_per_process < 1):
-        raise ValueError(f"`devices_per_process` must be a positive int or None (the machine's devices); "
-                         f"got {devices_per_process!r}")
+        raise ValueError(
+            f"`devices_per_process` must be a positive int or None (the machine's devices); got {devices_per_process!r}"
+        )
     envs = []
     for i in range(num_processes):
-        env = {"JAX_COORDINATOR_ADDRESS": f"{host}:{port}", "JAX_NUM_PROCESSES": str(num_processes),
-               "JAX_PROCESS_ID": str(i)}
+        env = {
+            "JAX_COORDINATOR_ADDRESS": f"{host}:{port}",
+            "JAX_NUM_PROCESSES": str(num_processes),
+            "JAX_PROCESS_ID": str(i),
+        }
         if devices_per_process is not None:
-            flags = [f for f in os.environ.get("XLA_FLAGS", "").split()
-                     if not f.startswith("--xla_force_host_platform_device_count")]
+            flags = [
+                f
+                for f in os.environ.get("XLA_FLAGS", "").split()
+                if not f.startswith("--xla_force_host_platform_device_count")
+            ]
             env["JAX_PLATFORMS"] = "cpu"
             env["XLA_FLAGS"] = " ".join([*flags, f"--xla_force_host_platform_device_count={devices_per_process}"])
         envs.append(env)
@@ -110,9 +118,16 @@ class Job:
         return next((c for c in codes if c != 0), 0)
 
 
-def start(command: Sequence[str], num_processes: int, *, devices_per_process: int | None = None,
-          port: int | None = None, log_dir: str | None = None, env: dict | None = None,
-          cwd: str | None = None) -> Job:
+def start(
+    command: Sequence[str],
+    num_processes: int,
+    *,
+    devices_per_process: int | None = None,
+    port: int | None = None,
+    log_dir: str | None = None,
+    env: dict | None = None,
+    cwd: str | None = None,
+) -> Job:
     """Start `command` as `num_processes` processes of one job; returns the Job (not waited for).
 
     log_dir: write process i's stdout and stderr to log_dir/process_<i>.log (default: inherit).
@@ -129,8 +144,11 @@ def start(command: Sequence[str], num_processes: int, *, devices_per_process: in
         log = os.path.join(log_dir, f"process_{i}.log") if log_dir else None
         out = open(log, "w") if log else None  # noqa: SIM115 - handed to the child, closed below
         try:
-            processes.append(subprocess.Popen(list(command), env=full, cwd=cwd, stdout=out,
-                                              stderr=subprocess.STDOUT if out else None))
+            processes.append(
+                subprocess.Popen(
+                    list(command), env=full, cwd=cwd, stdout=out, stderr=subprocess.STDOUT if out else None
+                )
+            )
         finally:
             if out:
                 out.close()
@@ -141,8 +159,12 @@ def start(command: Sequence[str], num_processes: int, *, devices_per_process: in
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m experiments.launch.local", description=__doc__.splitlines()[0])
     parser.add_argument("--num_processes", type=int, default=2)
-    parser.add_argument("--devices_per_process", type=int, default=None,
-                        help="force this many CPU devices per process (default: the machine's devices)")
+    parser.add_argument(
+        "--devices_per_process",
+        type=int,
+        default=None,
+        help="force this many CPU devices per process (default: the machine's devices)",
+    )
     parser.add_argument("--port", type=int, default=None, help="coordinator port (default: a free one)")
     parser.add_argument("--timeout", type=float, default=None, help="seconds before every process is ended")
     parser.add_argument("--log_dir", default=None, help="one log file per process (default: inherit the terminal)")
@@ -157,8 +179,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         for env in process_envs(args.num_processes, port=port, devices_per_process=args.devices_per_process):
             print(_command_line(env, command))
         return 0
-    job = start(command, args.num_processes, devices_per_process=args.devices_per_process, port=args.port,
-                log_dir=args.log_dir)
+    job = start(
+        command, args.num_processes, devices_per_process=args.devices_per_process, port=args.port, log_dir=args.log_dir
+    )
     try:
         codes = job.wait(args.timeout)
     except KeyboardInterrupt:

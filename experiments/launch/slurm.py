@@ -28,10 +28,22 @@ __all__ = ["main", "sbatch_script"]
 PER = ("gpu", "node")
 
 
-def sbatch_script(command: Sequence[str], *, nodes: int, gpus_per_node: int, per: str = "gpu",
-                  time: str = "24:00:00", job_name: str = "jdiff", partition: str | None = None,
-                  account: str | None = None, cpus_per_gpu: int = 8, signal_seconds: int = 120,
-                  requeue: bool = False, workdir: str | None = None, output: str = "slurm-%j.out") -> str:
+def sbatch_script(
+    command: Sequence[str],
+    *,
+    nodes: int,
+    gpus_per_node: int,
+    per: str = "gpu",
+    time: str = "24:00:00",
+    job_name: str = "jdiff",
+    partition: str | None = None,
+    account: str | None = None,
+    cpus_per_gpu: int = 8,
+    signal_seconds: int = 120,
+    requeue: bool = False,
+    workdir: str | None = None,
+    output: str = "slurm-%j.out",
+) -> str:
     """The sbatch script text running `command` on `nodes` x `gpus_per_node` GPUs."""
     if per not in PER:
         raise ValueError(f"`per` must be one of {', '.join(PER)}; got {per!r}")
@@ -41,10 +53,17 @@ def sbatch_script(command: Sequence[str], *, nodes: int, gpus_per_node: int, per
     if not command:
         raise ValueError("`command` is empty: give the command every process runs after `--`")
     tasks = gpus_per_node if per == "gpu" else 1
-    lines = ["#!/bin/bash", f"#SBATCH --job-name={job_name}", f"#SBATCH --nodes={nodes}",
-             f"#SBATCH --ntasks-per-node={tasks}", f"#SBATCH --gpus-per-node={gpus_per_node}",
-             f"#SBATCH --cpus-per-task={cpus_per_gpu * gpus_per_node // tasks}", f"#SBATCH --time={time}",
-             f"#SBATCH --signal=TERM@{signal_seconds}", f"#SBATCH --output={output}"]
+    lines = [
+        "#!/bin/bash",
+        f"#SBATCH --job-name={job_name}",
+        f"#SBATCH --nodes={nodes}",
+        f"#SBATCH --ntasks-per-node={tasks}",
+        f"#SBATCH --gpus-per-node={gpus_per_node}",
+        f"#SBATCH --cpus-per-task={cpus_per_gpu * gpus_per_node // tasks}",
+        f"#SBATCH --time={time}",
+        f"#SBATCH --signal=TERM@{signal_seconds}",
+        f"#SBATCH --output={output}",
+    ]
     if partition:
         lines.append(f"#SBATCH --partition={partition}")
     if account:
@@ -80,10 +99,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     command = split_command(args.command)
     if not command:
         parser.error("give the command every process runs after `--`")
-    text = sbatch_script(command, nodes=args.nodes, gpus_per_node=args.gpus_per_node, per=args.per, time=args.time,
-                         job_name=args.job_name, partition=args.partition, account=args.account,
-                         cpus_per_gpu=args.cpus_per_gpu, signal_seconds=args.signal_seconds, requeue=args.requeue,
-                         workdir=args.chdir)
+    text = sbatch_script(
+        command,
+        nodes=args.nodes,
+        gpus_per_node=args.gpus_per_node,
+        per=args.per,
+        time=args.time,
+        job_name=args.job_name,
+        partition=args.partition,
+        account=args.account,
+        cpus_per_gpu=args.cpus_per_gpu,
+        signal_seconds=args.signal_seconds,
+        requeue=args.requeue,
+        workdir=args.chdir,
+    )
     if args.dry_run:
         print(text, end="")
         return 0

@@ -35,20 +35,24 @@ def _ssh(tpu: str, zone: str, project: str | None, remote: str) -> list[str]:
     return [*cmd, "--worker=all", f"--command={remote}"]
 
 
-def setup_command(tpu: str, zone: str, *, repo: str, ref: str = "main", project: str | None = None,
-                  jax_spec: str = "jax[tpu]") -> list[str]:
+def setup_command(
+    tpu: str, zone: str, *, repo: str, ref: str = "main", project: str | None = None, jax_spec: str = "jax[tpu]"
+) -> list[str]:
     """The gcloud command that clones or updates `repo` at `ref` on every worker and installs it."""
     if not repo:
         raise ValueError("`repo` (a git URL every worker can clone) is required for the setup step")
     d, q = CHECKOUT, shlex.quote
-    remote = (f"set -e; if [ -d {d}/.git ]; then git -C {d} fetch -q origin; else git clone -q {q(repo)} {d}; fi; "
-              f"git -C {d} checkout -q {q(ref)}; git -C {d} pull -q --ff-only || true; "
-              f"python3 -m pip install -q -U {q(jax_spec)} -e {d}")
+    remote = (
+        f"set -e; if [ -d {d}/.git ]; then git -C {d} fetch -q origin; else git clone -q {q(repo)} {d}; fi; "
+        f"git -C {d} checkout -q {q(ref)}; git -C {d} pull -q --ff-only || true; "
+        f"python3 -m pip install -q -U {q(jax_spec)} -e {d}"
+    )
     return _ssh(tpu, zone, project, remote)
 
 
-def run_command(tpu: str, zone: str, command: Sequence[str], *, project: str | None = None,
-                detach: bool = False) -> list[str]:
+def run_command(
+    tpu: str, zone: str, command: Sequence[str], *, project: str | None = None, detach: bool = False
+) -> list[str]:
     """The gcloud command that runs `command` from the checkout on every worker."""
     if not command:
         raise ValueError("`command` is empty: give the command every worker runs after `--`")

@@ -75,16 +75,19 @@ class DDGAN(eqx.Module):
         if not callable(generator):
             raise TypeError(f"`generator` must be a callable G(x_t, z, t, cond) -> x0; got {type(generator).__name__}")
         if not isinstance(path, AbstractPath):
-            raise TypeError(f"`path` must be a jdiff path (an AbstractPath, e.g. jdiff.VPLinear()); got "
-                            f"{type(path).__name__}")
+            raise TypeError(
+                f"`path` must be a jdiff path (an AbstractPath, e.g. jdiff.VPLinear()); got {type(path).__name__}"
+            )
         grid = check_grid(grid)
         if not isinstance(grid, jax.core.Tracer):
             g = np.asarray(grid, np.float64)
             # float32 grids: allow the rounding of t_min / t_max.
             tol = 1e-6 * max(1.0, abs(path.t_max))
             if g[-1] < path.t_min - tol or g[0] > path.t_max + tol:
-                raise ValueError(f"`grid` must lie inside the path's range [{path.t_min}, {path.t_max}] (the posterior "
-                                 f"step is exact there); got [{g[-1]}, {g[0]}]")
+                raise ValueError(
+                    f"`grid` must lie inside the path's range [{path.t_min}, {path.t_max}] (the posterior "
+                    f"step is exact there); got [{g[-1]}, {g[0]}]"
+                )
         if not isinstance(latent_dim, int) or isinstance(latent_dim, bool) or latent_dim < 1:
             raise ValueError(f"`latent_dim` must be a Python int >= 1 (the size of z); got {latent_dim!r}")
         self.generator = _as_pytree_net(generator)
@@ -112,16 +115,20 @@ class DDGAN(eqx.Module):
         t = jnp.broadcast_to(jnp.asarray(t, jnp.result_type(x_t)), (b,))
         pred = self.generator(x_t, z, t, cond)
         if jnp.shape(pred) != jnp.shape(x_t):
-            raise ValueError(f"the DDGAN generator returned shape {jnp.shape(pred)} for `x_t` of shape "
-                             f"{jnp.shape(x_t)}; it must predict x0 of the shape of x_t")
+            raise ValueError(
+                f"the DDGAN generator returned shape {jnp.shape(pred)} for `x_t` of shape "
+                f"{jnp.shape(x_t)}; it must predict x0 of the shape of x_t"
+            )
         return jnp.asarray(pred, jnp.result_type(x_t))
 
 
 def check_ddgan(ddgan, name: str = "ddgan") -> DDGAN:
     """`ddgan` must be a bound `DDGAN`; the error names the argument."""
     if not isinstance(ddgan, DDGAN):
-        raise TypeError(f"`{name}` must be a jdiff.adversarial.DDGAN (generator, path and time grid bound "
-                        f"together), e.g. DDGAN(G, path, ddgan_grid(path, 4), latent_dim); got {type(ddgan).__name__}")
+        raise TypeError(
+            f"`{name}` must be a jdiff.adversarial.DDGAN (generator, path and time grid bound "
+            f"together), e.g. DDGAN(G, path, ddgan_grid(path, 4), latent_dim); got {type(ddgan).__name__}"
+        )
     return ddgan
 
 

@@ -75,8 +75,9 @@ def _logits(discriminator, x_s, x_t, t, cond):
     out = discriminator(x_s, x_t, t, cond)
     b = jnp.shape(x_t)[0]
     if jnp.shape(out) != (b,):
-        raise ValueError(f"the discriminator must return one logit per example, shape ({b},); got shape "
-                         f"{jnp.shape(out)}")
+        raise ValueError(
+            f"the discriminator must return one logit per example, shape ({b},); got shape {jnp.shape(out)}"
+        )
     return out
 
 
@@ -98,8 +99,9 @@ def ddgan_loss(ddgan: DDGAN, discriminator, key, x0, *, cond=None, r1_gamma: flo
     """
     check_ddgan(ddgan)
     if not callable(discriminator):
-        raise TypeError(f"`discriminator` must be a callable D(x_prev, x_t, t, cond) -> (B,); got "
-                        f"{type(discriminator).__name__}")
+        raise TypeError(
+            f"`discriminator` must be a callable D(x_prev, x_t, t, cond) -> (B,); got {type(discriminator).__name__}"
+        )
     if not (isinstance(r1_gamma, (int, float)) and r1_gamma >= 0):
         raise ValueError(f"`r1_gamma` must be a number >= 0; got {r1_gamma!r}")
     path, grid = ddgan.path, ddgan.grid.astype(jnp.result_type(x0))

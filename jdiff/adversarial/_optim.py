@@ -30,15 +30,18 @@ def player_labels(params):
     def label(path, _):
         name = _name(path[0]) if path else None
         if name not in PLAYERS:
-            raise ValueError(f"two_player_optimizer: every parameter must live under `generator` or "
-                             f"`discriminator`; got one under {jax.tree_util.keystr(path[:1]) or 'the root'}")
+            raise ValueError(
+                f"two_player_optimizer: every parameter must live under `generator` or "
+                f"`discriminator`; got one under {jax.tree_util.keystr(path[:1]) or 'the root'}"
+            )
         return name
 
     return jax.tree_util.tree_map_with_path(label, params)
 
 
-def two_player_optimizer(generator: optax.GradientTransformation,
-                         discriminator: optax.GradientTransformation) -> optax.GradientTransformation:
+def two_player_optimizer(
+    generator: optax.GradientTransformation, discriminator: optax.GradientTransformation
+) -> optax.GradientTransformation:
     """One optax transformation that updates the generator's parameters with `generator` and
     the discriminator's with `discriminator` (each with its own state, learning rate and
     betas), through `optax.multi_transform` on `player_labels`.

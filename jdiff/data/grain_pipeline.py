@@ -53,21 +53,35 @@ class GrainIterator:
     position without moving; `get_state()` is grain's iterator state ({"next_index": position}).
     """
 
-    def __init__(self, arrays, batch_size: int, seed: int = 0, process_index: int = 0, process_count: int = 1,
-                 position: int = 0, *, shuffle: bool = True, transform: Callable[[dict], dict] | None = None,
-                 num_threads: int = 2, prefetch: int = 4):
+    def __init__(
+        self,
+        arrays,
+        batch_size: int,
+        seed: int = 0,
+        process_index: int = 0,
+        process_count: int = 1,
+        position: int = 0,
+        *,
+        shuffle: bool = True,
+        transform: Callable[[dict], dict] | None = None,
+        num_threads: int = 2,
+        prefetch: int = 4,
+    ):
         self.arrays = _as_arrays(arrays)
         self.num_examples = next(iter(self.arrays.values())).shape[0]
         if process_count < 1 or not 0 <= process_index < process_count:
             raise ValueError(f"need 0 <= `process_index` < `process_count`; got {process_index}, {process_count}")
         if batch_size < 1 or batch_size % process_count:
-            raise ValueError(f"`batch_size` (global) must be a positive multiple of process_count={process_count}; "
-                             f"got {batch_size}")
+            raise ValueError(
+                f"`batch_size` (global) must be a positive multiple of process_count={process_count}; got {batch_size}"
+            )
         local = batch_size // process_count
         n_local = len(range(process_index, self.num_examples, process_count))
         if local > n_local:
-            raise ValueError(f"`batch_size`={batch_size} exceeds the {self.num_examples} examples in `arrays` "
-                             f"({n_local} for each of {process_count} processes, {local} per local batch)")
+            raise ValueError(
+                f"`batch_size`={batch_size} exceeds the {self.num_examples} examples in `arrays` "
+                f"({n_local} for each of {process_count} processes, {local} per local batch)"
+            )
         if seed < 0 or position < 0:
             raise ValueError(f"`seed` and `position` must be non-negative ints; got {seed}, {position}")
         if num_threads < 0 or prefetch < 0:
@@ -128,12 +142,23 @@ class GrainIterator:
         return out
 
     def __repr__(self):
-        return (f"GrainIterator(N={self.num_examples}, batch_size={self.batch_size}, seed={self.seed}, "
-                f"process={self.process_index}/{self.process_count}, position={self.position})")
+        return (
+            f"GrainIterator(N={self.num_examples}, batch_size={self.batch_size}, seed={self.seed}, "
+            f"process={self.process_index}/{self.process_count}, position={self.position})"
+        )
 
 
-def make_iterator(arrays, batch_size: int, seed: int = 0, process_index: int = 0, process_count: int = 1,
-                  position: int = 0, *, pipeline: str = "auto", **grain_options) -> BatchIterator:
+def make_iterator(
+    arrays,
+    batch_size: int,
+    seed: int = 0,
+    process_index: int = 0,
+    process_count: int = 1,
+    position: int = 0,
+    *,
+    pipeline: str = "auto",
+    **grain_options,
+) -> BatchIterator:
     """The input pipeline of `arrays`: a GrainIterator ("grain"), a DataIterator ("memory"), or for
     "auto" grain for images (examples of rank 3, (H, W, C)) and DataIterator for vectors (the toy
     2-D sets, where a batch is a few microseconds of numpy). `grain_options` go to GrainIterator."""

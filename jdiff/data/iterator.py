@@ -84,15 +84,25 @@ class DataIterator:
     any position without moving.
     """
 
-    def __init__(self, arrays, batch_size: int, seed: int = 0, process_index: int = 0, process_count: int = 1,
-                 position: int = 0, *, shuffle: bool = True):
+    def __init__(
+        self,
+        arrays,
+        batch_size: int,
+        seed: int = 0,
+        process_index: int = 0,
+        process_count: int = 1,
+        position: int = 0,
+        *,
+        shuffle: bool = True,
+    ):
         self.arrays = _as_arrays(arrays)
         self.num_examples = next(iter(self.arrays.values())).shape[0]
         if process_count < 1 or not 0 <= process_index < process_count:
             raise ValueError(f"need 0 <= `process_index` < `process_count`; got {process_index}, {process_count}")
         if batch_size < 1 or batch_size % process_count:
-            raise ValueError(f"`batch_size` (global) must be a positive multiple of process_count={process_count}; "
-                             f"got {batch_size}")
+            raise ValueError(
+                f"`batch_size` (global) must be a positive multiple of process_count={process_count}; got {batch_size}"
+            )
         if batch_size > self.num_examples:
             raise ValueError(f"`batch_size`={batch_size} exceeds the {self.num_examples} examples in `arrays`")
         if seed < 0 or position < 0:
@@ -119,7 +129,7 @@ class DataIterator:
             perm = _permutation(self.seed, epoch, self.num_examples) if self.shuffle else np.arange(self.num_examples)
             self._cached_epoch, self._cached_perm = epoch, perm
         start = step * self.batch_size + self.process_index * self.local_batch_size
-        return self._cached_perm[start:start + self.local_batch_size]
+        return self._cached_perm[start : start + self.local_batch_size]
 
     def batch(self, position: int) -> dict[str, np.ndarray]:
         """This process's batch at `position` (pure in (seed, position, process)), position unchanged."""
@@ -146,8 +156,10 @@ class DataIterator:
         return out
 
     def __repr__(self):
-        return (f"DataIterator(N={self.num_examples}, batch_size={self.batch_size}, seed={self.seed}, "
-                f"process={self.process_index}/{self.process_count}, position={self.position})")
+        return (
+            f"DataIterator(N={self.num_examples}, batch_size={self.batch_size}, seed={self.seed}, "
+            f"process={self.process_index}/{self.process_count}, position={self.position})"
+        )
 
 
 def holdout_split(arrays, holdout: float | int, seed: int = 0):

@@ -46,8 +46,11 @@ def _check_finite(x: np.ndarray, name: str) -> None:
     bad = ~np.isfinite(x)
     if bad.any():
         first = int(np.argmax(bad.reshape(bad.shape[0], -1).any(axis=1)))
-        raise DataFileError(f"`{name}` has {int(bad.sum())} non-finite values (NaN or inf), the first in example "
-                            f"{first}; accepted: finite values", name)
+        raise DataFileError(
+            f"`{name}` has {int(bad.sum())} non-finite values (NaN or inf), the first in example "
+            f"{first}; accepted: finite values",
+            name,
+        )
 
 
 def from_arrays(x, label=None, *, max_value: float | None = None) -> Dataset:
@@ -66,14 +69,17 @@ def from_arrays(x, label=None, *, max_value: float | None = None) -> Dataset:
     if x.dtype.kind not in "biuf":
         raise DataFileError(f"`x` has dtype {x.dtype}; accepted: integer, bool or float values", "x")
     if x.ndim not in (2, 3, 4) or not x.shape[0]:
-        raise DataFileError(f"`x` has shape {x.shape}; accepted: a non-empty array of shape (N, D), (N, H, W) or "
-                            "(N, H, W, C)", "x")
+        raise DataFileError(
+            f"`x` has shape {x.shape}; accepted: a non-empty array of shape (N, D), (N, H, W) or (N, H, W, C)", "x"
+        )
     if x.dtype.kind in "biu":
         top = 255 if max_value is None else max_value
         if x.dtype.kind != "b" and (x.min() < 0 or x.max() > top):
-            raise DataFileError(f"`x` has integer values in [{x.min()}, {x.max()}], outside [0, max_value={top:g}]; "
-                                "accepted: pass `max_value` (the largest intensity) to map [0, max_value] onto [-1, 1]",
-                                "max_value")
+            raise DataFileError(
+                f"`x` has integer values in [{x.min()}, {x.max()}], outside [0, max_value={top:g}]; "
+                "accepted: pass `max_value` (the largest intensity) to map [0, max_value] onto [-1, 1]",
+                "max_value",
+            )
         x = to_unit_range(x, top)
     else:
         _check_finite(x, "x")
@@ -82,18 +88,24 @@ def from_arrays(x, label=None, *, max_value: float | None = None) -> Dataset:
         else:
             x = x.astype(np.float32)
             if x.ndim > 2 and (x.min() < -1.001 or x.max() > 1.001):
-                raise DataFileError(f"`x` has float images in [{x.min():g}, {x.max():g}], outside [-1, 1]; accepted: "
-                                    "images in [-1, 1], or pass `max_value` to map [0, max_value] onto [-1, 1]",
-                                    "max_value")
+                raise DataFileError(
+                    f"`x` has float images in [{x.min():g}, {x.max():g}], outside [-1, 1]; accepted: "
+                    "images in [-1, 1], or pass `max_value` to map [0, max_value] onto [-1, 1]",
+                    "max_value",
+                )
     x = as_nhwc(x) if x.ndim == 3 else x
     if label is not None:
         label = np.asarray(label)
         if label.shape != x.shape[:1] or label.dtype.kind not in "iu":
-            raise DataFileError(f"`label` has dtype {label.dtype} and shape {label.shape}; accepted: integers of shape "
-                                f"{x.shape[:1]} (one per example)", "label")
+            raise DataFileError(
+                f"`label` has dtype {label.dtype} and shape {label.shape}; accepted: integers of shape "
+                f"{x.shape[:1]} (one per example)",
+                "label",
+            )
         if label.min() < 0:
-            raise DataFileError(f"`label` has negative values (min {label.min()}); accepted: class indices 0, 1, ...",
-                                "label")
+            raise DataFileError(
+                f"`label` has negative values (min {label.min()}); accepted: class indices 0, 1, ...", "label"
+            )
         label = label.astype(np.int32)
     return Dataset(x, label)
 
@@ -103,11 +115,17 @@ def _read_array(f, path: str, name: str, argument: str) -> np.ndarray:
     try:
         return f[name]
     except ValueError as e:  # an object array: numpy refuses to unpickle it (allow_pickle=False)
-        raise DataFileError(f"{path}: array {name!r} holds Python objects ({_first_line(e)}); accepted: numeric "
-                            "arrays (numpy.savez of int / float arrays)", argument) from e
+        raise DataFileError(
+            f"{path}: array {name!r} holds Python objects ({_first_line(e)}); accepted: numeric "
+            "arrays (numpy.savez of int / float arrays)",
+            argument,
+        ) from e
     except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as e:
-        raise DataFileError(f"{path}: array {name!r} cannot be read, the file is damaged or truncated "
-                            f"({_first_line(e)}); {NUMPY_FILES}", "path") from e
+        raise DataFileError(
+            f"{path}: array {name!r} cannot be read, the file is damaged or truncated "
+            f"({_first_line(e)}); {NUMPY_FILES}",
+            "path",
+        ) from e
 
 
 def load_npz(path: str, key: str = "x", label_key: str | None = "label", *, max_value: float | None = None) -> Dataset:
@@ -130,20 +148,28 @@ def load_npz(path: str, key: str = "x", label_key: str | None = "label", *, max_
         f = np.load(path)  # allow_pickle=False: a file of pickled objects is refused, never run
     except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
         if "allow_pickle" in str(e):  # an .npy of Python objects
-            raise DataFileError(f"{path} holds Python objects, which are not loaded ({_first_line(e)}); accepted: a "
-                                "numeric array (numpy.save of an int / float array)") from e
-        raise DataFileError(f"{path} cannot be read as .npz/.npy, it is damaged or truncated ({_first_line(e)}); "
-                            f"{NUMPY_FILES}") from e
+            raise DataFileError(
+                f"{path} holds Python objects, which are not loaded ({_first_line(e)}); accepted: a "
+                "numeric array (numpy.save of an int / float array)"
+            ) from e
+        raise DataFileError(
+            f"{path} cannot be read as .npz/.npy, it is damaged or truncated ({_first_line(e)}); {NUMPY_FILES}"
+        ) from e
     if isinstance(f, np.ndarray):  # a plain .npy file: one unlabeled array
         arrays, names = (f, None), {"x": path, "label": path}
     else:
         with f:
             if key not in f.files:
-                raise DataFileError(f"{path} has no array {key!r}; accepted: one of the arrays in the file: "
-                                    f"{', '.join(f.files) or 'none (an empty archive)'}", "key")
+                raise DataFileError(
+                    f"{path} has no array {key!r}; accepted: one of the arrays in the file: "
+                    f"{', '.join(f.files) or 'none (an empty archive)'}",
+                    "key",
+                )
             has_label = label_key is not None and label_key in f.files
-            arrays = (_read_array(f, path, key, "path"), _read_array(f, path, label_key, "label_key") if has_label
-                      else None)
+            arrays = (
+                _read_array(f, path, key, "path"),
+                _read_array(f, path, label_key, "label_key") if has_label else None,
+            )
             names = {"x": f"{path}: array {key!r}", "label": f"{path}: array {label_key!r}"}
     try:
         return from_arrays(*arrays, max_value=max_value)
@@ -180,23 +206,31 @@ def load_image_folder(path: str, *, size: tuple[int, int] | None = None, mode: s
                         im = im.resize((size[1], size[0]), Image.BICUBIC)
                     images.append(np.asarray(im))
             except OSError as e:  # PIL.UnidentifiedImageError is an OSError
-                raise DataFileError(f"{file} cannot be read as an image ({_first_line(e)}); accepted: image files "
-                                    f"({', '.join(IMAGE_EXTENSIONS)}) that PIL opens") from e
+                raise DataFileError(
+                    f"{file} cannot be read as an image ({_first_line(e)}); accepted: image files "
+                    f"({', '.join(IMAGE_EXTENSIONS)}) that PIL opens"
+                ) from e
             labels.append(label)
     if not images:
-        raise DataFileError(f"{path} holds no image files; accepted: a folder of {', '.join(IMAGE_EXTENSIONS)} files "
-                            "(one subfolder per class)")
+        raise DataFileError(
+            f"{path} holds no image files; accepted: a folder of {', '.join(IMAGE_EXTENSIONS)} files "
+            "(one subfolder per class)"
+        )
     shapes = {im.shape for im in images}
     if len(shapes) > 1:
-        raise DataFileError(f"images under {path} have different shapes {sorted(shapes)}; accepted: one shape, or "
-                            "pass `size` to resize", "size")
+        raise DataFileError(
+            f"images under {path} have different shapes {sorted(shapes)}; accepted: one shape, or "
+            "pass `size` to resize",
+            "size",
+        )
     x = to_unit_range(as_nhwc(np.stack(images)), 255)
     label = None if classes == [] else np.asarray(labels, np.int32)
     return Dataset(x, label)
 
 
-def load_tfds(name: str, split: str = "train", *, data_dir: str | None = None,
-              image_key: str = "image", label_key: str = "label") -> Dataset:
+def load_tfds(
+    name: str, split: str = "train", *, data_dir: str | None = None, image_key: str = "image", label_key: str = "label"
+) -> Dataset:
     """A tensorflow-datasets image set (e.g. "cifar10", "imagenet2012") read fully into memory.
 
     Needs tensorflow-datasets installed and the data already prepared in `data_dir`

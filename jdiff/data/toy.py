@@ -73,8 +73,9 @@ def checkerboard(key, n: int, *, with_labels: bool = False, dtype=jnp.float32):
 
 
 @_jit
-def eight_gaussians(key, n: int, *, radius: float = 2.0 * math.sqrt(2.0), std: float = 0.5,
-                    with_labels: bool = False, dtype=jnp.float32):
+def eight_gaussians(
+    key, n: int, *, radius: float = 2.0 * math.sqrt(2.0), std: float = 0.5, with_labels: bool = False, dtype=jnp.float32
+):
     """Eight isotropic Gaussians of standard deviation `std` equally spaced on a circle.
 
     radius: distance of the means from the origin (FFJORD: scale 4 then divide by 1.414).
@@ -113,14 +114,21 @@ def default_mixture(dtype=jnp.float32) -> GaussianMixture:
         weights=jnp.array([0.3, 0.2, 0.25, 0.25], dtype),
         means=jnp.array([[-2.0, -1.0], [-1.0, 2.0], [2.0, 1.0], [1.5, -2.0]], dtype),
         covs=jnp.array(
-            [[[0.30, 0.10], [0.10, 0.20]], [[0.20, -0.05], [-0.05, 0.15]],
-             [[0.10, 0.0], [0.0, 0.40]], [[0.25, 0.08], [0.08, 0.10]]], dtype),
+            [
+                [[0.30, 0.10], [0.10, 0.20]],
+                [[0.20, -0.05], [-0.05, 0.15]],
+                [[0.10, 0.0], [0.0, 0.40]],
+                [[0.25, 0.08], [0.08, 0.10]],
+            ],
+            dtype,
+        ),
         labels=jnp.array([0, 0, 1, 1]),
     )
 
 
-def gaussian_mixture(key, n: int, *, mixture: GaussianMixture | None = None, with_labels: bool = False,
-                     dtype=jnp.float32):
+def gaussian_mixture(
+    key, n: int, *, mixture: GaussianMixture | None = None, with_labels: bool = False, dtype=jnp.float32
+):
     """Samples of a Gaussian mixture (default: `default_mixture()`), whose exact marginals
     under every path are known (`jdiff.analytic.GaussianMixture`).
 

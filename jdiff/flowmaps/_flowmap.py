@@ -98,16 +98,21 @@ class FlowMap(eqx.Module):
     param: AbstractFlowMapParam
     policy: Policy = eqx.field(static=True)
 
-    def __init__(self, net, path: AbstractPath, param: AbstractFlowMapParam = _AVERAGE_VELOCITY, *,
-                 policy: Policy | None = None):
+    def __init__(
+        self, net, path: AbstractPath, param: AbstractFlowMapParam = _AVERAGE_VELOCITY, *, policy: Policy | None = None
+    ):
         if isinstance(net, FlowMap):
             raise TypeError("`net` is already a FlowMap; pass its raw network `flow.net`")
         if not isinstance(path, AbstractPath):
-            raise TypeError(f"`path` must be a jdiff path (an AbstractPath, e.g. jdiff.Linear()); got "
-                            f"{type(path).__name__} {path!r}")
+            raise TypeError(
+                f"`path` must be a jdiff path (an AbstractPath, e.g. jdiff.Linear()); got "
+                f"{type(path).__name__} {path!r}"
+            )
         if not isinstance(param, AbstractFlowMapParam):
-            raise TypeError(f"`param` must be a flow-map parameterization (AverageVelocity() or "
-                            f"DDIMDenoiser(sigma_data)); got {type(param).__name__} {param!r}")
+            raise TypeError(
+                f"`param` must be a flow-map parameterization (AverageVelocity() or "
+                f"DDIMDenoiser(sigma_data)); got {type(param).__name__} {param!r}"
+            )
         self.net = _as_pytree_net(net)
         self.path = path
         self.param = param
@@ -127,8 +132,10 @@ class FlowMap(eqx.Module):
         cast = self.policy.cast_to_compute
         out = self.net(cast(x_in), t, s, cast(cond))
         if jnp.shape(out) != jnp.shape(x_in):
-            raise ValueError(f"the flow map's network returned shape {jnp.shape(out)} for `x` of shape "
-                             f"{jnp.shape(x_in)}; it must return the shape of x")
+            raise ValueError(
+                f"the flow map's network returned shape {jnp.shape(out)} for `x` of shape "
+                f"{jnp.shape(x_in)}; it must return the shape of x"
+            )
         return jnp.asarray(out, x_in.dtype)
 
     def __call__(self, x, t, s, cond=None):
@@ -142,8 +149,10 @@ class FlowMap(eqx.Module):
 def check_flow(flow, name: str = "flow"):
     """`flow` must be a `FlowMap`; the error names the argument and how to make one."""
     if not isinstance(flow, FlowMap):
-        raise TypeError(f"`{name}` must be a jdiff.flowmaps.FlowMap (a two-time network bound to its path and "
-                        f"parameterization), e.g. FlowMap(net, path); got {type(flow).__name__}")
+        raise TypeError(
+            f"`{name}` must be a jdiff.flowmaps.FlowMap (a two-time network bound to its path and "
+            f"parameterization), e.g. FlowMap(net, path); got {type(flow).__name__}"
+        )
     return flow
 
 
@@ -151,8 +160,10 @@ def average_velocity_net(flow, name: str = "flow"):
     """The network u(x, t, s, cond) of an `AverageVelocity` flow map (for MeanFlow and shortcut losses)."""
     check_flow(flow, name)
     if not isinstance(flow.param, AverageVelocity):
-        raise TypeError(f"`{name}` must have the AverageVelocity() parameterization (its network is the average "
-                        f"velocity u(x, t, s)); got {type(flow.param).__name__}")
+        raise TypeError(
+            f"`{name}` must have the AverageVelocity() parameterization (its network is the average "
+            f"velocity u(x, t, s)); got {type(flow.param).__name__}"
+        )
     return flow.raw
 
 

@@ -106,7 +106,8 @@ def meanflow_loss(
         if null_cond is None or cond is None:
             raise ValueError("`guidance_scale` needs both `cond` and `null_cond` (the unconditional token)")
         null = jax.tree_util.tree_map(
-            lambda c, nc: jnp.broadcast_to(jnp.asarray(nc, jnp.result_type(c)), jnp.shape(c)), cond, null_cond)
+            lambda c, nc: jnp.broadcast_to(jnp.asarray(nc, jnp.result_type(c)), jnp.shape(c)), cond, null_cond
+        )
         u_unc = u(z, t, t, null)
         u_cond = u(z, t, t, cond) if guidance_kappa else jnp.zeros_like(z)
         v_g = guidance_scale * v + guidance_kappa * u_cond + (1.0 - guidance_scale - guidance_kappa) * u_unc

@@ -30,8 +30,15 @@ from jdiff.data import Dataset
 from jdiff.latent._scale import encode_dataset
 from jdiff.models.autoencoder import AutoencoderKL
 
-__all__ = ["CACHE_FORMAT", "autoencoder_fingerprint", "dataset_fingerprint", "latent_cache", "read_latent_cache",
-           "shard_bounds", "write_latent_shard"]
+__all__ = [
+    "CACHE_FORMAT",
+    "autoencoder_fingerprint",
+    "dataset_fingerprint",
+    "latent_cache",
+    "read_latent_cache",
+    "shard_bounds",
+    "write_latent_shard",
+]
 
 CACHE_FORMAT = 1
 _SHARD = "shard-{:05d}-of-{:05d}.npz"
@@ -98,13 +105,24 @@ def _atomic_savez(path, **arrays):
 
 def _mismatch(path, have: dict, want: dict) -> ValueError:
     fields = [k for k in want if have.get(k) != want[k]]
-    return ValueError(f"latent cache shard {path} was written for another {' / '.join(fields) or 'format'} "
-                      f"(fields that differ: {', '.join(fields)}); delete the cache directory or point the cache "
-                      f"elsewhere")
+    return ValueError(
+        f"latent cache shard {path} was written for another {' / '.join(fields) or 'format'} "
+        f"(fields that differ: {', '.join(fields)}); delete the cache directory or point the cache "
+        f"elsewhere"
+    )
 
 
-def write_latent_shard(directory: str, autoencoder: AutoencoderKL, dataset, *, process_index: int = 0,
-                       process_count: int = 1, batch_size: int = 256, key=None, dtype=np.float32) -> bool:
+def write_latent_shard(
+    directory: str,
+    autoencoder: AutoencoderKL,
+    dataset,
+    *,
+    process_index: int = 0,
+    process_count: int = 1,
+    batch_size: int = 256,
+    key=None,
+    dtype=np.float32,
+) -> bool:
     """Encode this process's share of `dataset` into `directory` unless that shard is already there.
 
     dataset: a `jdiff.data.Dataset` (x images, label or None); every process passes the same one.
@@ -154,8 +172,10 @@ def read_latent_cache(directory: str) -> tuple[Dataset, dict]:
     paths = [os.path.join(directory, _SHARD.format(i, k)) for i in range(k)]
     missing = [p for p in paths if not os.path.exists(p)]
     if missing:
-        raise FileNotFoundError(f"latent cache {directory} is incomplete: missing {', '.join(map(os.path.basename, missing))}"
-                                f" (the processes that write them have not finished)")
+        raise FileNotFoundError(
+            f"latent cache {directory} is incomplete: missing {', '.join(map(os.path.basename, missing))}"
+            f" (the processes that write them have not finished)"
+        )
     xs, labels, stop_prev = [], [], 0
     for p in paths:
         with np.load(p) as f:
@@ -169,17 +189,34 @@ def read_latent_cache(directory: str) -> tuple[Dataset, dict]:
     return Dataset(np.concatenate(xs), label), meta
 
 
-def latent_cache(directory: str, autoencoder: AutoencoderKL, dataset, *, process_index: int = 0,
-                 process_count: int = 1, batch_size: int = 256, key=None, dtype=np.float32,
-                 barrier: Callable[[], None] | None = None) -> tuple[Dataset, dict]:
+def latent_cache(
+    directory: str,
+    autoencoder: AutoencoderKL,
+    dataset,
+    *,
+    process_index: int = 0,
+    process_count: int = 1,
+    batch_size: int = 256,
+    key=None,
+    dtype=np.float32,
+    barrier: Callable[[], None] | None = None,
+) -> tuple[Dataset, dict]:
     """Encode this process's shard if missing, wait for every process, read the whole cache.
 
     barrier: called between writing and reading; default: nothing for one process,
         `jax.experimental.multihost_utils.sync_global_devices` for several.
     Returns (Dataset of latents and labels, meta dict with the scale and shift it was built with).
     """
-    write_latent_shard(directory, autoencoder, dataset, process_index=process_index, process_count=process_count,
-                       batch_size=batch_size, key=key, dtype=dtype)
+    write_latent_shard(
+        directory,
+        autoencoder,
+        dataset,
+        process_index=process_index,
+        process_count=process_count,
+        batch_size=batch_size,
+        key=key,
+        dtype=dtype,
+    )
     if barrier is not None:
         barrier()
     elif process_count > 1:

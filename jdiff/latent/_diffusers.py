@@ -69,19 +69,38 @@ def autoencoder_kwargs_from_diffusers(config: dict) -> dict:
     for key, want in (("down_block_types", _DOWN), ("up_block_types", _UP)):
         types = config.get(key, (want,) * len(widths))
         if len(types) != len(widths) or any(t != want for t in types):
-            raise ValueError(f"config.json `{key}` = {types!r}: accepted: {len(widths)} x {want!r} (one per width "
-                             f"of block_out_channels)")
+            raise ValueError(
+                f"config.json `{key}` = {types!r}: accepted: {len(widths)} x {want!r} (one per width "
+                f"of block_out_channels)"
+            )
     act = config.get("act_fn", "silu")
     if act != "silu":
         raise ValueError(f"config.json `act_fn` = {act!r}; accepted: silu")
     for key in ("latents_mean", "latents_std"):
         if config.get(key) is not None:
-            raise ValueError(f"config.json `{key}`: per-channel latent statistics are not supported; accepted: null "
-                             "(one scaling_factor / shift_factor)")
-    known = {"in_channels", "out_channels", "down_block_types", "up_block_types", "block_out_channels",
-             "layers_per_block", "act_fn", "latent_channels", "norm_num_groups", "scaling_factor", "shift_factor",
-             "latents_mean", "latents_std", "use_quant_conv", "use_post_quant_conv", "mid_block_add_attention",
-             *_IGNORED_CONFIG}
+            raise ValueError(
+                f"config.json `{key}`: per-channel latent statistics are not supported; accepted: null "
+                "(one scaling_factor / shift_factor)"
+            )
+    known = {
+        "in_channels",
+        "out_channels",
+        "down_block_types",
+        "up_block_types",
+        "block_out_channels",
+        "layers_per_block",
+        "act_fn",
+        "latent_channels",
+        "norm_num_groups",
+        "scaling_factor",
+        "shift_factor",
+        "latents_mean",
+        "latents_std",
+        "use_quant_conv",
+        "use_post_quant_conv",
+        "mid_block_add_attention",
+        *_IGNORED_CONFIG,
+    }
     unknown = sorted(set(config) - known)
     if unknown:
         raise ValueError(f"config.json has fields this loader does not know: {', '.join(unknown)}")
@@ -123,8 +142,10 @@ def _from_torch(key: str, array: np.ndarray, target_shape: tuple) -> np.ndarray:
     if len(target_shape) == 2 and a.ndim == 4 and a.shape[2:] == (1, 1):
         a = a[:, :, 0, 0]  # attention projections saved as 1x1 convs
     if a.shape != want:
-        raise ValueError(f"diffusers weight {key!r} has shape {tuple(np.shape(array))}; this autoencoder needs "
-                         f"{want} (PyTorch layout) for it: the config does not match the weights")
+        raise ValueError(
+            f"diffusers weight {key!r} has shape {tuple(np.shape(array))}; this autoencoder needs "
+            f"{want} (PyTorch layout) for it: the config does not match the weights"
+        )
     if a.ndim == 4:
         a = a.transpose(2, 3, 1, 0)
     elif a.ndim == 2:
@@ -171,8 +192,9 @@ def load_diffusers_weights(autoencoder: AutoencoderKL, tensors: dict) -> Autoenc
             parts.append(f"{len(unknown)} unknown key(s) in the weights: {_listed(by_key[k] for k in unknown)}")
         if missing:
             parts.append(f"{len(missing)} parameter(s) missing from the weights: {_listed(missing)}")
-        raise ValueError("the diffusers weights do not match this AutoencoderKL (check config.json): "
-                         + "; ".join(parts))
+        raise ValueError(
+            "the diffusers weights do not match this AutoencoderKL (check config.json): " + "; ".join(parts)
+        )
     new = []
     for key, (path, var) in wanted.items():
         value = _from_torch(by_key[key], tensors[by_key[key]], tuple(var.shape))
@@ -195,8 +217,10 @@ def to_diffusers_state_dict(autoencoder: AutoencoderKL) -> dict[str, np.ndarray]
 
 def _resolve(directory: str) -> str:
     if not os.path.isdir(directory):
-        raise FileNotFoundError(f"`directory` {directory!r} is not a directory: pass the local folder holding the "
-                                f"VAE's config.json and {DIFFUSERS_WEIGHTS} (nothing is downloaded)")
+        raise FileNotFoundError(
+            f"`directory` {directory!r} is not a directory: pass the local folder holding the "
+            f"VAE's config.json and {DIFFUSERS_WEIGHTS} (nothing is downloaded)"
+        )
     if not os.path.exists(os.path.join(directory, "config.json")) and os.path.isdir(os.path.join(directory, "vae")):
         return os.path.join(directory, "vae")  # a whole pipeline folder
     return directory
@@ -223,14 +247,18 @@ def load_diffusers_autoencoder(directory: str, *, weights: str = DIFFUSERS_WEIGH
         raise FileNotFoundError(f"{cfg_path} not found: `directory` must hold a diffusers AutoencoderKL config.json")
     if not os.path.exists(w_path):
         found = sorted(f for f in os.listdir(directory) if f.endswith(".safetensors"))
-        raise FileNotFoundError(f"{w_path} not found (`weights`); safetensors files in {directory}: "
-                                f"{', '.join(found) or 'none'}")
+        raise FileNotFoundError(
+            f"{w_path} not found (`weights`); safetensors files in {directory}: {', '.join(found) or 'none'}"
+        )
     with open(cfg_path) as f:
         kwargs = autoencoder_kwargs_from_diffusers(json.load(f))
     abstract = nnx.eval_shape(lambda: AutoencoderKL(**kwargs, dtype=dtype, rngs=nnx.Rngs(0)))
     graphdef, params, rest = nnx.split(abstract, nnx.Param, ...)
-    ae = nnx.merge(graphdef, jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), params),
-                   jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), rest))
+    ae = nnx.merge(
+        graphdef,
+        jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), params),
+        jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), rest),
+    )
     ae.scale[...] = jnp.asarray(kwargs["scaling_factor"], jnp.float32)
     ae.shift[...] = jnp.asarray(kwargs["shift_factor"], jnp.float32)
     return load_diffusers_weights(ae, load_file(w_path))

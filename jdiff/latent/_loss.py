@@ -43,8 +43,16 @@ from flax import nnx
 from jdiff.latent._scale import update_latent_norm
 from jdiff.models.autoencoder import AutoencoderKL
 
-__all__ = ["AutoencoderGAN", "AutoencoderLoss", "PatchDiscriminator", "adaptive_weight", "autoencoder_loss",
-           "autoencoder_loss_terms", "feature_distance", "hinge_discriminator_loss"]
+__all__ = [
+    "AutoencoderGAN",
+    "AutoencoderLoss",
+    "PatchDiscriminator",
+    "adaptive_weight",
+    "autoencoder_loss",
+    "autoencoder_loss_terms",
+    "feature_distance",
+    "hinge_discriminator_loss",
+]
 
 ADAPTIVE_EPS = 1e-4  # taming-transformers' calculate_adaptive_weight: ||g_rec|| / (||g_gan|| + 1e-4)
 ADAPTIVE_MAX = 1e4  # ... clamped to [0, 1e4]
@@ -64,12 +72,14 @@ class PatchDiscriminator(nnx.Module):
         if num_layers < 1:
             raise ValueError(f"`num_layers` must be a positive integer; got {num_layers}")
         kw = {"dtype": dtype, "rngs": rngs}
-        conv = lambda cin, cout, stride: nnx.Conv(cin, cout, (4, 4), strides=(stride, stride), padding=((1, 1), (1, 1)),
-                                                  **kw)
+        conv = lambda cin, cout, stride: nnx.Conv(
+            cin, cout, (4, 4), strides=(stride, stride), padding=((1, 1), (1, 1)), **kw
+        )
         widths = [ch * min(2**i, 8) for i in range(num_layers + 1)]
         self.conv_in = conv(in_channels, widths[0], 2)
-        self.convs = nnx.List([conv(widths[i - 1], widths[i], 2 if i < num_layers else 1)
-                               for i in range(1, num_layers + 1)])
+        self.convs = nnx.List(
+            [conv(widths[i - 1], widths[i], 2 if i < num_layers else 1) for i in range(1, num_layers + 1)]
+        )
         self.norms = nnx.List([nnx.GroupNorm(w, num_groups=min(32, w // 4) or 1, **kw) for w in widths[1:]])
         self.conv_out = conv(widths[-1], 1, 1)
 
@@ -87,8 +97,9 @@ class AutoencoderGAN(nnx.Module):
         if not isinstance(autoencoder, AutoencoderKL):
             raise TypeError(f"`autoencoder` must be a jdiff.models.AutoencoderKL; got {type(autoencoder).__name__}")
         if discriminator is not None and not callable(discriminator):
-            raise TypeError(f"`discriminator` must be None or a callable D(x) -> patch logits; got "
-                            f"{type(discriminator).__name__}")
+            raise TypeError(
+                f"`discriminator` must be None or a callable D(x) -> patch logits; got {type(discriminator).__name__}"
+            )
         self.autoencoder = autoencoder
         self.discriminator = discriminator
 
@@ -147,15 +158,29 @@ def feature_distance(feature_fn: Callable, *, eps: float = 1e-10) -> Callable:
 
 def _conv_out(decoder, h, kernel):
     """The decoder's last layer (a 3x3 SAME conv) as a function of its kernel."""
-    out = jax.lax.conv_general_dilated(h, kernel.astype(h.dtype), (1, 1), "SAME",
-                                       dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    out = jax.lax.conv_general_dilated(
+        h, kernel.astype(h.dtype), (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
+    )
     return out + decoder.conv_out.bias[...].astype(h.dtype)[None, None, None, :]
 
 
-def autoencoder_loss_terms(model, key, x, *, l1_weight: float = 1.0, l2_weight: float = 0.0, kl_weight: float = 1e-6,
-                           perceptual_fn: Callable | None = None, perceptual_weight: float = 0.0,
-                           disc_weight: float = 0.5, disc_start: int = 0, step=None, sample_posterior: bool = True,
-                           update_norm: bool = True, shift: bool = False) -> AutoencoderLoss:
+def autoencoder_loss_terms(
+    model,
+    key,
+    x,
+    *,
+    l1_weight: float = 1.0,
+    l2_weight: float = 0.0,
+    kl_weight: float = 1e-6,
+    perceptual_fn: Callable | None = None,
+    perceptual_weight: float = 0.0,
+    disc_weight: float = 0.5,
+    disc_start: int = 0,
+    step=None,
+    sample_posterior: bool = True,
+    update_norm: bool = True,
+    shift: bool = False,
+) -> AutoencoderLoss:
     """Every term of the autoencoder objective per example (see the module docstring).
 
     Args:
@@ -177,10 +202,16 @@ def autoencoder_loss_terms(model, key, x, *, l1_weight: float = 1.0, l2_weight: 
     ae = model.autoencoder if isinstance(model, AutoencoderGAN) else model
     disc = model.discriminator if isinstance(model, AutoencoderGAN) else None
     if not isinstance(ae, AutoencoderKL):
-        raise TypeError(f"`model` must be a latent.AutoencoderGAN or a jdiff.models.AutoencoderKL; got "
-                        f"{type(model).__name__}")
-    for name, v in (("l1_weight", l1_weight), ("l2_weight", l2_weight), ("kl_weight", kl_weight),
-                    ("perceptual_weight", perceptual_weight), ("disc_weight", disc_weight)):
+        raise TypeError(
+            f"`model` must be a latent.AutoencoderGAN or a jdiff.models.AutoencoderKL; got {type(model).__name__}"
+        )
+    for name, v in (
+        ("l1_weight", l1_weight),
+        ("l2_weight", l2_weight),
+        ("kl_weight", kl_weight),
+        ("perceptual_weight", perceptual_weight),
+        ("disc_weight", disc_weight),
+    ):
         if not (isinstance(v, (int, float)) and v >= 0):
             raise ValueError(f"`{name}` must be a number >= 0; got {v!r}")
     if perceptual_weight and perceptual_fn is None:

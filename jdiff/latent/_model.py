@@ -75,8 +75,10 @@ class LatentModel(eqx.Module):
         if isinstance(model, LatentModel):
             raise TypeError("`model` is already a LatentModel; use lm.map(fn) to change the latent model")
         if not hasattr(model, "path"):
-            raise TypeError(f"`model` must be a bound jdiff object (a jdiff.Model or jdiff.flowmaps.FlowMap) on "
-                            f"latents; got {type(model).__name__}")
+            raise TypeError(
+                f"`model` must be a bound jdiff object (a jdiff.Model or jdiff.flowmaps.FlowMap) on "
+                f"latents; got {type(model).__name__}"
+            )
         for name, fn in (("decoder", decoder), ("encoder", encoder)):
             if fn is not None and not callable(fn):
                 raise TypeError(f"`{name}` must be a callable; got {type(fn).__name__}")
@@ -153,8 +155,10 @@ def latent_log_likelihood(lm: LatentModel, x, *, cond=None, key=None, **kwargs) 
     if not isinstance(lm, LatentModel):
         raise TypeError(f"`lm` must be a jdiff.latent.LatentModel; got {type(lm).__name__}")
     if not isinstance(lm.model, Model):
-        raise TypeError(f"the latent likelihood needs a diffusion model (a jdiff.Model) in latent space; "
-                        f"this LatentModel holds a {type(lm.model).__name__}")
+        raise TypeError(
+            f"the latent likelihood needs a diffusion model (a jdiff.Model) in latent space; "
+            f"this LatentModel holds a {type(lm.model).__name__}"
+        )
     z = lm.encode(jnp.asarray(x))
     out = likelihood.ode_log_likelihood_batch(lm.model, z, cond=cond, key=key, **kwargs)
     dim = math.prod(z.shape[1:])

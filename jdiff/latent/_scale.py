@@ -41,8 +41,9 @@ def _encode(graphdef, state, x, key, normalized):
     return ae.normalize(z) if normalized else z
 
 
-def encode_dataset(autoencoder: AutoencoderKL, x, *, batch_size: int = 256, key=None, normalized: bool = True,
-                   dtype=np.float32) -> np.ndarray:
+def encode_dataset(
+    autoencoder: AutoencoderKL, x, *, batch_size: int = 256, key=None, normalized: bool = True, dtype=np.float32
+) -> np.ndarray:
     """The latents of images x (N, H, W, C) as a host array (N, h, w, latent_channels).
 
     batch_size: images per jitted call; the last batch is zero-padded to it (one compilation).
@@ -58,7 +59,7 @@ def encode_dataset(autoencoder: AutoencoderKL, x, *, batch_size: int = 256, key=
     graphdef, state = nnx.split(autoencoder)
     out = []
     for i, start in enumerate(range(0, n, batch_size)):
-        xb = x[start:start + batch_size]
+        xb = x[start : start + batch_size]
         pad = batch_size - xb.shape[0]
         if pad and n > batch_size:
             xb = np.concatenate([xb, np.zeros((pad, *xb.shape[1:]), xb.dtype)])
@@ -68,8 +69,9 @@ def encode_dataset(autoencoder: AutoencoderKL, x, *, batch_size: int = 256, key=
     return np.concatenate(out) if out else np.zeros((0, *autoencoder.latent_shape(x.shape[1:])), dtype)
 
 
-def estimate_latent_norm(autoencoder: AutoencoderKL, x, *, shift: bool = False, batch_size: int = 256,
-                         key=None) -> tuple[float, float]:
+def estimate_latent_norm(
+    autoencoder: AutoencoderKL, x, *, shift: bool = False, batch_size: int = 256, key=None
+) -> tuple[float, float]:
     """(scale, shift) of the latents of images x: scale = 1 / std of every latent entry, shift =
     their mean (shift=True, as SD3 / Flux) or 0 (as SD 1.x / SDXL, which only rescale).
 

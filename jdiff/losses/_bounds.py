@@ -139,8 +139,10 @@ def _check_increasing_grid(grid, path):
         diffs = np.diff(host.astype(np.float64))
         if not np.all(diffs > 0):
             i = int(np.argmax(diffs <= 0))
-            raise ValueError(f"`grid` must be strictly increasing (t_0 = t_min near the data to t_T = t_max); got "
-                             f"grid[{i}] = {float(host[i])} >= grid[{i + 1}] = {float(host[i + 1])}")
+            raise ValueError(
+                f"`grid` must be strictly increasing (t_0 = t_min near the data to t_T = t_max); got "
+                f"grid[{i}] = {float(host[i])} >= grid[{i + 1}] = {float(host[i + 1])}"
+            )
     return jnp.asarray(grid)
 
 

@@ -83,7 +83,15 @@ def ddpm_loss(
 
 
 def edm_loss(
-    model: Model, key: PRNGKeyArray, x0: Float[Array, " batch *_rest"], *, cond=None, p_mean=-1.2, p_std=1.2, sigma_data=0.5, t=None
+    model: Model,
+    key: PRNGKeyArray,
+    x0: Float[Array, " batch *_rest"],
+    *,
+    cond=None,
+    p_mean=-1.2,
+    p_std=1.2,
+    sigma_data=0.5,
+    t=None,
 ) -> Float[Array, " batch"]:
     """The EDM loss (Karras et al. 2022, eq. 8 and Table 1) on any path.
 
@@ -95,5 +103,6 @@ def edm_loss(
     network output against its effective target (x0 - c_skip x_t) / c_out, EDM's design.
     """
     sampler = functools.partial(lognormal_time, p_mean=p_mean, p_std=p_std)
-    return dsm_loss(model, key, x0, cond=cond, target="x0", weighting=EDMWeighting(sigma_data),
-                    time_sampler=sampler, t=t)
+    return dsm_loss(
+        model, key, x0, cond=cond, target="x0", weighting=EDMWeighting(sigma_data), time_sampler=sampler, t=t
+    )

@@ -1,9 +1,9 @@
 """A small digit classifier for the offline digit sets, and the metrics built on it.
 
-    DigitClassifier           an nnx MLP on images in [-1, 1]; `features` = penultimate layer
-    train_digit_classifier    trains it from a seed -> (classifier, held-out accuracy)
-    frechet_digit_distance    Frechet distance of its penultimate features ("FDD", FID's role)
-    classifier_accuracy       fraction of samples it assigns to the given labels
+DigitClassifier           an nnx MLP on images in [-1, 1]; `features` = penultimate layer
+train_digit_classifier    trains it from a seed -> (classifier, held-out accuracy)
+frechet_digit_distance    Frechet distance of its penultimate features ("FDD", FID's role)
+classifier_accuracy       fraction of samples it assigns to the given labels
 """
 
 from __future__ import annotations

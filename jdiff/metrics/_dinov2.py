@@ -136,9 +136,20 @@ class DinoV2(nnx.Module):
         interpolate_offset: DINOv2's offset in the position-embedding scale factor (0.1).
     """
 
-    def __init__(self, arch: str | None = "vitl14", *, embed_dim=None, depth=None, num_heads=None,
-                 mlp_ratio: float = 4.0, patch_size: int = 14, pos_grid: int = 37, interpolate_offset: float = 0.1,
-                 in_chans: int = 3, rngs: nnx.Rngs):
+    def __init__(
+        self,
+        arch: str | None = "vitl14",
+        *,
+        embed_dim=None,
+        depth=None,
+        num_heads=None,
+        mlp_ratio: float = 4.0,
+        patch_size: int = 14,
+        pos_grid: int = 37,
+        interpolate_offset: float = 0.1,
+        in_chans: int = 3,
+        rngs: nnx.Rngs,
+    ):
         if arch is not None:
             if arch not in DINOV2_ARCHS:
                 raise ValueError(f"unknown DINOv2 `arch` {arch!r}; accepted: {', '.join(DINOV2_ARCHS)}")
@@ -161,8 +172,11 @@ class DinoV2(nnx.Module):
         m = self.pos_grid
         if (h0, w0) == (m, m):
             return pos
-        scale = None if not self.interpolate_offset else (m / (h0 + self.interpolate_offset),
-                                                          m / (w0 + self.interpolate_offset))
+        scale = (
+            None
+            if not self.interpolate_offset
+            else (m / (h0 + self.interpolate_offset), m / (w0 + self.interpolate_offset))
+        )
         a_h = jnp.asarray(resize_matrix(m, h0, "bicubic", None if scale is None else scale[0]), jnp.float32)
         a_w = jnp.asarray(resize_matrix(m, w0, "bicubic", None if scale is None else scale[1]), jnp.float32)
         grid = pos[0, 1:].astype(jnp.float32).reshape(m, m, -1)
@@ -194,7 +208,9 @@ class DinoV2(nnx.Module):
                 mapping[leaf] = (path, None)
             elif mod[-1] == "proj" and mod[0] == "patch_embed":
                 mapping[f"{prefix}.{'weight' if leaf == 'kernel' else 'bias'}"] = (
-                    path, oihw_to_hwio if leaf == "kernel" else None)
+                    path,
+                    oihw_to_hwio if leaf == "kernel" else None,
+                )
             elif leaf == "kernel":  # Linear: torch stores (out, in)
                 mapping[f"{prefix}.weight"] = (path, np.transpose)
             elif leaf == "scale":  # LayerNorm

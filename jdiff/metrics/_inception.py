@@ -148,8 +148,13 @@ class FIDInceptionC(nnx.Module):
         b1 = self.branch1x1(x)
         b7 = self.branch7x7_3(self.branch7x7_2(self.branch7x7_1(x)))
         bd = x
-        for layer in (self.branch7x7dbl_1, self.branch7x7dbl_2, self.branch7x7dbl_3, self.branch7x7dbl_4,
-                      self.branch7x7dbl_5):
+        for layer in (
+            self.branch7x7dbl_1,
+            self.branch7x7dbl_2,
+            self.branch7x7dbl_3,
+            self.branch7x7dbl_4,
+            self.branch7x7dbl_5,
+        ):
             bd = layer(bd)
         bp = self.branch_pool(_avg_pool_same(x))
         return jnp.concatenate([b1, b7, bd, bp], axis=-1)
@@ -243,8 +248,19 @@ class InceptionV3(nnx.Module):
         x = self.Conv2d_2b_3x3(self.Conv2d_2a_3x3(self.Conv2d_1a_3x3(x)))
         x = _max_pool(x)
         x = _max_pool(self.Conv2d_4a_3x3(self.Conv2d_3b_1x1(x)))
-        for block in (self.Mixed_5b, self.Mixed_5c, self.Mixed_5d, self.Mixed_6a, self.Mixed_6b, self.Mixed_6c,
-                      self.Mixed_6d, self.Mixed_6e, self.Mixed_7a, self.Mixed_7b, self.Mixed_7c):
+        for block in (
+            self.Mixed_5b,
+            self.Mixed_5c,
+            self.Mixed_5d,
+            self.Mixed_6a,
+            self.Mixed_6b,
+            self.Mixed_6c,
+            self.Mixed_6d,
+            self.Mixed_6e,
+            self.Mixed_7a,
+            self.Mixed_7b,
+            self.Mixed_7c,
+        ):
             x = block(x)
         return jnp.mean(x, axis=(1, 2))
 
@@ -273,8 +289,10 @@ class InceptionV3(nnx.Module):
                 name = {"scale": "weight", "bias": "bias", "mean": "running_mean", "var": "running_var"}[leaf]
                 mapping[f"{prefix}.{name}"] = (path, None)
             elif mod == ["fc"]:
-                mapping[f"fc.{'weight' if leaf == 'kernel' else 'bias'}"] = (path, np.transpose if leaf == "kernel"
-                                                                              else None)
+                mapping[f"fc.{'weight' if leaf == 'kernel' else 'bias'}"] = (
+                    path,
+                    np.transpose if leaf == "kernel" else None,
+                )
             else:
                 raise AssertionError(f"unexpected Inception variable {path}")
         return mapping

@@ -201,8 +201,9 @@ def frechet_distance(x, y, feature_fn=None, *, batch_size: int = 1000) -> float:
 
     def feats(a):
         a = jnp.asarray(a)
-        return np.concatenate([np.asarray(_flat(feature_fn(a[i : i + batch_size]), "features"))
-                               for i in range(0, a.shape[0], batch_size)])
+        return np.concatenate(
+            [np.asarray(_flat(feature_fn(a[i : i + batch_size]), "features")) for i in range(0, a.shape[0], batch_size)]
+        )
 
     return frechet_distance_from_stats(*gaussian_stats(feats(x)), *gaussian_stats(feats(y)))
 

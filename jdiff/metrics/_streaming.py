@@ -79,8 +79,11 @@ class FeatureStats(NamedTuple):
 
     @classmethod
     def from_arrays(cls, arrays, prefix: str = "") -> FeatureStats:
-        return cls(int(arrays[f"{prefix}count"]), np.asarray(arrays[f"{prefix}mean"], np.float64),
-                   np.asarray(arrays[f"{prefix}m2"], np.float64))
+        return cls(
+            int(arrays[f"{prefix}count"]),
+            np.asarray(arrays[f"{prefix}mean"], np.float64),
+            np.asarray(arrays[f"{prefix}m2"], np.float64),
+        )
 
 
 def _log_softmax64(logits) -> np.ndarray:
@@ -114,8 +117,9 @@ class InceptionScoreStats(NamedTuple):
         logp = _log_softmax64(logits)
         idx = np.asarray(indices, np.int64)
         if idx.shape != (logp.shape[0],) or (idx.size and (idx.min() < 0 or idx.max() >= self.num_samples)):
-            raise ValueError(f"`indices` must be ({logp.shape[0]},) sample indices in [0, {self.num_samples}); "
-                             f"got shape {idx.shape}")
+            raise ValueError(
+                f"`indices` must be ({logp.shape[0]},) sample indices in [0, {self.num_samples}); got shape {idx.shape}"
+            )
         splits = self.count.shape[0]
         bounds = np.arange(1, splits) * self.num_samples // splits
         k = np.searchsorted(bounds, idx, side="right")
@@ -127,8 +131,9 @@ class InceptionScoreStats(NamedTuple):
         return InceptionScoreStats(self.num_samples, count, sum_p, sum_plogp)
 
     def merge(self, other: InceptionScoreStats) -> InceptionScoreStats:
-        return InceptionScoreStats(self.num_samples, self.count + other.count, self.sum_p + other.sum_p,
-                                   self.sum_plogp + other.sum_plogp)
+        return InceptionScoreStats(
+            self.num_samples, self.count + other.count, self.sum_p + other.sum_p, self.sum_plogp + other.sum_plogp
+        )
 
     def scores(self) -> np.ndarray:
         """The score of each split (S,)."""
@@ -144,13 +149,21 @@ class InceptionScoreStats(NamedTuple):
         return float(np.mean(s)), float(np.std(s))
 
     def to_arrays(self, prefix: str = "") -> dict:
-        return {f"{prefix}num_samples": np.int64(self.num_samples), f"{prefix}count": self.count,
-                f"{prefix}sum_p": self.sum_p, f"{prefix}sum_plogp": self.sum_plogp}
+        return {
+            f"{prefix}num_samples": np.int64(self.num_samples),
+            f"{prefix}count": self.count,
+            f"{prefix}sum_p": self.sum_p,
+            f"{prefix}sum_plogp": self.sum_plogp,
+        }
 
     @classmethod
     def from_arrays(cls, arrays, prefix: str = "") -> InceptionScoreStats:
-        return cls(int(arrays[f"{prefix}num_samples"]), np.asarray(arrays[f"{prefix}count"], np.int64),
-                   np.asarray(arrays[f"{prefix}sum_p"], np.float64), np.asarray(arrays[f"{prefix}sum_plogp"], np.float64))
+        return cls(
+            int(arrays[f"{prefix}num_samples"]),
+            np.asarray(arrays[f"{prefix}count"], np.int64),
+            np.asarray(arrays[f"{prefix}sum_p"], np.float64),
+            np.asarray(arrays[f"{prefix}sum_plogp"], np.float64),
+        )
 
 
 def save_stats(path, mu, sigma, **extra) -> None:
@@ -172,5 +185,7 @@ def load_stats(path) -> tuple[np.ndarray, np.ndarray]:
             raise ValueError(f"statistics file {path!r} must hold arrays `mu` and `sigma`; it has {', '.join(z.files)}")
         mu, sigma = np.asarray(z["mu"], np.float64), np.asarray(z["sigma"], np.float64)
     if mu.ndim != 1 or sigma.shape != (mu.shape[0], mu.shape[0]):
-        raise ValueError(f"statistics file {path!r}: `mu` must be (D,) and `sigma` (D, D); got {mu.shape}, {sigma.shape}")
+        raise ValueError(
+            f"statistics file {path!r}: `mu` must be (D,) and `sigma` (D, D); got {mu.shape}, {sigma.shape}"
+        )
     return mu, sigma

@@ -28,12 +28,27 @@ import ml_dtypes
 import numpy as np
 from flax import nnx
 
-__all__ = ["WeightsError", "check_state_dict", "load_state_dict", "materialize", "oihw_to_hwio", "read_weights", "write_weights"]
+__all__ = [
+    "WeightsError",
+    "check_state_dict",
+    "load_state_dict",
+    "materialize",
+    "oihw_to_hwio",
+    "read_weights",
+    "write_weights",
+]
 
 _ST_DTYPES = {
-    "F64": np.dtype("<f8"), "F32": np.dtype("<f4"), "F16": np.dtype("<f2"), "BF16": np.dtype(ml_dtypes.bfloat16),
-    "I64": np.dtype("<i8"), "I32": np.dtype("<i4"), "I16": np.dtype("<i2"), "I8": np.dtype("i1"),
-    "U8": np.dtype("u1"), "BOOL": np.dtype("?"),
+    "F64": np.dtype("<f8"),
+    "F32": np.dtype("<f4"),
+    "F16": np.dtype("<f2"),
+    "BF16": np.dtype(ml_dtypes.bfloat16),
+    "I64": np.dtype("<i8"),
+    "I32": np.dtype("<i4"),
+    "I16": np.dtype("<i2"),
+    "I8": np.dtype("i1"),
+    "U8": np.dtype("u1"),
+    "BOOL": np.dtype("?"),
 }
 _ST_NAMES = {v: k for k, v in _ST_DTYPES.items()}
 FORMATS = (".npz", ".safetensors")
@@ -77,8 +92,10 @@ def _write_safetensors(path, arrays: Mapping[str, np.ndarray]) -> None:
         a = np.ascontiguousarray(arrays[name])
         base = a.dtype.newbyteorder("<") if a.dtype.byteorder in "=>" and a.dtype.itemsize > 1 else a.dtype
         if base not in _ST_NAMES:
-            raise ValueError(f"`arrays`[{name!r}] has dtype {a.dtype}, which safetensors cannot store; "
-                             f"accepted: {', '.join(str(d) for d in _ST_NAMES)}")
+            raise ValueError(
+                f"`arrays`[{name!r}] has dtype {a.dtype}, which safetensors cannot store; "
+                f"accepted: {', '.join(str(d) for d in _ST_NAMES)}"
+            )
         data = a.astype(base).tobytes()
         header[name] = {"dtype": _ST_NAMES[base], "shape": list(a.shape), "data_offsets": [offset, offset + len(data)]}
         chunks.append(data)
@@ -95,8 +112,10 @@ def read_weights(path) -> dict[str, np.ndarray]:
     """{key: array} of a local .npz or .safetensors weight file."""
     ext = _check_format(path)
     if not os.path.exists(path):
-        raise FileNotFoundError(f"weight file {path!r} not found (jdiff downloads nothing: see docs/evaluation.md "
-                                "for where to get the file and how to convert it)")
+        raise FileNotFoundError(
+            f"weight file {path!r} not found (jdiff downloads nothing: see docs/evaluation.md "
+            "for where to get the file and how to convert it)"
+        )
     if ext == ".safetensors":
         return _read_safetensors(path)
     with np.load(path, allow_pickle=False) as z:
@@ -126,9 +145,14 @@ def _target_shape(transform, shape) -> tuple:
     return tuple((transform(probe) if transform is not None else probe).shape)
 
 
-def check_state_dict(net: nnx.Module, shapes: Mapping[str, tuple],
-                     mapping: Mapping[str, tuple[tuple, Callable | None]], *, ignore: Callable[[str], bool] | None = None,
-                     source: str = "weights") -> None:
+def check_state_dict(
+    net: nnx.Module,
+    shapes: Mapping[str, tuple],
+    mapping: Mapping[str, tuple[tuple, Callable | None]],
+    *,
+    ignore: Callable[[str], bool] | None = None,
+    source: str = "weights",
+) -> None:
     """Check file keys and shapes ({key: shape}, or {key: array}) against `net` through `mapping`.
 
     mapping: {file key: (path of an nnx Variable in nnx.state(net), transform)}; transform maps
@@ -160,9 +184,14 @@ def check_state_dict(net: nnx.Module, shapes: Mapping[str, tuple],
         raise WeightsError(f"{source} do not match {type(net).__name__}: " + "; ".join(problems))
 
 
-def load_state_dict(net: nnx.Module, state: Mapping[str, np.ndarray],
-                    mapping: Mapping[str, tuple[tuple, Callable | None]], *, ignore: Callable[[str], bool] | None = None,
-                    source: str = "weights") -> nnx.Module:
+def load_state_dict(
+    net: nnx.Module,
+    state: Mapping[str, np.ndarray],
+    mapping: Mapping[str, tuple[tuple, Callable | None]],
+    *,
+    ignore: Callable[[str], bool] | None = None,
+    source: str = "weights",
+) -> nnx.Module:
     """Copy `state` ({key: array}) into `net`'s variables through `mapping`, after
     `check_state_dict` (every key used, every variable set, every shape right); returns `net`."""
     check_state_dict(net, state, mapping, ignore=ignore, source=source)

@@ -49,8 +49,16 @@ def norm_dtype(dtype):
 
 def zeros_linear(din, dout, *, dtype, rngs, names=("embed", "mlp"), param_dtype=jnp.float32):
     """A Linear layer initialized to output exactly zero (residual branches, adaLN-Zero)."""
-    return nnx.Linear(din, dout, kernel_init=nnx.initializers.zeros, bias_init=nnx.initializers.zeros,
-                      dtype=dtype, param_dtype=param_dtype, rngs=rngs, kernel_metadata=axes(*names))
+    return nnx.Linear(
+        din,
+        dout,
+        kernel_init=nnx.initializers.zeros,
+        bias_init=nnx.initializers.zeros,
+        dtype=dtype,
+        param_dtype=param_dtype,
+        rngs=rngs,
+        kernel_metadata=axes(*names),
+    )
 
 
 class Attention(nnx.Module):
@@ -61,17 +69,28 @@ class Attention(nnx.Module):
     kernel_init: initializer of the projections (default nnx.Linear's LeCun normal).
     """
 
-    def __init__(self, dim: int, num_heads: int, *, zero_out: bool = False, kernel_init=None, dtype=None,
-                 param_dtype=jnp.float32, rngs: nnx.Rngs):
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        *,
+        zero_out: bool = False,
+        kernel_init=None,
+        dtype=None,
+        param_dtype=jnp.float32,
+        rngs: nnx.Rngs,
+    ):
         if dim % num_heads:
             raise ValueError(f"`num_heads`={num_heads} must divide the width {dim}")
         self.num_heads = num_heads
         kw = {} if kernel_init is None else dict(kernel_init=kernel_init)
         kw["param_dtype"] = param_dtype
         self.qkv = nnx.Linear(dim, 3 * dim, dtype=dtype, rngs=rngs, kernel_metadata=axes("embed", "heads"), **kw)
-        self.out = (zeros_linear(dim, dim, dtype=dtype, param_dtype=param_dtype, rngs=rngs, names=("heads", "embed"))
-                    if zero_out
-                    else nnx.Linear(dim, dim, dtype=dtype, rngs=rngs, kernel_metadata=axes("heads", "embed"), **kw))
+        self.out = (
+            zeros_linear(dim, dim, dtype=dtype, param_dtype=param_dtype, rngs=rngs, names=("heads", "embed"))
+            if zero_out
+            else nnx.Linear(dim, dim, dtype=dtype, rngs=rngs, kernel_metadata=axes("heads", "embed"), **kw)
+        )
 
     def __call__(self, h):
         b, n, d = h.shape

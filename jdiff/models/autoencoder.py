@@ -173,8 +173,9 @@ class Upsample(nnx.Module):
 
 class DownBlock(nnx.Module):
     def __init__(self, cin, cout, layers, groups, downsample, *, dtype, rngs):
-        self.resnets = nnx.List([ResnetBlock(cin if i == 0 else cout, cout, groups, dtype=dtype, rngs=rngs)
-                                 for i in range(layers)])
+        self.resnets = nnx.List(
+            [ResnetBlock(cin if i == 0 else cout, cout, groups, dtype=dtype, rngs=rngs) for i in range(layers)]
+        )
         self.downsamplers = nnx.List([Downsample(cout, dtype=dtype, rngs=rngs)]) if downsample else None
 
     def __call__(self, x):
@@ -185,8 +186,9 @@ class DownBlock(nnx.Module):
 
 class UpBlock(nnx.Module):
     def __init__(self, cin, cout, layers, groups, upsample, *, dtype, rngs):
-        self.resnets = nnx.List([ResnetBlock(cin if i == 0 else cout, cout, groups, dtype=dtype, rngs=rngs)
-                                 for i in range(layers)])
+        self.resnets = nnx.List(
+            [ResnetBlock(cin if i == 0 else cout, cout, groups, dtype=dtype, rngs=rngs) for i in range(layers)]
+        )
         self.upsamplers = nnx.List([Upsample(cout, dtype=dtype, rngs=rngs)]) if upsample else None
 
     def __call__(self, x):
@@ -262,32 +264,53 @@ class AutoencoderKL(nnx.Module):
         rngs: nnx.Rngs for the initialization.
     """
 
-    def __init__(self, in_channels: int = 3, out_channels: int | None = None, *,
-                 block_out_channels: Sequence[int] = (128, 256, 512, 512), layers_per_block: int = 2,
-                 latent_channels: int = 4, norm_num_groups: int = 32, mid_block_add_attention: bool = True,
-                 use_quant_conv: bool = True, use_post_quant_conv: bool = True, scaling_factor: float = 1.0,
-                 shift_factor: float = 0.0, dtype=None, rngs: nnx.Rngs):
+    def __init__(
+        self,
+        in_channels: int = 3,
+        out_channels: int | None = None,
+        *,
+        block_out_channels: Sequence[int] = (128, 256, 512, 512),
+        layers_per_block: int = 2,
+        latent_channels: int = 4,
+        norm_num_groups: int = 32,
+        mid_block_add_attention: bool = True,
+        use_quant_conv: bool = True,
+        use_post_quant_conv: bool = True,
+        scaling_factor: float = 1.0,
+        shift_factor: float = 0.0,
+        dtype=None,
+        rngs: nnx.Rngs,
+    ):
         widths = tuple(int(w) for w in block_out_channels)
         if not widths or min(widths) < 1:
-            raise ValueError(f"`block_out_channels` must be a non-empty sequence of positive widths; got "
-                             f"{block_out_channels!r}")
-        for name, v in (("in_channels", in_channels), ("layers_per_block", layers_per_block),
-                        ("latent_channels", latent_channels), ("norm_num_groups", norm_num_groups)):
+            raise ValueError(
+                f"`block_out_channels` must be a non-empty sequence of positive widths; got {block_out_channels!r}"
+            )
+        for name, v in (
+            ("in_channels", in_channels),
+            ("layers_per_block", layers_per_block),
+            ("latent_channels", latent_channels),
+            ("norm_num_groups", norm_num_groups),
+        ):
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"`{name}` must be a positive integer; got {v!r}")
         if not (math.isfinite(scaling_factor) and scaling_factor > 0 and math.isfinite(shift_factor)):
-            raise ValueError(f"`scaling_factor` must be finite and positive and `shift_factor` finite; got "
-                             f"{scaling_factor!r}, {shift_factor!r}")
+            raise ValueError(
+                f"`scaling_factor` must be finite and positive and `shift_factor` finite; got "
+                f"{scaling_factor!r}, {shift_factor!r}"
+            )
         self.in_channels = in_channels
         self.out_channels = out_channels or in_channels
         self.block_out_channels = widths
         self.latent_channels = latent_channels
         self.downsampling_factor = 2 ** (len(widths) - 1)
         kw = {"dtype": dtype, "rngs": rngs}
-        self.encoder = Encoder(in_channels, latent_channels, widths, layers_per_block, norm_num_groups,
-                               mid_block_add_attention, **kw)
-        self.decoder = Decoder(latent_channels, self.out_channels, widths, layers_per_block, norm_num_groups,
-                               mid_block_add_attention, **kw)
+        self.encoder = Encoder(
+            in_channels, latent_channels, widths, layers_per_block, norm_num_groups, mid_block_add_attention, **kw
+        )
+        self.decoder = Decoder(
+            latent_channels, self.out_channels, widths, layers_per_block, norm_num_groups, mid_block_add_attention, **kw
+        )
         self.quant_conv = _conv(2 * latent_channels, 2 * latent_channels, 1, **kw) if use_quant_conv else None
         self.post_quant_conv = _conv(latent_channels, latent_channels, 1, **kw) if use_post_quant_conv else None
         self.scale = LatentNorm(jnp.asarray(scaling_factor, jnp.float32))
@@ -306,8 +329,7 @@ class AutoencoderKL(nnx.Module):
     def encode(self, x) -> DiagonalGaussian:
         """The posterior q(z | x) of images x (B, H, W, in_channels)."""
         if x.ndim != 4 or x.shape[-1] != self.in_channels:
-            raise ValueError(f"`x` for this AutoencoderKL must have shape (B, H, W, {self.in_channels}); "
-                             f"got {x.shape}")
+            raise ValueError(f"`x` for this AutoencoderKL must have shape (B, H, W, {self.in_channels}); got {x.shape}")
         moments = self.encoder(x)
         if self.quant_conv is not None:
             moments = self.quant_conv(moments)
@@ -317,8 +339,9 @@ class AutoencoderKL(nnx.Module):
     def decode(self, z):
         """Images (B, H, W, out_channels) of latents z (B, h, w, latent_channels)."""
         if z.ndim != 4 or z.shape[-1] != self.latent_channels:
-            raise ValueError(f"`z` for this AutoencoderKL must have shape (B, h, w, {self.latent_channels}); "
-                             f"got {z.shape}")
+            raise ValueError(
+                f"`z` for this AutoencoderKL must have shape (B, h, w, {self.latent_channels}); got {z.shape}"
+            )
         h = z if self.post_quant_conv is None else self.post_quant_conv(z)
         return self.decoder(h).astype(z.dtype)
 

@@ -48,24 +48,37 @@ _LEAK = 0.2  # Xiao et al.'s discriminators: LeakyReLU(0.2)
 
 def _check_output(output):
     if output not in OUTPUTS:
-        raise ValueError(f"`output` must be one of {OUTPUTS} (tanh bounds x0_hat to [-1, 1], as Xiao et al.'s "
-                         f"image generators); got {output!r}")
+        raise ValueError(
+            f"`output` must be one of {OUTPUTS} (tanh bounds x0_hat to [-1, 1], as Xiao et al.'s "
+            f"image generators); got {output!r}"
+        )
     return output
 
 
 def _check_latent(x, z, latent_dim):
     if jnp.shape(z) != (x.shape[0], latent_dim):
-        raise ValueError(f"`z` must have shape ({x.shape[0]}, {latent_dim}) (one latent per example); got "
-                         f"{jnp.shape(z)}")
+        raise ValueError(
+            f"`z` must have shape ({x.shape[0]}, {latent_dim}) (one latent per example); got {jnp.shape(z)}"
+        )
 
 
 class _Mapping(nnx.Module):
     """z -> style: PixelNorm, then `layers` x (Linear, SiLU) (Xiao et al.'s z_transform)."""
 
     def __init__(self, latent_dim: int, dim: int, layers: int, *, dtype, rngs, param_dtype=jnp.float32):
-        self.layers = nnx.List([nnx.Linear(latent_dim if i == 0 else dim, dim, dtype=dtype, param_dtype=param_dtype,
-                                           rngs=rngs,
-                                           kernel_metadata=axes(None, "embed")) for i in range(max(layers, 1))])
+        self.layers = nnx.List(
+            [
+                nnx.Linear(
+                    latent_dim if i == 0 else dim,
+                    dim,
+                    dtype=dtype,
+                    param_dtype=param_dtype,
+                    rngs=rngs,
+                    kernel_metadata=axes(None, "embed"),
+                )
+                for i in range(max(layers, 1))
+            ]
+        )
 
     def __call__(self, z):
         z = z.astype(jnp.promote_types(z.dtype, jnp.float32))  # PixelNorm's statistics in float32 at least
@@ -95,16 +108,25 @@ class _GenBlock(nnx.Module):
     """h + Linear(SiLU(Linear(SiLU(AdaLN(h; z)) ) + temb)), last layer zero-initialised."""
 
     def __init__(self, hidden, style_dim, *, dtype, rngs, param_dtype=jnp.float32):
-        self.norm = nnx.LayerNorm(hidden, use_scale=False, use_bias=False, dtype=norm_dtype(dtype),
-                                  param_dtype=param_dtype, rngs=rngs)
+        self.norm = nnx.LayerNorm(
+            hidden, use_scale=False, use_bias=False, dtype=norm_dtype(dtype), param_dtype=param_dtype, rngs=rngs
+        )
         self.style = _Style(style_dim, hidden, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-        self.dense1 = nnx.Linear(hidden, hidden, dtype=dtype, param_dtype=param_dtype, rngs=rngs,
-                                 kernel_metadata=axes("embed", "mlp"))
-        self.emb = nnx.Linear(hidden, hidden, dtype=dtype, param_dtype=param_dtype, rngs=rngs,
-                              kernel_metadata=axes("embed", "mlp"))
-        self.dense2 = nnx.Linear(hidden, hidden, kernel_init=nnx.initializers.zeros, dtype=dtype,
-                                 param_dtype=param_dtype, rngs=rngs,
-                                 kernel_metadata=axes("mlp", "embed"))
+        self.dense1 = nnx.Linear(
+            hidden, hidden, dtype=dtype, param_dtype=param_dtype, rngs=rngs, kernel_metadata=axes("embed", "mlp")
+        )
+        self.emb = nnx.Linear(
+            hidden, hidden, dtype=dtype, param_dtype=param_dtype, rngs=rngs, kernel_metadata=axes("embed", "mlp")
+        )
+        self.dense2 = nnx.Linear(
+            hidden,
+            hidden,
+            kernel_init=nnx.initializers.zeros,
+            dtype=dtype,
+            param_dtype=param_dtype,
+            rngs=rngs,
+            kernel_metadata=axes("mlp", "embed"),
+        )
 
     def __call__(self, h, temb, style):
         gamma, beta = self.style(style)
@@ -125,26 +147,43 @@ class GeneratorMLP(nnx.Module):
         (float32 master weights).
     """
 
-    def __init__(self, in_features: int, *, latent_dim: int = 32, hidden: int = 256, depth: int = 3,
-                 z_layers: int = 2, num_classes: int | None = None, time_embedding: str = "sinusoidal",
-                 output: str = "none", dtype=None, param_dtype=jnp.float32, rngs: nnx.Rngs):
+    def __init__(
+        self,
+        in_features: int,
+        *,
+        latent_dim: int = 32,
+        hidden: int = 256,
+        depth: int = 3,
+        z_layers: int = 2,
+        num_classes: int | None = None,
+        time_embedding: str = "sinusoidal",
+        output: str = "none",
+        dtype=None,
+        param_dtype=jnp.float32,
+        rngs: nnx.Rngs,
+    ):
         self.in_features, self.latent_dim = in_features, latent_dim
         self.num_classes, self.output, self.dtype = num_classes, _check_output(output), dtype
         self.time = TimeEmbedding(hidden, hidden, kind=time_embedding, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.label = class_embedding_or_none(num_classes, hidden, dtype, rngs, param_dtype)
         self.mapping = _Mapping(latent_dim, hidden, z_layers, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-        self.inp = nnx.Linear(in_features, hidden, dtype=dtype, param_dtype=param_dtype, rngs=rngs,
-                              kernel_metadata=axes(None, "embed"))
-        self.blocks = nnx.List([_GenBlock(hidden, hidden, dtype=dtype, param_dtype=param_dtype,
-                                          rngs=rngs) for _ in range(depth)])
+        self.inp = nnx.Linear(
+            in_features, hidden, dtype=dtype, param_dtype=param_dtype, rngs=rngs, kernel_metadata=axes(None, "embed")
+        )
+        self.blocks = nnx.List(
+            [_GenBlock(hidden, hidden, dtype=dtype, param_dtype=param_dtype, rngs=rngs) for _ in range(depth)]
+        )
         self.out_norm = nnx.LayerNorm(hidden, dtype=norm_dtype(dtype), param_dtype=param_dtype, rngs=rngs)
-        self.out = nnx.Linear(hidden, in_features, dtype=dtype, param_dtype=param_dtype, rngs=rngs,
-                              kernel_metadata=axes("embed", None))
+        self.out = nnx.Linear(
+            hidden, in_features, dtype=dtype, param_dtype=param_dtype, rngs=rngs, kernel_metadata=axes("embed", None)
+        )
 
     def __call__(self, x, z, t, cond=None):
         """x (B, ...) with prod(x.shape[1:]) = in_features; z (B, latent_dim); t scalar or (B,)."""
         if x.ndim < 2 or math.prod(x.shape[1:]) != self.in_features:
-            raise ValueError(f"`x` must have shape (B, ...) with {self.in_features} features per example; got {x.shape}")
+            raise ValueError(
+                f"`x` must have shape (B, ...) with {self.in_features} features per example; got {x.shape}"
+            )
         _check_latent(x, z, self.latent_dim)
         b = x.shape[0]
         temb = self.time(batch_times(t, x))
@@ -166,12 +205,15 @@ class _DiscBlock(nnx.Module):
     """h + Linear(LeakyReLU(Linear(LeakyReLU(h)) + temb))."""
 
     def __init__(self, hidden, *, dtype, rngs, param_dtype=jnp.float32):
-        self.dense1 = nnx.Linear(hidden, hidden, dtype=dtype, param_dtype=param_dtype, rngs=rngs,
-                                 kernel_metadata=axes("embed", "mlp"))
-        self.emb = nnx.Linear(hidden, hidden, dtype=dtype, param_dtype=param_dtype, rngs=rngs,
-                              kernel_metadata=axes("embed", "mlp"))
-        self.dense2 = nnx.Linear(hidden, hidden, dtype=dtype, param_dtype=param_dtype, rngs=rngs,
-                                 kernel_metadata=axes("mlp", "embed"))
+        self.dense1 = nnx.Linear(
+            hidden, hidden, dtype=dtype, param_dtype=param_dtype, rngs=rngs, kernel_metadata=axes("embed", "mlp")
+        )
+        self.emb = nnx.Linear(
+            hidden, hidden, dtype=dtype, param_dtype=param_dtype, rngs=rngs, kernel_metadata=axes("embed", "mlp")
+        )
+        self.dense2 = nnx.Linear(
+            hidden, hidden, dtype=dtype, param_dtype=param_dtype, rngs=rngs, kernel_metadata=axes("mlp", "embed")
+        )
 
     def __call__(self, h, temb):
         r = self.dense1(nnx.leaky_relu(h, _LEAK)) + self.emb(temb)
@@ -185,23 +227,43 @@ class DiscriminatorMLP(nnx.Module):
     num_classes: None or K classes (null class K), embedded with the time.
     """
 
-    def __init__(self, in_features: int, *, hidden: int = 256, depth: int = 3, num_classes: int | None = None,
-                 time_embedding: str = "sinusoidal", dtype=None, param_dtype=jnp.float32, rngs: nnx.Rngs):
+    def __init__(
+        self,
+        in_features: int,
+        *,
+        hidden: int = 256,
+        depth: int = 3,
+        num_classes: int | None = None,
+        time_embedding: str = "sinusoidal",
+        dtype=None,
+        param_dtype=jnp.float32,
+        rngs: nnx.Rngs,
+    ):
         self.in_features, self.num_classes, self.dtype = in_features, num_classes, dtype
         self.time = TimeEmbedding(hidden, hidden, kind=time_embedding, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.label = class_embedding_or_none(num_classes, hidden, dtype, rngs, param_dtype)
-        self.inp = nnx.Linear(2 * in_features, hidden, dtype=dtype, param_dtype=param_dtype, rngs=rngs,
-                              kernel_metadata=axes(None, "embed"))
-        self.blocks = nnx.List([_DiscBlock(hidden, dtype=dtype, param_dtype=param_dtype,
-                                           rngs=rngs) for _ in range(depth)])
-        self.out = nnx.Linear(hidden, 1, dtype=dtype, param_dtype=param_dtype, rngs=rngs,
-                              kernel_metadata=axes("embed", None))
+        self.inp = nnx.Linear(
+            2 * in_features,
+            hidden,
+            dtype=dtype,
+            param_dtype=param_dtype,
+            rngs=rngs,
+            kernel_metadata=axes(None, "embed"),
+        )
+        self.blocks = nnx.List(
+            [_DiscBlock(hidden, dtype=dtype, param_dtype=param_dtype, rngs=rngs) for _ in range(depth)]
+        )
+        self.out = nnx.Linear(
+            hidden, 1, dtype=dtype, param_dtype=param_dtype, rngs=rngs, kernel_metadata=axes("embed", None)
+        )
 
     def __call__(self, x_prev, x_t, t, cond=None):
         """x_prev, x_t (B, ...) with in_features values each; t scalar or (B,); returns (B,) logits."""
         if x_t.ndim < 2 or math.prod(x_t.shape[1:]) != self.in_features or x_prev.shape != x_t.shape:
-            raise ValueError(f"`x_prev` and `x_t` must both have shape (B, ...) with {self.in_features} features per "
-                             f"example; got {x_prev.shape} and {x_t.shape}")
+            raise ValueError(
+                f"`x_prev` and `x_t` must both have shape (B, ...) with {self.in_features} features per "
+                f"example; got {x_prev.shape} and {x_t.shape}"
+            )
         b = x_t.shape[0]
         temb = self.time(batch_times(t, x_t))
         if self.label is None:
@@ -222,9 +284,18 @@ class DiscriminatorMLP(nnx.Module):
 
 def _conv(cin, cout, k=3, *, stride=1, zero=False, dtype, rngs, param_dtype=jnp.float32):
     kw = {"kernel_init": nnx.initializers.zeros} if zero else {}
-    return nnx.Conv(cin, cout, (k, k), strides=(stride, stride), padding="SAME", dtype=dtype,
-                    param_dtype=param_dtype, rngs=rngs,
-                    kernel_metadata=axes(None, None, "embed", "mlp"), **kw)
+    return nnx.Conv(
+        cin,
+        cout,
+        (k, k),
+        strides=(stride, stride),
+        padding="SAME",
+        dtype=dtype,
+        param_dtype=param_dtype,
+        rngs=rngs,
+        kernel_metadata=axes(None, None, "embed", "mlp"),
+        **kw,
+    )
 
 
 class _AdaGNBlock(nnx.Module):
@@ -261,10 +332,23 @@ class GeneratorConv(nnx.Module):
     as theirs: images in [-1, 1]) or "none".
     """
 
-    def __init__(self, image_size: int | Sequence[int], channels: int, *, ch: int = 32,
-                 ch_mult: Sequence[int] = (1, 2), num_res_blocks: int = 1, latent_dim: int = 32, z_layers: int = 2,
-                 num_classes: int | None = None, time_embedding: str = "sinusoidal", output: str = "tanh",
-                 dtype=None, param_dtype=jnp.float32, rngs: nnx.Rngs):
+    def __init__(
+        self,
+        image_size: int | Sequence[int],
+        channels: int,
+        *,
+        ch: int = 32,
+        ch_mult: Sequence[int] = (1, 2),
+        num_res_blocks: int = 1,
+        latent_dim: int = 32,
+        z_layers: int = 2,
+        num_classes: int | None = None,
+        time_embedding: str = "sinusoidal",
+        output: str = "tanh",
+        dtype=None,
+        param_dtype=jnp.float32,
+        rngs: nnx.Rngs,
+    ):
         self.image_size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
         self.channels, self.latent_dim, self.num_classes = channels, latent_dim, num_classes
         self.output, self.dtype = _check_output(output), dtype
@@ -367,9 +451,19 @@ class DiscriminatorConv(nnx.Module):
     space, as Xiao et al.'s Discriminator_small, and mapped to one logit.
     """
 
-    def __init__(self, image_size: int | Sequence[int], channels: int, *, ch: int = 32,
-                 ch_mult: Sequence[int] = (1, 2, 2), num_classes: int | None = None,
-                 time_embedding: str = "sinusoidal", dtype=None, param_dtype=jnp.float32, rngs: nnx.Rngs):
+    def __init__(
+        self,
+        image_size: int | Sequence[int],
+        channels: int,
+        *,
+        ch: int = 32,
+        ch_mult: Sequence[int] = (1, 2, 2),
+        num_classes: int | None = None,
+        time_embedding: str = "sinusoidal",
+        dtype=None,
+        param_dtype=jnp.float32,
+        rngs: nnx.Rngs,
+    ):
         self.image_size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
         self.channels, self.num_classes, self.dtype = channels, num_classes, dtype
         if not ch_mult:
@@ -425,15 +519,45 @@ class DDGANMLP(GANPair):
     latent_dim, z_layers, output: the generator's; num_classes: both networks'.
     """
 
-    def __init__(self, in_features: int, *, latent_dim: int = 32, hidden: int = 256, depth: int = 3,
-                 d_hidden: int | None = None, d_depth: int | None = None, z_layers: int = 2,
-                 num_classes: int | None = None, output: str = "none", dtype=None, param_dtype=jnp.float32,
-                     rngs: nnx.Rngs):
+    def __init__(
+        self,
+        in_features: int,
+        *,
+        latent_dim: int = 32,
+        hidden: int = 256,
+        depth: int = 3,
+        d_hidden: int | None = None,
+        d_depth: int | None = None,
+        z_layers: int = 2,
+        num_classes: int | None = None,
+        output: str = "none",
+        dtype=None,
+        param_dtype=jnp.float32,
+        rngs: nnx.Rngs,
+    ):
         super().__init__(
-            GeneratorMLP(in_features, latent_dim=latent_dim, hidden=hidden, depth=depth, z_layers=z_layers,
-                         num_classes=num_classes, output=output, dtype=dtype, param_dtype=param_dtype, rngs=rngs),
-            DiscriminatorMLP(in_features, hidden=d_hidden or hidden, depth=d_depth or depth,
-                             num_classes=num_classes, dtype=dtype, param_dtype=param_dtype, rngs=rngs))
+            GeneratorMLP(
+                in_features,
+                latent_dim=latent_dim,
+                hidden=hidden,
+                depth=depth,
+                z_layers=z_layers,
+                num_classes=num_classes,
+                output=output,
+                dtype=dtype,
+                param_dtype=param_dtype,
+                rngs=rngs,
+            ),
+            DiscriminatorMLP(
+                in_features,
+                hidden=d_hidden or hidden,
+                depth=d_depth or depth,
+                num_classes=num_classes,
+                dtype=dtype,
+                param_dtype=param_dtype,
+                rngs=rngs,
+            ),
+        )
 
 
 class DDGANConv(GANPair):
@@ -443,13 +567,47 @@ class DDGANConv(GANPair):
     the discriminator's (default ch and (1, 2, 2)); num_classes: both networks'.
     """
 
-    def __init__(self, image_size: int | Sequence[int], channels: int, *, ch: int = 32,
-                 ch_mult: Sequence[int] = (1, 2), num_res_blocks: int = 1, latent_dim: int = 32, z_layers: int = 2,
-                 d_ch: int | None = None, d_ch_mult: Sequence[int] = (1, 2, 2), num_classes: int | None = None,
-                 output: str = "tanh", dtype=None, param_dtype=jnp.float32, rngs: nnx.Rngs):
+    def __init__(
+        self,
+        image_size: int | Sequence[int],
+        channels: int,
+        *,
+        ch: int = 32,
+        ch_mult: Sequence[int] = (1, 2),
+        num_res_blocks: int = 1,
+        latent_dim: int = 32,
+        z_layers: int = 2,
+        d_ch: int | None = None,
+        d_ch_mult: Sequence[int] = (1, 2, 2),
+        num_classes: int | None = None,
+        output: str = "tanh",
+        dtype=None,
+        param_dtype=jnp.float32,
+        rngs: nnx.Rngs,
+    ):
         super().__init__(
-            GeneratorConv(image_size, channels, ch=ch, ch_mult=ch_mult, num_res_blocks=num_res_blocks,
-                          latent_dim=latent_dim, z_layers=z_layers, num_classes=num_classes, output=output,
-                          dtype=dtype, param_dtype=param_dtype, rngs=rngs),
-            DiscriminatorConv(image_size, channels, ch=d_ch or ch, ch_mult=d_ch_mult, num_classes=num_classes,
-                              dtype=dtype, param_dtype=param_dtype, rngs=rngs))
+            GeneratorConv(
+                image_size,
+                channels,
+                ch=ch,
+                ch_mult=ch_mult,
+                num_res_blocks=num_res_blocks,
+                latent_dim=latent_dim,
+                z_layers=z_layers,
+                num_classes=num_classes,
+                output=output,
+                dtype=dtype,
+                param_dtype=param_dtype,
+                rngs=rngs,
+            ),
+            DiscriminatorConv(
+                image_size,
+                channels,
+                ch=d_ch or ch,
+                ch_mult=d_ch_mult,
+                num_classes=num_classes,
+                dtype=dtype,
+                param_dtype=param_dtype,
+                rngs=rngs,
+            ),
+        )

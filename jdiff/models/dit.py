@@ -28,8 +28,15 @@ _LN_EPS = 1e-6
 
 def _xavier_linear(din, dout, *, dtype, rngs, names=("embed", "mlp"), param_dtype=jnp.float32):
     # DiT initializes every transformer Linear with Xavier-uniform weights and zero biases.
-    return nnx.Linear(din, dout, kernel_init=nnx.initializers.xavier_uniform(), dtype=dtype, param_dtype=param_dtype,
-                      rngs=rngs, kernel_metadata=axes(*names))
+    return nnx.Linear(
+        din,
+        dout,
+        kernel_init=nnx.initializers.xavier_uniform(),
+        dtype=dtype,
+        param_dtype=param_dtype,
+        rngs=rngs,
+        kernel_metadata=axes(*names),
+    )
 
 
 def _layer_norm(dim, dtype, rngs):
@@ -57,8 +64,9 @@ def sincos_2d(dim: int, gh: int, gw: int) -> np.ndarray:
 
 
 class DiTBlock(nnx.Module):
-    def __init__(self, hidden: int, num_heads: int, mlp_ratio: float, *, dtype, rngs: nnx.Rngs,
-                 param_dtype=jnp.float32):
+    def __init__(
+        self, hidden: int, num_heads: int, mlp_ratio: float, *, dtype, rngs: nnx.Rngs, param_dtype=jnp.float32
+    ):
         kw = {"dtype": dtype, "param_dtype": param_dtype, "rngs": rngs}
         self.norm1 = _layer_norm(hidden, dtype, rngs)
         self.attn = Attention(hidden, num_heads, kernel_init=nnx.initializers.xavier_uniform(), **kw)
@@ -104,11 +112,25 @@ class DiT(nnx.Module):
     param_dtype: dtype of the parameters (float32 master weights).
     """
 
-    def __init__(self, image_size: int | Sequence[int], channels: int, *, patch_size: int = 2, hidden: int = 384,
-                 depth: int = 12, num_heads: int = 6, mlp_ratio: float = 4.0, num_classes: int | None = None,
-                 time_embedding: str = "sinusoidal", time_scale: float = 1000.0,
-                 kind: str = "eps", out_channels: int | None = None,
-                 dtype=None, param_dtype=jnp.float32, rngs: nnx.Rngs):
+    def __init__(
+        self,
+        image_size: int | Sequence[int],
+        channels: int,
+        *,
+        patch_size: int = 2,
+        hidden: int = 384,
+        depth: int = 12,
+        num_heads: int = 6,
+        mlp_ratio: float = 4.0,
+        num_classes: int | None = None,
+        time_embedding: str = "sinusoidal",
+        time_scale: float = 1000.0,
+        kind: str = "eps",
+        out_channels: int | None = None,
+        dtype=None,
+        param_dtype=jnp.float32,
+        rngs: nnx.Rngs,
+    ):
         self.kind = check_model_kind(kind)
         self.image_size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
         if any(s % patch_size for s in self.image_size):

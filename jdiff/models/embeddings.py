@@ -102,11 +102,21 @@ class TimeEmbedding(nnx.Module):
         standard deviation 16 per unit of input).
     """
 
-    def __init__(self, dim: int, out: int, *, kind: str = "sinusoidal", time_scale: float = SINUSOIDAL_TIME_SCALE,
-                 dtype=None, param_dtype=jnp.float32, rngs: nnx.Rngs):
+    def __init__(
+        self,
+        dim: int,
+        out: int,
+        *,
+        kind: str = "sinusoidal",
+        time_scale: float = SINUSOIDAL_TIME_SCALE,
+        dtype=None,
+        param_dtype=jnp.float32,
+        rngs: nnx.Rngs,
+    ):
         if kind not in TIME_EMBEDDINGS:
-            raise ValueError(f"unknown time embedding {kind!r} for `time_embedding`; accepted: "
-                             f"{', '.join(TIME_EMBEDDINGS)}")
+            raise ValueError(
+                f"unknown time embedding {kind!r} for `time_embedding`; accepted: {', '.join(TIME_EMBEDDINGS)}"
+            )
         self.dim = dim
         self.kind = kind
         self.time_scale = time_scale
@@ -126,16 +136,24 @@ class ClassEmbedding(nnx.Module):
     def __init__(self, num_classes: int, dim: int, *, dtype=None, param_dtype=jnp.float32, rngs: nnx.Rngs):
         self.num_classes = num_classes
         # num_classes + 1 rows: the last is the null class (classifier-free guidance).
-        self.embed = nnx.Embed(num_classes + 1, dim, dtype=dtype, param_dtype=param_dtype, rngs=rngs,
-                               embedding_metadata=axes("vocab", "embed"))
+        self.embed = nnx.Embed(
+            num_classes + 1,
+            dim,
+            dtype=dtype,
+            param_dtype=param_dtype,
+            rngs=rngs,
+            embedding_metadata=axes("vocab", "embed"),
+        )
 
     def __call__(self, cond, batch: int):
         if cond is None:
             cond = jnp.full((batch,), self.num_classes, jnp.int32)
         shape, dtype = jnp.shape(cond), jnp.result_type(cond)  # no jnp.asarray: inside a trace it makes a tracer
         if shape != (batch,) or not jnp.issubdtype(dtype, jnp.integer):
-            raise ValueError(f"`cond` must be None or integer class labels of shape ({batch},) in "
-                             f"0..{self.num_classes} ({self.num_classes} = null class); got {dtype} {shape}")
+            raise ValueError(
+                f"`cond` must be None or integer class labels of shape ({batch},) in "
+                f"0..{self.num_classes} ({self.num_classes} = null class); got {dtype} {shape}"
+            )
         # An out-of-range label would embed as NaN (or, negative, wrap to another class): refuse it,
         # now when concrete (a constant inside a trace too), at run time (equinox.error_if) when traced.
         cond = check_labels(cond, self.num_classes, "cond", null_class=True)
@@ -152,5 +170,7 @@ def class_embedding_or_none(num_classes, dim, dtype, rngs, param_dtype=jnp.float
 def check_unconditional(cond, name):
     """Raise if labels reach an unconditional network (silently ignoring them hides a config error)."""
     if cond is not None:
-        raise ValueError(f"`cond` was given but this {name} is unconditional (num_classes=None); "
-                         "build it with num_classes=K for class conditioning")
+        raise ValueError(
+            f"`cond` was given but this {name} is unconditional (num_classes=None); "
+            "build it with num_classes=K for class conditioning"
+        )

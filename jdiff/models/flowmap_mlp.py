@@ -35,8 +35,18 @@ class FlowMapMLP(nnx.Module):
         default here is 10 (the highest frequency then has period ~0.6 in t).
     """
 
-    def __init__(self, in_features: int, *, hidden: int = 128, depth: int = 3, num_classes: int | None = None,
-                 time_scale: float = 10.0, dtype=None, param_dtype=jnp.float32, rngs: nnx.Rngs):
+    def __init__(
+        self,
+        in_features: int,
+        *,
+        hidden: int = 128,
+        depth: int = 3,
+        num_classes: int | None = None,
+        time_scale: float = 10.0,
+        dtype=None,
+        param_dtype=jnp.float32,
+        rngs: nnx.Rngs,
+    ):
         self.in_features = in_features
         kw = {"dtype": dtype, "param_dtype": param_dtype, "rngs": rngs}
         norm = {"dtype": norm_dtype(dtype), "param_dtype": param_dtype, "rngs": rngs}  # LayerNorm in float32 under bf16
@@ -47,8 +57,9 @@ class FlowMapMLP(nnx.Module):
         self.norms = nnx.List([nnx.LayerNorm(hidden, **norm) for _ in range(depth)])
         self.dense1 = nnx.List([nnx.Linear(hidden, hidden, **kw) for _ in range(depth)])
         self.emb = nnx.List([nnx.Linear(hidden, hidden, **kw) for _ in range(depth)])
-        self.dense2 = nnx.List([nnx.Linear(hidden, hidden, kernel_init=nnx.initializers.zeros, **kw)
-                                for _ in range(depth)])
+        self.dense2 = nnx.List(
+            [nnx.Linear(hidden, hidden, kernel_init=nnx.initializers.zeros, **kw) for _ in range(depth)]
+        )
         self.out_norm = nnx.LayerNorm(hidden, **norm)
         self.out = nnx.Linear(hidden, in_features, **kw)
 

@@ -22,8 +22,9 @@ class _Block(nnx.Module):
         self.dense1 = nnx.Linear(hidden, hidden, kernel_metadata=axes("embed", "mlp"), **kw)
         self.emb = nnx.Linear(emb_dim, hidden, kernel_metadata=axes("embed", "mlp"), **kw)
         self.dropout = nnx.Dropout(dropout, rngs=rngs)
-        self.dense2 = nnx.Linear(hidden, hidden, kernel_init=nnx.initializers.zeros,
-                                 kernel_metadata=axes("mlp", "embed"), **kw)
+        self.dense2 = nnx.Linear(
+            hidden, hidden, kernel_init=nnx.initializers.zeros, kernel_metadata=axes("mlp", "embed"), **kw
+        )
 
     def __call__(self, h, emb):
         r = self.dense1(nnx.silu(self.norm(h))) + self.emb(emb)
@@ -48,16 +49,28 @@ class MLP(nnx.Module):
     param_dtype: dtype of the parameters (float32 master weights).
     """
 
-    def __init__(self, in_features: int, *, hidden: int = 256, depth: int = 3, num_classes: int | None = None,
-                 time_embedding: str = "sinusoidal", time_scale: float = 1000.0,
-                 kind: str = "velocity", dropout: float = 0.0,
-                 dtype=None, param_dtype=jnp.float32, rngs: nnx.Rngs):
+    def __init__(
+        self,
+        in_features: int,
+        *,
+        hidden: int = 256,
+        depth: int = 3,
+        num_classes: int | None = None,
+        time_embedding: str = "sinusoidal",
+        time_scale: float = 1000.0,
+        kind: str = "velocity",
+        dropout: float = 0.0,
+        dtype=None,
+        param_dtype=jnp.float32,
+        rngs: nnx.Rngs,
+    ):
         self.kind = check_model_kind(kind)
         self.in_features = in_features
         self.num_classes = num_classes
         self.dtype = dtype
-        self.time = TimeEmbedding(hidden, hidden, kind=time_embedding, time_scale=time_scale, dtype=dtype,
-                                  param_dtype=param_dtype, rngs=rngs)
+        self.time = TimeEmbedding(
+            hidden, hidden, kind=time_embedding, time_scale=time_scale, dtype=dtype, param_dtype=param_dtype, rngs=rngs
+        )
         self.label = class_embedding_or_none(num_classes, hidden, dtype, rngs, param_dtype)
         kw = {"dtype": dtype, "param_dtype": param_dtype, "rngs": rngs}
         self.inp = nnx.Linear(in_features, hidden, kernel_metadata=axes(None, "embed"), **kw)
@@ -68,7 +81,9 @@ class MLP(nnx.Module):
     def __call__(self, x, t, cond=None):
         """x (B, ...) with prod(x.shape[1:]) = in_features; t scalar or (B,) in [0, 1]; cond (B,) ints or None."""
         if x.ndim < 2 or math.prod(x.shape[1:]) != self.in_features:
-            raise ValueError(f"`x` must have shape (B, ...) with {self.in_features} features per example; got {x.shape}")
+            raise ValueError(
+                f"`x` must have shape (B, ...) with {self.in_features} features per example; got {x.shape}"
+            )
         b = x.shape[0]
         emb = self.time(batch_times(t, x))
         if self.label is None:

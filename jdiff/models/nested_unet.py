@@ -28,16 +28,22 @@ __all__ = ["NestedUNet"]
 
 
 class _Stage(nnx.Module):
-    def __init__(self, cin_outer, ch, channels, emb_dim, num_res_blocks, attn, inner_ch, num_heads, dropout, *,
-                 dtype, rngs):
+    def __init__(
+        self, cin_outer, ch, channels, emb_dim, num_res_blocks, attn, inner_ch, num_heads, dropout, *, dtype, rngs
+    ):
         kw = {"dtype": dtype, "rngs": rngs}
         self.conv_in = _conv(channels, ch, **kw)
         self.from_outer = None if cin_outer is None else _conv(cin_outer, ch, stride=2, **kw)
         self.enc = nnx.List([ResBlock(ch, ch, emb_dim, dropout, **kw) for _ in range(num_res_blocks)])
         self.enc_attn = nnx.List([AttnBlock(ch, num_heads, **kw) if attn else None for _ in range(num_res_blocks)])
         if inner_ch is None:  # the coarsest stage: DDPM++'s middle block
-            self.mid = nnx.List([ResBlock(ch, ch, emb_dim, dropout, **kw), AttnBlock(ch, num_heads, **kw),
-                                 ResBlock(ch, ch, emb_dim, dropout, **kw)])
+            self.mid = nnx.List(
+                [
+                    ResBlock(ch, ch, emb_dim, dropout, **kw),
+                    AttnBlock(ch, num_heads, **kw),
+                    ResBlock(ch, ch, emb_dim, dropout, **kw),
+                ]
+            )
             self.from_inner = self.up = None
         else:
             self.mid = None
@@ -59,16 +65,32 @@ class NestedUNet(nnx.Module):
         time_embedding, time_scale, kind, dtype: as `jdiff.models.UNet`.
     """
 
-    def __init__(self, image_size: int | Sequence[int], channels: int, *, num_levels: int = 3, ch: int = 64,
-                 ch_mult: Sequence[int] = (1, 2, 2), num_res_blocks: int = 2, attn_resolutions: Sequence[int] = (),
-                 num_heads: int = 1, dropout: float = 0.1, num_classes: int | None = None,
-                 time_embedding: str = "sinusoidal", time_scale: float = 1000.0, kind: str = "eps", dtype=None,
-                 rngs: nnx.Rngs):
+    def __init__(
+        self,
+        image_size: int | Sequence[int],
+        channels: int,
+        *,
+        num_levels: int = 3,
+        ch: int = 64,
+        ch_mult: Sequence[int] = (1, 2, 2),
+        num_res_blocks: int = 2,
+        attn_resolutions: Sequence[int] = (),
+        num_heads: int = 1,
+        dropout: float = 0.1,
+        num_classes: int | None = None,
+        time_embedding: str = "sinusoidal",
+        time_scale: float = 1000.0,
+        kind: str = "eps",
+        dtype=None,
+        rngs: nnx.Rngs,
+    ):
         self.kind = check_model_kind(kind)
         size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
         if len(ch_mult) != num_levels or num_levels < 1 or num_res_blocks < 1:
-            raise ValueError(f"`ch_mult` needs one multiplier per level ({num_levels}) and num_res_blocks >= 1; got "
-                             f"{tuple(ch_mult)}, {num_res_blocks}")
+            raise ValueError(
+                f"`ch_mult` needs one multiplier per level ({num_levels}) and num_res_blocks >= 1; got "
+                f"{tuple(ch_mult)}, {num_res_blocks}"
+            )
         sizes = []
         for _ in range(num_levels):
             sizes.append(size)
@@ -79,11 +101,24 @@ class NestedUNet(nnx.Module):
         self.time = TimeEmbedding(ch, emb_dim, kind=time_embedding, time_scale=time_scale, dtype=dtype, rngs=rngs)
         self.label = class_embedding_or_none(num_classes, emb_dim, dtype, rngs)
         widths = [ch * m for m in ch_mult]
-        self.stages = nnx.List([
-            _Stage(None if i == 0 else widths[i - 1], widths[i], channels, emb_dim, num_res_blocks,
-                   self.sizes[i][0] in attn_resolutions, widths[i + 1] if i + 1 < num_levels else None,
-                   num_heads, dropout, dtype=dtype, rngs=rngs)
-            for i in range(num_levels)])
+        self.stages = nnx.List(
+            [
+                _Stage(
+                    None if i == 0 else widths[i - 1],
+                    widths[i],
+                    channels,
+                    emb_dim,
+                    num_res_blocks,
+                    self.sizes[i][0] in attn_resolutions,
+                    widths[i + 1] if i + 1 < num_levels else None,
+                    num_heads,
+                    dropout,
+                    dtype=dtype,
+                    rngs=rngs,
+                )
+                for i in range(num_levels)
+            ]
+        )
 
     def _run(self, i, levels, emb, outer):
         """Stage i on levels[i] (and the finer stage's features `outer`): (decoder features, preds i..)."""
@@ -111,8 +146,10 @@ class NestedUNet(nnx.Module):
     def __call__(self, levels, t, cond=None):
         """levels: tuple of (B, H_l, W_l, C), finest first; t scalar or (B,); cond None or (B,) labels."""
         if not isinstance(levels, (tuple, list)) or len(levels) != len(self.sizes):
-            raise ValueError(f"`levels` must be a tuple of {len(self.sizes)} images (finest first, sizes "
-                             f"{self.sizes}); got {type(levels).__name__}")
+            raise ValueError(
+                f"`levels` must be a tuple of {len(self.sizes)} images (finest first, sizes "
+                f"{self.sizes}); got {type(levels).__name__}"
+            )
         for x, size in zip(levels, self.sizes):
             check_input(x, 4, (*size, self.channels), "NestedUNet level")
         x = levels[0]

@@ -27,14 +27,24 @@ _SKIP_SCALE = 1.0 / math.sqrt(2.0)  # DDPM++ skip_rescale: keeps the residual st
 
 def _conv(cin, cout, k=3, *, stride=1, zero=False, dtype, rngs, param_dtype=jnp.float32):
     kw = dict(kernel_init=nnx.initializers.zeros) if zero else {}
-    return nnx.Conv(cin, cout, (k, k), strides=(stride, stride), padding="SAME", dtype=dtype, param_dtype=param_dtype,
-                    rngs=rngs,
-                    kernel_metadata=axes(None, None, "embed", "mlp"), **kw)
+    return nnx.Conv(
+        cin,
+        cout,
+        (k, k),
+        strides=(stride, stride),
+        padding="SAME",
+        dtype=dtype,
+        param_dtype=param_dtype,
+        rngs=rngs,
+        kernel_metadata=axes(None, None, "embed", "mlp"),
+        **kw,
+    )
 
 
 class ResBlock(nnx.Module):
-    def __init__(self, cin: int, cout: int, emb_dim: int, dropout: float, *, dtype, rngs: nnx.Rngs,
-                 param_dtype=jnp.float32):
+    def __init__(
+        self, cin: int, cout: int, emb_dim: int, dropout: float, *, dtype, rngs: nnx.Rngs, param_dtype=jnp.float32
+    ):
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         norm = dict(dtype=norm_dtype(dtype), param_dtype=param_dtype, rngs=rngs)  # GroupNorm in float32
         self.norm1 = nnx.GroupNorm(cin, num_groups(cin), **norm)
@@ -94,12 +104,26 @@ class UNet(nnx.Module):
     param_dtype: dtype of the parameters (float32 master weights).
     """
 
-    def __init__(self, image_size: int | Sequence[int], channels: int, *, ch: int = 128,
-                 ch_mult: Sequence[int] = (1, 2, 2, 2), num_res_blocks: int = 2,
-                 attn_resolutions: Sequence[int] = (16,), num_heads: int = 1, dropout: float = 0.1,
-                 num_classes: int | None = None, time_embedding: str = "sinusoidal", time_scale: float = 1000.0,
-                 kind: str = "eps",
-                 out_channels: int | None = None, dtype=None, param_dtype=jnp.float32, rngs: nnx.Rngs):
+    def __init__(
+        self,
+        image_size: int | Sequence[int],
+        channels: int,
+        *,
+        ch: int = 128,
+        ch_mult: Sequence[int] = (1, 2, 2, 2),
+        num_res_blocks: int = 2,
+        attn_resolutions: Sequence[int] = (16,),
+        num_heads: int = 1,
+        dropout: float = 0.1,
+        num_classes: int | None = None,
+        time_embedding: str = "sinusoidal",
+        time_scale: float = 1000.0,
+        kind: str = "eps",
+        out_channels: int | None = None,
+        dtype=None,
+        param_dtype=jnp.float32,
+        rngs: nnx.Rngs,
+    ):
         self.kind = check_model_kind(kind)
         self.image_size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
         self.channels = channels
@@ -108,8 +132,9 @@ class UNet(nnx.Module):
         if not ch_mult or num_res_blocks < 1:
             raise ValueError(f"need a non-empty `ch_mult` and `num_res_blocks` >= 1; got {ch_mult}, {num_res_blocks}")
         emb_dim = 4 * ch
-        self.time = TimeEmbedding(ch, emb_dim, kind=time_embedding, time_scale=time_scale, dtype=dtype,
-                                  param_dtype=param_dtype, rngs=rngs)
+        self.time = TimeEmbedding(
+            ch, emb_dim, kind=time_embedding, time_scale=time_scale, dtype=dtype, param_dtype=param_dtype, rngs=rngs
+        )
         self.label = class_embedding_or_none(num_classes, emb_dim, dtype, rngs, param_dtype)
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.conv_in = _conv(channels, ch, **kw)
@@ -131,8 +156,13 @@ class UNet(nnx.Module):
                 res = (-(-res[0] // 2), -(-res[1] // 2))  # SAME padding, stride 2: ceil(n / 2)
                 skip_ch.append(cin)
         self.down = nnx.List(down)
-        self.mid = nnx.List([ResBlock(cin, cin, emb_dim, dropout, **kw), AttnBlock(cin, num_heads, **kw),
-                             ResBlock(cin, cin, emb_dim, dropout, **kw)])
+        self.mid = nnx.List(
+            [
+                ResBlock(cin, cin, emb_dim, dropout, **kw),
+                AttnBlock(cin, num_heads, **kw),
+                ResBlock(cin, cin, emb_dim, dropout, **kw),
+            ]
+        )
         up = []
         for i, mult in reversed(list(enumerate(ch_mult))):
             cout = ch * mult

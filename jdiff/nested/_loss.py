@@ -27,9 +27,20 @@ def _check_weights(weights, num_levels):
     return w
 
 
-def nested_loss(model: Model, key, x0, *, pyramid: Pyramid, weights: Sequence[float] | None = None, cond=None,
-                target: str | None = None, weighting=None, time_sampler=uniform_time, t=None,
-                return_levels: bool = False):
+def nested_loss(
+    model: Model,
+    key,
+    x0,
+    *,
+    pyramid: Pyramid,
+    weights: Sequence[float] | None = None,
+    cond=None,
+    target: str | None = None,
+    weighting=None,
+    time_sampler=uniform_time,
+    t=None,
+    return_levels: bool = False,
+):
     """Matryoshka diffusion's loss (Gu et al. 2023, eq. 3): sum_l w_l MSE_l per example.
 
     The levels y_l = `pyramid`(x0) are noised at ONE time t per example, each with its own

@@ -31,8 +31,9 @@ def pyramid_mixture(gm: GaussianMixture, pyramid: Pyramid, image_shape: Sequence
     """The mixture of the stacked, flattened levels y = A x of images x ~ `gm` of shape
     `image_shape` (gm.dim = prod(image_shape)): means A mu_k, covariances A S_k A^T."""
     if gm.dim != math.prod(image_shape):
-        raise ValueError(f"`image_shape` {tuple(image_shape)} has {math.prod(image_shape)} values; the mixture has "
-                         f"dim {gm.dim}")
+        raise ValueError(
+            f"`image_shape` {tuple(image_shape)} has {math.prod(image_shape)} values; the mixture has dim {gm.dim}"
+        )
     a = jnp.asarray(pyramid.matrix(image_shape), gm.means.dtype)
     covs = jnp.einsum("ij,kjl,ml->kim", a, gm.covs, a)
     return GaussianMixture(gm.weights, gm.means @ a.T, 0.5 * (covs + jnp.swapaxes(covs, 1, 2)), labels=gm.labels)
@@ -51,8 +52,9 @@ class _LevelsNet(eqx.Module):
         return unravel(self.flat(flat, t, cond), spec)
 
 
-def exact_model(gm: GaussianMixture, pyramid: Pyramid, image_shape: Sequence[int], path: AbstractPath,
-                kind: str = "x0") -> Model:
+def exact_model(
+    gm: GaussianMixture, pyramid: Pyramid, image_shape: Sequence[int], path: AbstractPath, kind: str = "x0"
+) -> Model:
     """The exact joint model of the levels of images x ~ `gm` on `path`, predicting `kind` for
     every level at once: a `jdiff.Model` whose network takes and returns a tuple of levels
     (B, h_l, w_l, C), finest first, as a nested network does (sample it with any jdiff solver

@@ -61,15 +61,23 @@ class Pyramid(eqx.Module):
     factors: tuple = eqx.field(static=True)
     log_snr_shifts: tuple = eqx.field(static=True)
 
-    def __init__(self, factors: Sequence[int], *, log_snr_shifts: Sequence[float] | None = None,
-                 shift_power: float = 1.0):
+    def __init__(
+        self, factors: Sequence[int], *, log_snr_shifts: Sequence[float] | None = None, shift_power: float = 1.0
+    ):
         factors = tuple(factors)
-        if (not factors or any(isinstance(f, bool) or not isinstance(f, int) or f < 1 for f in factors)
-                or any(b <= a for a, b in itertools.pairwise(factors))):
-            raise ValueError(f"`factors` must be strictly increasing ints >= 1 (finest level first), e.g. (1, 2, 4); "
-                             f"got {factors!r}")
-        shifts = resolution_shifts(factors, shift_power) if log_snr_shifts is None else tuple(
-            float(s) for s in log_snr_shifts)
+        if (
+            not factors
+            or any(isinstance(f, bool) or not isinstance(f, int) or f < 1 for f in factors)
+            or any(b <= a for a, b in itertools.pairwise(factors))
+        ):
+            raise ValueError(
+                f"`factors` must be strictly increasing ints >= 1 (finest level first), e.g. (1, 2, 4); got {factors!r}"
+            )
+        shifts = (
+            resolution_shifts(factors, shift_power)
+            if log_snr_shifts is None
+            else tuple(float(s) for s in log_snr_shifts)
+        )
         if len(shifts) != len(factors) or not all(math.isfinite(s) for s in shifts):
             raise ValueError(f"`log_snr_shifts` must be {len(factors)} finite numbers, one per level; got {shifts!r}")
         self.factors, self.log_snr_shifts = factors, shifts

@@ -1,9 +1,9 @@
 """Samplers: time grids, fixed-step solvers (one `lax.scan`), and diffrax ODE/SDE solves.
 
-    model = jdiff.Model(net, path, "eps")
-    grid = jdiff.samplers.log_snr_grid(path, 20)
-    x = jdiff.samplers.sample(jdiff.samplers.DPMSolverPP2M(), model, x_T, grid)
-    grid = jdiff.samplers.optimize_grid(jdiff.samplers.UniPC(), model, key, x_T, 10).grid
+model = jdiff.Model(net, path, "eps")
+grid = jdiff.samplers.log_snr_grid(path, 20)
+x = jdiff.samplers.sample(jdiff.samplers.DPMSolverPP2M(), model, x_T, grid)
+grid = jdiff.samplers.optimize_grid(jdiff.samplers.UniPC(), model, key, x_T, 10).grid
 """
 
 from jdiff.samplers._base import AbstractSolver as AbstractSolver

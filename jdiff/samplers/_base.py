@@ -179,8 +179,16 @@ def sample(
     check_model(model)
     if not _pytree.is_array(x_T):  # a pytree of levels (jdiff.nested): one raveled state
         flat, spec = _pytree.ravel(x_T)
-        out = sample(solver, _pytree.raveled_model(model, spec), flat, grid, cond=cond, key=key,
-                     return_trajectory=return_trajectory, denoise_to_zero=denoise_to_zero)
+        out = sample(
+            solver,
+            _pytree.raveled_model(model, spec),
+            flat,
+            grid,
+            cond=cond,
+            key=key,
+            return_trajectory=return_trajectory,
+            denoise_to_zero=denoise_to_zero,
+        )
         return _pytree.unravel_output(out, spec, return_trajectory)
     x_T = check_batched(model.state(x_T, "x_T"), "x_T")
     times = check_grid(grid, path=model.path)

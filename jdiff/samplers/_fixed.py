@@ -90,7 +90,7 @@ def _check_clock(clock):
 
 
 def _resolve_clock(clock, path):
-    """"auto" -> "sigma" on a path whose alpha is constant (variance exploding), else "t".
+    """ "auto" -> "sigma" on a path whose alpha is constant (variance exploding), else "t".
 
     Decided once while tracing, from alpha and its derivative at three times (evaluated at
     trace time; a schedule whose alpha depends on traced parameters gets "t").
@@ -551,7 +551,10 @@ def _solve_small(rks, b):
         for m in range(q):
             if m != k:
                 # poly * (x - r_m)
-                poly = [(poly[j - 1] if j > 0 else 0.0) - rks[m] * (poly[j] if j < len(poly) else 0.0) for j in range(len(poly) + 1)]
+                poly = [
+                    (poly[j - 1] if j > 0 else 0.0) - rks[m] * (poly[j] if j < len(poly) else 0.0)
+                    for j in range(len(poly) + 1)
+                ]
                 denom = denom * (rks[k] - rks[m])
         rho.append(sum(poly[j] * b[j] for j in range(q)) / denom)
     return jnp.stack(rho)

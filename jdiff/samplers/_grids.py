@@ -57,9 +57,7 @@ def log_snr_grid(path: AbstractPath, num_steps: int, *, t_start=None, t_end=None
     return _pin_ends(path.t_from_log_snr(lam0 + u * (lam1 - lam0)), t_start, t_end)
 
 
-def karras_grid(
-    path: AbstractPath, num_steps: int, *, rho=7.0, t_start=None, t_end=None
-) -> Float[Array, " n"]:
+def karras_grid(path: AbstractPath, num_steps: int, *, rho=7.0, t_start=None, t_end=None) -> Float[Array, " n"]:
     """The EDM schedule (Karras et al. 2022, eq. 5) in EDM's noise level sigma_e = sigma / alpha.
 
     sigma_i = (sigma_max^(1/rho) + i/N (sigma_min^(1/rho) - sigma_max^(1/rho)))^rho, with
@@ -105,14 +103,18 @@ def load_grid(file, path: AbstractPath | None = None):
     _check_saved(grid, file)
     tol = 1e-6  # a float32 grid rounds its ends by up to ~6e-8 relative
     if path is not None and not (grid.min() >= path.t_min * (1 - tol) and grid.max() <= path.t_max * (1 + tol)):
-        raise ValueError(f"grid file {file!r}: times must lie in [t_min, t_max] = [{path.t_min}, {path.t_max}] of "
-                         f"{type(path).__name__}; got [{grid.min()}, {grid.max()}]")
+        raise ValueError(
+            f"grid file {file!r}: times must lie in [t_min, t_max] = [{path.t_min}, {path.t_max}] of "
+            f"{type(path).__name__}; got [{grid.min()}, {grid.max()}]"
+        )
     return jnp.asarray(grid)
 
 
 def _check_saved(grid, file):
     if grid.ndim != 1 or grid.shape[0] < 2 or not np.issubdtype(grid.dtype, np.floating):
-        raise ValueError(f"grid file {file!r}: a grid is a 1-D float array of at least 2 times; got shape "
-                         f"{grid.shape}, dtype {grid.dtype}")
+        raise ValueError(
+            f"grid file {file!r}: a grid is a 1-D float array of at least 2 times; got shape "
+            f"{grid.shape}, dtype {grid.dtype}"
+        )
     if not (np.all(np.isfinite(grid)) and np.all(np.diff(grid) < 0)):
         raise ValueError(f"grid file {file!r}: the times must be finite and strictly decreasing")

@@ -105,8 +105,17 @@ class GlobalError(eqx.Module):
                 raise ValueError(f"`reference` must have the shape of x_T {x_T.shape}; got {ref.shape}")
             return ref
         ode = diffrax.Tsit5() if self.solver is None else self.solver
-        return solve_pf_ode(model, x_T, cond=cond, t0=t_start, t1=t_end, solver=ode, rtol=self.rtol,
-                            atol=self.atol, max_steps=self.max_steps).sample
+        return solve_pf_ode(
+            model,
+            x_T,
+            cond=cond,
+            t0=t_start,
+            t1=t_end,
+            solver=ode,
+            rtol=self.rtol,
+            atol=self.atol,
+            max_steps=self.max_steps,
+        ).sample
 
     def __call__(self, solver, model, x_T, ref, grid, cond):
         return jnp.mean(_sq_norm(sample(solver, model, x_T, grid, cond=cond) - ref))
@@ -217,14 +226,17 @@ def optimize_grid(
     if not isinstance(solver, AbstractSolver):
         raise TypeError(f"`solver` must be a jdiff.samplers solver (an AbstractSolver); got {type(solver).__name__}")
     if solver.stochastic:
-        raise ValueError(f"`solver` {type(solver).__name__} is stochastic with these settings; optimize_grid "
-                         "fits grids of deterministic solvers")
+        raise ValueError(
+            f"`solver` {type(solver).__name__} is stochastic with these settings; optimize_grid "
+            "fits grids of deterministic solvers"
+        )
     check_model(model)
     path = model.path
     x_T = jnp.asarray(x_T)
     if x_T.ndim < 1 or not jnp.issubdtype(x_T.dtype, jnp.floating):
-        raise ValueError(f"`x_T` must be a floating-point batch (leading axis: examples); got shape {x_T.shape}, "
-                         f"dtype {x_T.dtype}")
+        raise ValueError(
+            f"`x_T` must be a floating-point batch (leading axis: examples); got shape {x_T.shape}, dtype {x_T.dtype}"
+        )
     if not isinstance(iterations, int) or iterations < 1:
         raise ValueError(f"`iterations` must be an int >= 1; got {iterations!r}")
     objective = GlobalError() if objective is None else objective
@@ -234,8 +246,9 @@ def optimize_grid(
         init = karras_grid(path, num_steps, t_start=t_start, t_end=t_end)
     init = jnp.asarray(init, jnp.result_type(float))  # the clock's dtype, not x_T's (float32 would round t_min)
     if init.ndim != 1 or init.shape[0] < 2 or (num_steps is not None and init.shape[0] != num_steps + 1):
-        raise ValueError(f"`init` must be a 1-D grid of num_steps + 1 = {num_steps and num_steps + 1} times; got "
-                         f"shape {init.shape}")
+        raise ValueError(
+            f"`init` must be a 1-D grid of num_steps + 1 = {num_steps and num_steps + 1} times; got shape {init.shape}"
+        )
     if not np.all(np.diff(np.asarray(init)) < 0):
         raise ValueError("`init` must be strictly decreasing")
     t0, t1 = init[0], init[-1]
@@ -247,8 +260,9 @@ def optimize_grid(
     # adam is built inside the program from a float (a static argument that compares equal
     # across calls, so a second call does not recompile); a given optimizer is static as is.
     tx = float(learning_rate) if optimizer is None else optimizer
-    return _optimize(solver, objective, tx, iterations, batch_size, progress, model, theta0, x_T, aux, cond,
-                     t0, t1, key)
+    return _optimize(
+        solver, objective, tx, iterations, batch_size, progress, model, theta0, x_T, aux, cond, t0, t1, key
+    )
 
 
 @eqx.filter_jit
@@ -284,9 +298,11 @@ def _optimize(solver, objective, tx, iterations, batch_size, progress, model, th
     (theta, _, best, best_loss), history = jax.lax.scan(body, carry, jnp.arange(iterations))
     last = loss_fn(theta, x_T, aux, cond)
     if batch_size is None:
-        best, best_loss = jax.tree_util.tree_map(lambda a, b: jnp.where(last < best_loss, a, b),
-                                                 (theta, last), (best, best_loss))
+        best, best_loss = jax.tree_util.tree_map(
+            lambda a, b: jnp.where(last < best_loss, a, b), (theta, last), (best, best_loss)
+        )
     else:  # minibatches: compare the final iterate with the start on the whole batch
-        best, best_loss = jax.tree_util.tree_map(lambda a, b: jnp.where(last < full, a, b), (theta, last),
-                                                 (theta0, full))
+        best, best_loss = jax.tree_util.tree_map(
+            lambda a, b: jnp.where(last < full, a, b), (theta, last), (theta0, full)
+        )
     return OptimizedGrid(grid_from_logits(path, best, t0, t1), best_loss, full, history)

@@ -50,10 +50,13 @@ def ravel(tree):
     b = leaves[0].shape[0] if leaves[0].ndim else None
     dtypes = {x.dtype for x in leaves}
     if b is None or any(x.ndim == 0 or x.shape[0] != b for x in leaves):
-        raise ValueError(f"every leaf of a pytree `x_T` must share the leading batch axis; got shapes "
-                         f"{[x.shape for x in leaves]}")
+        raise ValueError(
+            f"every leaf of a pytree `x_T` must share the leading batch axis; got shapes {[x.shape for x in leaves]}"
+        )
     if len(dtypes) != 1 or not jnp.issubdtype(leaves[0].dtype, jnp.floating):
-        raise ValueError(f"the leaves of a pytree `x_T` must share one floating-point dtype; got {sorted(map(str, dtypes))}")
+        raise ValueError(
+            f"the leaves of a pytree `x_T` must share one floating-point dtype; got {sorted(map(str, dtypes))}"
+        )
     spec = LevelSpec(treedef, tuple(tuple(x.shape[1:]) for x in leaves))
     return jnp.concatenate([x.reshape(b, -1) for x in leaves], axis=1), spec
 
@@ -75,12 +78,16 @@ class _RaveledNet(eqx.Module):
     def __call__(self, x, t, cond=None):
         out = self.net(unravel(x, self.spec), t, cond)
         if jax.tree_util.tree_structure(out) != self.spec.treedef:
-            raise ValueError(f"the network returned a {jax.tree_util.tree_structure(out)} for a state of structure "
-                             f"{self.spec.treedef}; a prediction must have the structure of x")
+            raise ValueError(
+                f"the network returned a {jax.tree_util.tree_structure(out)} for a state of structure "
+                f"{self.spec.treedef}; a prediction must have the structure of x"
+            )
         flat, spec = ravel(out)
         if spec.shapes != self.spec.shapes:
-            raise ValueError(f"the network returned levels of shapes {spec.shapes} for a state of shapes "
-                             f"{self.spec.shapes}; a prediction must have the shapes of x")
+            raise ValueError(
+                f"the network returned levels of shapes {spec.shapes} for a state of shapes "
+                f"{self.spec.shapes}; a prediction must have the shapes of x"
+            )
         return flat
 
 

@@ -30,6 +30,7 @@ from jdiff.samplers._ode import check_time_span, diffrax_evals
 
 __all__ = ["SDESolution", "solve_reverse_sde"]
 
+
 class SDESolution(NamedTuple):
     """Result of `solve_reverse_sde`: the sample at t1 and the model evaluations (a Python int)."""
 
