@@ -9,11 +9,12 @@ STAMP  := $(VENV)/.installed
 demo: $(STAMP)  ## train on the embedded 8x8 digits and write a grid of samples
 	$(PY) -m experiments.demo --workdir=runs/demo
 
-# Two pytest workers: the suite is mostly single-threaded XLA compilation.
+# Two pytest workers: the suite is mostly single-threaded XLA compilation. worksteal: an idle
+# worker takes queued tests from the busy one, so a few long tests at the end do not leave a core idle.
 PYTEST_WORKERS ?= 2
 
 test: $(STAMP)  ## the test suite CI runs (slow tests excluded)
-	$(PY) -m pytest -q -n $(PYTEST_WORKERS) tests
+	$(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist worksteal tests
 
 test-all: $(STAMP)  ## every test, the slow ones included
 	$(PY) -m pytest -q -n $(PYTEST_WORKERS) -m "" tests
