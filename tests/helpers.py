@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 
 import jdiff
-from jdiff import paths
+from jdiff import paths, samplers
 
 
 def all_paths():
@@ -195,3 +195,27 @@ def random_autoencoder(seed=0, **kwargs):
     ae.scale[...] = jnp.asarray(kwargs.get("scaling_factor", 1.0), jnp.float32)
     ae.shift[...] = jnp.asarray(kwargs.get("shift_factor", 0.0), jnp.float32)
     return ae
+
+
+def every_solver():
+    """One configuration of every fixed-step solver (the stochastic variants exercise the
+    deterministic parts too), for the float32-endpoint and bfloat16 sweeps."""
+    return {
+        "ddpm": samplers.DDPM(),
+        "ddim_eta": samplers.DDIM(eta=0.5),
+        "euler": samplers.Euler(),
+        "heun_churn": samplers.Heun(s_churn=4.0, s_noise=1.007),
+        "dpm_solver_2": samplers.DPMSolver(order=2),
+        "dpm_solver_3": samplers.DPMSolver(order=3),
+        "dpm_solver_2m": samplers.DPMSolver2M(),
+        "dpmpp_2m": samplers.DPMSolverPP2M(),
+        "dpmpp_3m": samplers.DPMSolverPP3M(),
+        "dpmpp_2m_sde": samplers.DPMSolverPP2MSDE(),
+        "unipc_bh1": samplers.UniPC(predictor_order=3, variant="bh1"),
+        "unipc_bh2": samplers.UniPC(predictor_order=2, variant="bh2"),
+        "lms_1": samplers.LMS(order=1),
+        "lms": samplers.LMS(order=3),
+        "euler_maruyama": samplers.EulerMaruyama(),
+        "pc": samplers.PredictorCorrector(samplers.EulerMaruyama(), n_corrector=1, snr=0.16),
+        "pc_lms": samplers.PredictorCorrector(samplers.LMS(order=3), n_corrector=1, snr=0.16),
+    }

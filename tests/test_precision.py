@@ -16,7 +16,7 @@ import numpy as np
 import optax
 import pytest
 from flax import nnx
-from helpers import all_paths, callback_oracle, mixture_2d
+from helpers import all_paths, callback_oracle, every_solver, mixture_2d
 
 import jdiff
 from jdiff import flowmaps, likelihood, losses, models, predictions, training
@@ -163,30 +163,6 @@ def test_ddgan_sample_runs_a_bfloat16_x_T_in_float32():
 # ---------------------------------------------------------------------------------
 
 
-def _sweep_solvers():
-    """Every fixed-step solver (the configurations of test_samplers' float32 test, plus the
-    multistep DPM-Solver-2 and plain Euler-Maruyama)."""
-    return {
-        "ddpm": S.DDPM(),
-        "ddim_eta": S.DDIM(eta=0.5),
-        "euler": S.Euler(),
-        "heun_churn": S.Heun(s_churn=4.0, s_noise=1.007),
-        "dpm_solver_2": S.DPMSolver(order=2),
-        "dpm_solver_3": S.DPMSolver(order=3),
-        "dpm_solver_2m": S.DPMSolver2M(),
-        "dpmpp_2m": S.DPMSolverPP2M(),
-        "dpmpp_3m": S.DPMSolverPP3M(),
-        "dpmpp_2m_sde": S.DPMSolverPP2MSDE(),
-        "unipc_bh1": S.UniPC(predictor_order=3, variant="bh1"),
-        "unipc_bh2": S.UniPC(predictor_order=2, variant="bh2"),
-        "lms_1": S.LMS(order=1),
-        "lms": S.LMS(order=3),
-        "euler_maruyama": S.EulerMaruyama(),
-        "pc": S.PredictorCorrector(S.EulerMaruyama(), n_corrector=1, snr=0.16),
-        "pc_lms": S.PredictorCorrector(S.LMS(order=3), n_corrector=1, snr=0.16),
-    }
-
-
 VARIANTS = [(kind, bf16) for kind in KINDS for bf16 in (False, True)]  # (kind, bfloat16 network?)
 
 
@@ -282,7 +258,7 @@ def test_bf16_network_on_float32_state_every_kind_and_solver(name):
     path = all_paths()[name]
     gm = mixture_2d(F32)
     model = _emulated_kinds_model(path, gm)
-    solvers = _sweep_solvers()
+    solvers = every_solver()
     x_T = path.prior_sample(jax.random.PRNGKey(0), (64, 2), F32).astype(jnp.bfloat16)
     out = _run_variants(
         path, model, solvers, x_T, S.karras_grid(path, 16), jax.random.PRNGKey(1), with_diffrax=name != FAST_PATH

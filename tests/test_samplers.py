@@ -17,7 +17,7 @@ from jdiff import samplers as S
 from jdiff.predictions import KINDS
 
 from experiments import _names
-from helpers import all_paths, callback_oracle, count_compiles, mixture_2d
+from helpers import all_paths, callback_oracle, count_compiles, every_solver, mixture_2d
 
 GM = mixture_2d()
 
@@ -317,30 +317,9 @@ def test_any_batch_shape():
 # ---------------------------------------------------------------------------------
 
 
-def _all_solvers():
-    """One configuration of every solver (the stochastic variants exercise the deterministic parts too)."""
-    return {
-        "ddpm": S.DDPM(),
-        "ddim_eta": S.DDIM(eta=0.5),
-        "euler": S.Euler(),
-        "heun_churn": S.Heun(s_churn=4.0, s_noise=1.007),
-        "dpm_solver_2": S.DPMSolver(order=2),
-        "dpm_solver_3": S.DPMSolver(order=3),
-        "dpmpp_2m": S.DPMSolverPP2M(),
-        "dpmpp_3m": S.DPMSolverPP3M(),
-        "dpmpp_2m_sde": S.DPMSolverPP2MSDE(),
-        "unipc_bh1": S.UniPC(predictor_order=3, variant="bh1"),
-        "unipc_bh2": S.UniPC(predictor_order=2, variant="bh2"),
-        "lms_1": S.LMS(order=1),
-        "lms": S.LMS(order=3),
-        "pc": S.PredictorCorrector(S.EulerMaruyama(), n_corrector=1, snr=0.16),
-        "pc_lms": S.PredictorCorrector(S.LMS(order=3), n_corrector=1, snr=0.16),
-    }
-
-
-@pytest.mark.parametrize("every_solver", [False, pytest.param(True, marks=pytest.mark.slow)], ids=["third", "all"])
+@pytest.mark.parametrize("all_solvers", [False, pytest.param(True, marks=pytest.mark.slow)], ids=["third", "all"])
 @pytest.mark.parametrize("name", list(all_paths()))
-def test_endpoints_are_finite_in_float32_and_nfe_is_exact(name, every_solver):
+def test_endpoints_are_finite_in_float32_and_nfe_is_exact(name, all_solvers):
     # Six Karras steps over the whole range [t_min, t_max] of each path, then the denoiser:
     # the ends are where float32 fails (alpha -> 0 at t_max, sigma -> 0 at t_min). Each
     # solver's model counts its calls, which must equal solver.nfe(N) + 1. The fast variant
@@ -350,7 +329,7 @@ def test_endpoints_are_finite_in_float32_and_nfe_is_exact(name, every_solver):
     path = all_paths()[name]
     gm = mixture_2d(jnp.float32)
     kind = KINDS[i % len(KINDS)]  # every kind on some path
-    solvers = {k: v for j, (k, v) in enumerate(_all_solvers().items()) if every_solver or j % 3 == i % 3}
+    solvers = {k: v for j, (k, v) in enumerate(every_solver().items()) if all_solvers or j % 3 == i % 3}
     solvers.setdefault("dpmpp_3m", S.DPMSolverPP3M())  # the new-grid check below reads it
     counters = {k: [0] for k in solvers}
     models = {k: _oracle(path, kind, gm, counters[k]) for k in solvers}
