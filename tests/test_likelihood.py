@@ -92,40 +92,17 @@ def test_hutchinson_num_probes_divides_the_variance():
     x = X[0]
     exact = float(MIX.marginal_log_prob(x, path.t_min, path))
     m = 200
-    est4 = np.asarray(
-        jax.jit(
-            jax.vmap(
-                lambda k: (
-                    likelihood.ode_log_likelihood(
-                        model,
-                        x,
-                        key=k,
-                        divergence=Hutchinson(num_probes=4, probe="gaussian"),
-                        rtol=1e-8,
-                        atol=1e-8,
-                        prior_log_prob=_exact_prior(path),
-                    ).log_prob
-                )
-            )
-        )(jax.random.split(jax.random.PRNGKey(2), m))
-    )
-    est1 = np.asarray(
-        jax.jit(
-            jax.vmap(
-                lambda k: (
-                    likelihood.ode_log_likelihood(
-                        model,
-                        x,
-                        key=k,
-                        divergence=Hutchinson(num_probes=1, probe="gaussian"),
-                        rtol=1e-8,
-                        atol=1e-8,
-                        prior_log_prob=_exact_prior(path),
-                    ).log_prob
-                )
-            )
-        )(jax.random.split(jax.random.PRNGKey(3), m))
-    )
+
+    def estimates(num_probes, seed):
+        def one(k):
+            divergence = Hutchinson(num_probes=num_probes, probe="gaussian")
+            return likelihood.ode_log_likelihood(
+                model, x, key=k, divergence=divergence, rtol=1e-8, atol=1e-8, prior_log_prob=_exact_prior(path)
+            ).log_prob
+
+        return np.asarray(jax.jit(jax.vmap(one))(jax.random.split(jax.random.PRNGKey(seed), m)))
+
+    est4, est1 = estimates(4, 2), estimates(1, 3)
     se4 = math.sqrt(est4.var(ddof=1) / m)
     assert abs(est4.mean() - exact) < 4 * se4, (est4.mean(), exact, se4)
     assert 2.0 < est1.var(ddof=1) / est4.var(ddof=1) < 8.0
