@@ -78,6 +78,14 @@ class ConfigError(ValueError):
     flag (`--<flag>:`) or a workdir; one line, ending with the accepted values."""
 
 
+def refuse_sections(config, sections, what: str) -> None:
+    """A one-line ConfigError for the first of `sections` the config sets, which `what` (a kind of
+    config, e.g. "a GAN config (config.gan)") cannot have."""
+    for section in sections:
+        if config.get(section, None) is not None:
+            raise ConfigError(f"config.{section}: {what} has no {section} section")
+
+
 def keyed(key: str, fn, /, *args, **kwargs):
     """fn(*args, **kwargs), a ValueError/TypeError/ImportError re-raised as a one-line
     ConfigError naming `config.<key>`."""

@@ -52,7 +52,7 @@ from absl import logging
 from flax import nnx
 
 from experiments import _data, _names, _state
-from experiments._config import ConfigError, keyed, kwargs_of, load_config
+from experiments._config import ConfigError, keyed, kwargs_of, load_config, refuse_sections
 from jdiff import data, latent, parallel, training
 from jdiff.models import AutoencoderKL
 
@@ -105,11 +105,9 @@ class AutoencoderRecipe:
                 f"config.model.name: {config.model.name!r}: a config with an `autoencoder` section "
                 f"trains an autoencoder; accepted: {AE_MODEL}"
             )
-        for section in ("flowmap", "guidance", "latent", "gan", "nested"):
-            if config.get(section, None) is not None:
-                raise ConfigError(
-                    f"config.{section}: an autoencoder config (config.autoencoder) has no {section} section"
-                )
+        refuse_sections(
+            config, ("flowmap", "guidance", "latent", "gan", "nested"), "an autoencoder config (config.autoencoder)"
+        )
         _check_keys(a, "autoencoder", (*AE_OPTIONS, "discriminator", "discriminator_kwargs"))
         self.options = {k: a[k] for k in AE_OPTIONS if k in a}
         for k in ("l1_weight", "l2_weight", "kl_weight", "disc_weight"):

@@ -86,6 +86,7 @@ from experiments._config import (
     load_config,
     load_config_file,
     num_classes,
+    refuse_sections,
 )
 from jdiff import adversarial, flowmaps, guidance, nested, samplers, training
 from jdiff.paths import AbstractPath
@@ -627,9 +628,7 @@ class NestedRecipe(Recipe):
 
     def __init__(self, config):
         super().__init__(config)
-        for section in ("flowmap", "gan", "guidance"):
-            if config.get(section, None) is not None:
-                raise ConfigError(f"config.{section}: a nested config (config.nested) has no {section} section")
+        refuse_sections(config, ("flowmap", "gan", "guidance"), "a nested config (config.nested)")
         self._float32_only("nested")
         if config.model.name not in NESTED_MODELS:
             raise ConfigError(
@@ -737,9 +736,7 @@ class AdversarialRecipe(Recipe):
 
     def __init__(self, config):
         super().__init__(config)
-        for section in ("flowmap", "guidance"):
-            if config.get(section, None) is not None:
-                raise ConfigError(f"config.{section}: a GAN config (config.gan) has no {section} section")
+        refuse_sections(config, ("flowmap", "guidance"), "a GAN config (config.gan)")
         self._float32_only("gan")
         if config.model.name not in GAN_MODELS:
             raise ConfigError(
