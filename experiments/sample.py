@@ -107,37 +107,24 @@ def main(argv):
         config = _CONFIG.value
         if config is None:
             config, _, _ = _lib.check_trained_workdir(_WORKDIR.value)
+        options = {
+            "solver": _SOLVER.value,
+            "num_steps": _NUM_STEPS.value,
+            "grid": _GRID.value,
+            "num_samples": _NUM_SAMPLES.value,
+            "seed": _SEED.value,
+            "out": _OUT.value,
+            "solver_kwargs": kwargs,
+            "clock": _CLOCK.value,
+            "optimize": optimize,
+        }
         if _GUIDANCE_WEIGHT.value is not None or "guidance" in config:
             _, _, png, npz, acc = _lib.sample_class_rows(
-                _WORKDIR.value,
-                config,
-                weight=_GUIDANCE_WEIGHT.value,
-                per_class=_PER_CLASS.value,
-                solver=_SOLVER.value,
-                num_steps=_NUM_STEPS.value,
-                grid=_GRID.value,
-                num_samples=_NUM_SAMPLES.value,
-                seed=_SEED.value,
-                out=_OUT.value,
-                solver_kwargs=kwargs,
-                clock=_CLOCK.value,
-                optimize=optimize,
+                _WORKDIR.value, config, weight=_GUIDANCE_WEIGHT.value, per_class=_PER_CLASS.value, **options
             )
             print(f"wrote {png} and {npz}" + ("" if acc is None else f"; digit-classifier accuracy {acc:.3f}"))
             return
-        _, png, npz = _lib.sample_workdir(
-            _WORKDIR.value,
-            config,
-            solver=_SOLVER.value,
-            num_steps=_NUM_STEPS.value,
-            grid=_GRID.value,
-            num_samples=_NUM_SAMPLES.value,
-            seed=_SEED.value,
-            out=_OUT.value,
-            solver_kwargs=kwargs,
-            clock=_CLOCK.value,
-            optimize=optimize,
-        )
+        _, png, npz = _lib.sample_workdir(_WORKDIR.value, config, **options)
     print(f"wrote {png} and {npz}")
 
 
