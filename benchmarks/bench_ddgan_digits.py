@@ -26,15 +26,14 @@ import argparse
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from bench_ddgan import ddgan_sampler, train_ddgan  # benchmarks/ is the script's directory
 from bench_flowmaps import train
-from bench_flowmaps_digits import minibatches
+from bench_flowmaps_digits import heldout_yardstick, minibatches
 from flax import nnx
 
 import jdiff
-from jdiff import adversarial, losses, metrics, models, samplers
+from jdiff import adversarial, losses, models, samplers
 from jdiff.data import load_digits
 
 
@@ -50,18 +49,8 @@ def main():
     t_start = time.perf_counter()
 
     x = np.asarray(load_digits().x, np.float32)  # (1797, 8, 8, 1) in [-1, 1]
-    perm = np.asarray(jax.random.permutation(jax.random.key(10), x.shape[0]))
-    x_test, x_train = jnp.asarray(x[perm[: args.holdout]]), jnp.asarray(x[perm[args.holdout :]])
-    clf, acc = metrics.train_digit_classifier(0)
+    _, x_train, fdd, acc, floor_halves, n_tr, floor_train = heldout_yardstick(x, args.holdout, args.samples)
     print(f"digit classifier held-out accuracy {acc:.3f}", flush=True)
-
-    def fdd(s):
-        return float(metrics.frechet_digit_distance(clf, jnp.clip(s, -1.0, 1.0), x_test))
-
-    half = args.holdout // 2
-    floor_halves = float(metrics.frechet_digit_distance(clf, x_test[:half], x_test[half:]))
-    n_tr = min(args.samples, x_train.shape[0])
-    floor_train = fdd(x_train[:n_tr])
     data_fn = minibatches(x_train)
     rows = []
 

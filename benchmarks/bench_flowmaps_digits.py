@@ -39,6 +39,27 @@ def minibatches(x_train):
     return lambda key, n: x_train[jax.random.choice(key, x_train.shape[0], (n,), replace=False)]
 
 
+def heldout_yardstick(x, holdout, samples, *, dataset="digits"):
+    """The digit benchmarks' split and yardstick: a fixed permutation (key 10) of the images `x`
+    holds out `holdout` of them; samples are scored by their Frechet digit distance to the held-out
+    set in the features of jdiff.metrics' digit classifier (seed 0) for `dataset`, against two
+    floors: the held-out set's halves, and min(samples, #train) training images.
+
+    Returns (perm, x_train, fdd, accuracy, floor_halves, n_train, floor_train); perm
+    splits other per-image arrays (labels) the same way."""
+    perm = np.asarray(jax.random.permutation(jax.random.key(10), x.shape[0]))
+    x_test, x_train = jnp.asarray(x[perm[:holdout]]), jnp.asarray(x[perm[holdout:]])
+    clf, acc = metrics.train_digit_classifier(0, dataset=dataset)
+
+    def fdd(s):
+        return float(metrics.frechet_digit_distance(clf, jnp.clip(s, -1.0, 1.0), x_test))
+
+    half = holdout // 2
+    floor_halves = float(metrics.frechet_digit_distance(clf, x_test[:half], x_test[half:]))
+    n_tr = min(samples, x_train.shape[0])
+    return perm, x_train, fdd, acc, floor_halves, n_tr, fdd(x_train[:n_tr])
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=3000)
@@ -49,18 +70,9 @@ def main():
     t_start = time.perf_counter()
 
     x = np.asarray(load_digits().x, np.float32)  # (1797, 8, 8, 1) in [-1, 1]
-    perm = np.asarray(jax.random.permutation(jax.random.key(10), x.shape[0]))
-    x_test, x_train = jnp.asarray(x[perm[: args.holdout]]), jnp.asarray(x[perm[args.holdout :]])
-    clf, acc = metrics.train_digit_classifier(0)
+    _, x_train, fdd, acc, floor_halves, n_tr, floor_train = heldout_yardstick(x, args.holdout, args.samples)
     print(f"digit classifier held-out accuracy {acc:.3f}", flush=True)
-
-    def fdd(s):
-        return float(metrics.frechet_digit_distance(clf, jnp.clip(s, -1.0, 1.0), x_test))
-
     half = args.holdout // 2
-    floor_halves = float(metrics.frechet_digit_distance(clf, x_test[:half], x_test[half:]))
-    n_tr = min(args.samples, x_train.shape[0])
-    floor_train = fdd(x_train[:n_tr])
 
     path = paths.Linear()
     key = jax.random.key(0)

@@ -32,10 +32,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from bench_flowmaps_digits import heldout_yardstick  # benchmarks/ is the script's directory
 from flax import nnx
 
 import jdiff
-from jdiff import losses, metrics, models, nested, samplers, training
+from jdiff import losses, models, nested, samplers, training
 from jdiff.data import load_mnist5k
 
 
@@ -89,18 +90,11 @@ def main():
 
     ds = load_mnist5k()
     x, y = np.asarray(ds.x, np.float32), np.asarray(ds.label, np.int32)
-    perm = np.asarray(jax.random.permutation(jax.random.key(10), x.shape[0]))
-    x_test = jnp.asarray(x[perm[: args.holdout]])
-    x_train, y_train = jnp.asarray(x[perm[args.holdout :]]), jnp.asarray(y[perm[args.holdout :]])
-    clf, acc = metrics.train_digit_classifier(0, dataset="mnist5k")
+    perm, x_train, fdd, acc, floor_halves, _, floor_train = heldout_yardstick(
+        x, args.holdout, args.samples, dataset="mnist5k"
+    )
+    y_train = jnp.asarray(y[perm[args.holdout :]])
     print(f"mnist5k digit classifier held-out accuracy {acc:.3f}", flush=True)
-
-    def fdd(s):
-        return float(metrics.frechet_digit_distance(clf, jnp.clip(s, -1.0, 1.0), x_test))
-
-    half = args.holdout // 2
-    floor_halves = float(metrics.frechet_digit_distance(clf, x_test[:half], x_test[half:]))
-    floor_train = fdd(x_train[: args.samples])
 
     path = jdiff.VPCosine()
     pyramid = nested.Pyramid((1, 2, 4), shift_power=1.0)
