@@ -33,7 +33,7 @@ from collections.abc import Callable
 import grain
 import numpy as np
 
-from jdiff.data.iterator import BatchIterator, DataIterator, _as_arrays
+from jdiff.data.iterator import BatchIterator, DataIterator, _as_arrays, _check_sharding
 
 __all__ = ["PIPELINES", "GrainIterator", "make_iterator"]
 
@@ -69,12 +69,7 @@ class GrainIterator:
     ):
         self.arrays = _as_arrays(arrays)
         self.num_examples = next(iter(self.arrays.values())).shape[0]
-        if process_count < 1 or not 0 <= process_index < process_count:
-            raise ValueError(f"need 0 <= `process_index` < `process_count`; got {process_index}, {process_count}")
-        if batch_size < 1 or batch_size % process_count:
-            raise ValueError(
-                f"`batch_size` (global) must be a positive multiple of process_count={process_count}; got {batch_size}"
-            )
+        _check_sharding(batch_size, seed, process_index, process_count, position)
         local = batch_size // process_count
         n_local = len(range(process_index, self.num_examples, process_count))
         if local > n_local:
@@ -82,8 +77,6 @@ class GrainIterator:
                 f"`batch_size`={batch_size} exceeds the {self.num_examples} examples in `arrays` "
                 f"({n_local} for each of {process_count} processes, {local} per local batch)"
             )
-        if seed < 0 or position < 0:
-            raise ValueError(f"`seed` and `position` must be non-negative ints; got {seed}, {position}")
         if num_threads < 0 or prefetch < 0:
             raise ValueError(f"`num_threads` and `prefetch` must be >= 0; got {num_threads}, {prefetch}")
         self.batch_size, self.local_batch_size = batch_size, local

@@ -49,6 +49,19 @@ class BatchIterator(Protocol):
     def __next__(self) -> dict[str, np.ndarray]: ...
 
 
+def _check_sharding(batch_size: int, seed: int, process_index: int, process_count: int, position: int) -> None:
+    """The arguments every iterator shares: this process among process_count, a global batch that
+    splits evenly over them, a non-negative seed and position (a ValueError naming them otherwise)."""
+    if process_count < 1 or not 0 <= process_index < process_count:
+        raise ValueError(f"need 0 <= `process_index` < `process_count`; got {process_index}, {process_count}")
+    if batch_size < 1 or batch_size % process_count:
+        raise ValueError(
+            f"`batch_size` (global) must be a positive multiple of process_count={process_count}; got {batch_size}"
+        )
+    if seed < 0 or position < 0:
+        raise ValueError(f"`seed` and `position` must be non-negative ints; got {seed}, {position}")
+
+
 def _as_arrays(arrays, name="arrays") -> dict[str, np.ndarray]:
     if hasattr(arrays, "_asdict"):  # a Dataset (NamedTuple) from a jdiff.data loader
         arrays = arrays._asdict()
@@ -97,16 +110,9 @@ class DataIterator:
     ):
         self.arrays = _as_arrays(arrays)
         self.num_examples = next(iter(self.arrays.values())).shape[0]
-        if process_count < 1 or not 0 <= process_index < process_count:
-            raise ValueError(f"need 0 <= `process_index` < `process_count`; got {process_index}, {process_count}")
-        if batch_size < 1 or batch_size % process_count:
-            raise ValueError(
-                f"`batch_size` (global) must be a positive multiple of process_count={process_count}; got {batch_size}"
-            )
+        _check_sharding(batch_size, seed, process_index, process_count, position)
         if batch_size > self.num_examples:
             raise ValueError(f"`batch_size`={batch_size} exceeds the {self.num_examples} examples in `arrays`")
-        if seed < 0 or position < 0:
-            raise ValueError(f"`seed` and `position` must be non-negative ints; got {seed}, {position}")
         self.batch_size = batch_size
         self.local_batch_size = batch_size // process_count
         self.seed = int(seed)
